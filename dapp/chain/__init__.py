@@ -1,0 +1,1 @@
+"""The chain layer: the only part of the project that imports web3."""

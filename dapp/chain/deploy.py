@@ -1,0 +1,111 @@
+"""Deploy and wire the three contracts: token, meter registry and market."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import rlp
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_canonical_address, to_checksum_address
+from web3 import Web3
+
+from dapp.chain.contracts import load_artifact
+from dapp.errors import ChainError
+
+
+@dataclass(frozen=True)
+class MarketParameters:
+    """Deployment-time market rules (seconds and wei per kWh)."""
+
+    min_duration: int = 60
+    max_duration: int = 7 * 24 * 3600
+    min_increment_per_kwh: int = 10**12
+    delivery_timeout: int = 15 * 60
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Addresses of a deployed, wired contract set."""
+
+    token: str
+    registry: str
+    market: str
+    operator: str
+    block: int
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain dict, e.g. for JSON."""
+        return asdict(self)
+
+
+def create_address(sender: str, nonce: int) -> str:
+    """Address of the contract `sender` creates with transaction `nonce` (CREATE)."""
+    encoded = rlp.encode([to_canonical_address(sender), nonce])
+    return to_checksum_address(keccak(encoded)[12:])
+
+
+def _send_create(w3: Web3, deployer: LocalAccount, data: str, nonce: int) -> dict:
+    """Sign a contract creation locally, send it raw and wait for the receipt."""
+    tx = {
+        "from": deployer.address,
+        "data": data,
+        "nonce": nonce,
+        "chainId": w3.eth.chain_id,
+        "value": 0,
+    }
+    tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2)
+    tx["gasPrice"] = w3.eth.gas_price
+    signed = deployer.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+    if receipt["status"] != 1:
+        raise ChainError("contract deployment reverted")
+    return receipt
+
+
+def deploy(
+    w3: Web3,
+    deployer: LocalAccount,
+    params: MarketParameters | None = None,
+    operator: str | None = None,
+) -> Deployment:
+    """Deploy token, registry and market from `deployer` and return their addresses.
+
+    The three contracts reference each other through immutables, so their addresses are
+    predicted from the deployer's next three nonces and checked after deployment.
+    """
+    params = params or MarketParameters()
+    operator = to_checksum_address(operator or deployer.address)
+    nonce = w3.eth.get_transaction_count(deployer.address, "pending")
+    token_addr, registry_addr, market_addr = (
+        create_address(deployer.address, nonce + i) for i in range(3)
+    )
+    plan = [
+        ("EnergyToken", [registry_addr, market_addr], token_addr),
+        ("MeterRegistry", [operator, token_addr, market_addr], registry_addr),
+        (
+            "EnergyMarket",
+            [
+                token_addr,
+                registry_addr,
+                params.min_duration,
+                params.max_duration,
+                params.min_increment_per_kwh,
+                params.delivery_timeout,
+            ],
+            market_addr,
+        ),
+    ]
+    block = 0
+    for i, (name, args, expected) in enumerate(plan):
+        art = load_artifact(name)
+        factory = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        data = factory.constructor(*args).data_in_transaction
+        receipt = _send_create(w3, deployer, data, nonce + i)
+        if to_checksum_address(receipt["contractAddress"]) != expected:
+            raise ChainError(
+                f"{name} landed at {receipt['contractAddress']}, expected {expected}: "
+                "the deployer account sent another transaction during deployment"
+            )
+        block = block or receipt["blockNumber"]
+    return Deployment(token_addr, registry_addr, market_addr, operator, block)

@@ -1,0 +1,36 @@
+"""The project's exception tree: one root, subclasses by who failed."""
+
+from __future__ import annotations
+
+
+class MicrogridError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class CompileError(MicrogridError):
+    """The Solidity compiler is missing or rejected the sources."""
+
+
+class ChainError(MicrogridError):
+    """The chain (node, contract or transaction) failed."""
+
+
+class ChainUnavailable(ChainError):
+    """The Ethereum node cannot be reached."""
+
+
+class ContractReverted(ChainError):
+    """A contract call reverted; carries the custom error's name and arguments."""
+
+    def __init__(self, name: str, args: tuple | list = (), message: str | None = None) -> None:
+        self.name = name
+        self.args_ = tuple(args)
+        super().__init__(message or f"{name}({', '.join(map(str, self.args_))})")
+
+
+class WalletError(MicrogridError):
+    """A keystore or key operation failed (wrong passphrase, bad file, locked account)."""
+
+
+class MeterError(MicrogridError):
+    """A meter did not answer, answered garbage, or refused a command."""

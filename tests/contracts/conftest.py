@@ -1,0 +1,176 @@
+"""Fixtures for the contract suites: one in-process chain per session, snapshot/revert per test.
+
+Accounts are named by role. `Chain.send` signs nothing: the in-process chain's accounts are
+unlocked, which is fine for contract tests (the application always signs locally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_tester import EthereumTester
+from web3 import EthereumTesterProvider, Web3
+from web3.contract import Contract
+
+from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
+from dapp.chain.deploy import Deployment, MarketParameters, deploy
+from dapp.errors import ContractReverted
+
+PARAMS = MarketParameters(
+    min_duration=60, max_duration=86_400, min_increment_per_kwh=10**12, delivery_timeout=900
+)
+PRICE = 10**15  # a convenient price: 0.001 ether per kWh
+
+
+@dataclass
+class Event:
+    """A decoded log: which contract emitted it, the event name and its arguments."""
+
+    contract: str
+    name: str
+    args: dict[str, Any]
+
+
+class Chain:
+    """The in-process chain with the deployed contracts and small helpers for tests."""
+
+    def __init__(self) -> None:
+        self.tester = EthereumTester()
+        self.w3 = Web3(EthereumTesterProvider(self.tester))
+        self.keys = self.tester.backend.account_keys
+        self.addresses = [Account.from_key(k).address for k in self.keys]
+        self.deployment: Deployment = deploy(self.w3, Account.from_key(self.keys[0]), PARAMS)
+        self.token = self._contract("EnergyToken", self.deployment.token)
+        self.registry = self._contract("MeterRegistry", self.deployment.registry)
+        self.market = self._contract("EnergyMarket", self.deployment.market)
+        self._by_address = {
+            self.token.address: ("EnergyToken", self.token),
+            self.registry.address: ("MeterRegistry", self.registry),
+            self.market.address: ("EnergyMarket", self.market),
+        }
+
+    def _contract(self, name: str, address: str) -> Contract:
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+
+    def deploy_contract(self, name: str, *args: Any, sender: str | None = None) -> Contract:
+        """Deploy an extra (e.g. attack) contract from contracts/build/test."""
+        art = load_artifact(name)
+        factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        tx = factory.constructor(*args).transact({"from": sender or self.addresses[0]})
+        receipt = self.w3.eth.get_transaction_receipt(tx)
+        return self.w3.eth.contract(address=receipt["contractAddress"], abi=art.abi)
+
+    def send(self, fn: Any, sender: str, value: int = 0) -> dict:
+        """Send a contract call as a transaction; return the receipt (raises on revert)."""
+        try:
+            tx_hash = fn.transact({"from": sender, "value": value})
+        except Exception as exc:  # noqa: BLE001 - turned into the custom error below
+            data = revert_data_from_exception(exc)
+            if data is None:
+                raise
+            raise decode_revert(data) from exc
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1
+        return receipt
+
+    def events(self, receipt: dict) -> list[Event]:
+        """Decode every log of `receipt` emitted by the three contracts, in order."""
+        out = []
+        for log in receipt["logs"]:
+            entry = self._by_address.get(log["address"])
+            if entry is None:
+                continue
+            name, contract = entry
+            for event in contract.events:
+                try:
+                    decoded = event().process_log(log)
+                except Exception:  # noqa: BLE001,S112 - not this event's signature
+                    continue
+                out.append(Event(name, decoded["event"], dict(decoded["args"])))
+                break
+        return out
+
+    def now(self) -> int:
+        """Timestamp of the latest block."""
+        return self.w3.eth.get_block("latest")["timestamp"]
+
+    def advance(self, seconds: int) -> None:
+        """Move the chain's clock forward: the next block is mined `seconds` later."""
+        self.tester.time_travel(self.now() + seconds)
+
+    def balance(self, address: str) -> int:
+        """Ether balance in wei."""
+        return self.w3.eth.get_balance(address)
+
+
+@pytest.fixture(scope="session")
+def chain_session() -> Chain:
+    """The in-process chain, deployed once per test session."""
+    return Chain()
+
+
+@pytest.fixture
+def chain(chain_session: Chain) -> Iterator[Chain]:
+    """The chain, reverted to its deployed state after each test."""
+    snapshot = chain_session.tester.take_snapshot()
+    yield chain_session
+    chain_session.tester.revert_to_snapshot(snapshot)
+
+
+@pytest.fixture
+def operator(chain: Chain) -> str:
+    """The grid operator (deployer, holds OPERATOR_ROLE)."""
+    return chain.addresses[0]
+
+
+@pytest.fixture
+def seller(chain: Chain) -> str:
+    """A producer who sells energy."""
+    return chain.addresses[1]
+
+
+@pytest.fixture
+def buyer(chain: Chain) -> str:
+    """A consumer who buys energy."""
+    return chain.addresses[2]
+
+
+@pytest.fixture
+def rival(chain: Chain) -> str:
+    """A second bidder."""
+    return chain.addresses[3]
+
+
+@pytest.fixture
+def supply_meter(chain: Chain) -> str:
+    """The seller's supply meter's device key."""
+    return chain.addresses[4]
+
+
+@pytest.fixture
+def load_meter(chain: Chain) -> str:
+    """The buyer's load meter's device key."""
+    return chain.addresses[5]
+
+
+@pytest.fixture
+def stranger(chain: Chain) -> str:
+    """Someone with no role at all."""
+    return chain.addresses[6]
+
+
+@contextlib.contextmanager
+def reverts(name: str, *args: Any) -> Iterator[list[ContractReverted]]:
+    """Expect a revert with custom error `name` (and, if given, exactly `args`)."""
+    caught: list[ContractReverted] = []
+    with pytest.raises(ContractReverted) as info:
+        yield caught
+    caught.append(info.value)
+    assert info.value.name == name, f"expected {name}, got {info.value}"
+    if args:
+        assert tuple(info.value.args_) == tuple(args), f"expected {name}{args}, got {info.value}"
