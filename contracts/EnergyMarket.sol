@@ -79,6 +79,9 @@ contract EnergyMarket is ReentrancyGuardTransient {
     mapping(address buyer => Queue) private _queues;
     mapping(address account => uint256) private _credits;
 
+    /// @notice The market was deployed, wired to `token` and `registry`. Servers joining a chain
+    /// find the deployment by this event alone (a log query with no address filter).
+    event MarketDeployed(address indexed token, address indexed registry);
     /// @notice A seller put `energyWh` up for auction; the tokens are in escrow.
     event Listed(
         uint256 indexed listingId,
@@ -170,6 +173,7 @@ contract EnergyMarket is ReentrancyGuardTransient {
         _maxDuration = maxDuration_;
         _minIncrementPerKWh = minIncrementPerKWh_;
         _deliveryTimeout = deliveryTimeout_;
+        emit MarketDeployed(token_, registry_);
     }
 
     /// @notice Puts `energyWh` of the caller's tokens up for auction, starting at

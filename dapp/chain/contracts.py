@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import function_signature_to_4byte_selector, to_hex
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address, to_hex
 
 from dapp.compiler import BUILD_DIR
 from dapp.errors import ChainError, ContractReverted
@@ -78,6 +78,9 @@ def decode_revert(data: bytes | str | None) -> ContractReverted:
         args = abi_decode(types, data[4:])
     except Exception:  # noqa: BLE001 - malformed revert data from a foreign contract
         return ContractReverted(name, ())
+    args = [
+        to_checksum_address(a) if t == "address" else a for t, a in zip(types, args, strict=True)
+    ]
     return ContractReverted(name, tuple(args))
 
 

@@ -1,0 +1,307 @@
+"""Local signing, per-account nonces, an outbox of unmined transactions, and receipts.
+
+Every transaction this server sends goes through one :class:`TxSender`: it signs with the
+sender's key (eth-account; no node-side accounts), gives each account consecutive nonces under a
+lock, sends raw, and remembers the transaction in an outbox persisted in the data directory until
+it is mined. If the node loses unmined transactions (a crash, a restart from an older state), the
+outbox sends the very same signed bytes again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import TimeExhausted, TransactionNotFound, Web3Exception
+
+from dapp.chain.contracts import decode_revert, revert_data_from_exception
+from dapp.errors import ChainError, ChainUnavailable, ContractReverted
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei: private chains have no fee market to speak of
+
+
+@dataclass
+class OutboxEntry:
+    """A transaction this server signed and sent, kept until it is mined or dropped."""
+
+    hash: str
+    sender: str
+    nonce: int
+    kind: str
+    raw: str
+    to: str | None
+    value: int
+    sent_at: float
+    concerns: list[str] = field(default_factory=list)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for errors that mean "the node is not there", as opposed to a node's answer."""
+    import requests
+
+    return isinstance(exc, (ConnectionError, OSError, requests.exceptions.ConnectionError))
+
+
+class Outbox:
+    """The unmined transactions of this server, persisted as JSON (atomic writes)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, OutboxEntry] = {}
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for item in data.get("transactions", []):
+                entry = OutboxEntry(**item)
+                self._entries[entry.hash] = entry
+
+    def add(self, entry: OutboxEntry) -> None:
+        """Remember a sent transaction."""
+        with self._lock:
+            self._entries[entry.hash] = entry
+            self._save()
+
+    def remove(self, tx_hash: str) -> None:
+        """Forget a transaction (mined or dropped)."""
+        with self._lock:
+            if self._entries.pop(tx_hash, None) is not None:
+                self._save()
+
+    def entries(self) -> list[OutboxEntry]:
+        """All remembered transactions, oldest first."""
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.sent_at, e.nonce))
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        payload = {"transactions": [asdict(e) for e in self._entries.values()]}
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        os.replace(tmp, self._path)
+
+
+class TxSender:
+    """Signs, numbers, sends and tracks this server's transactions."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        outbox_path: Path | None = None,
+        *,
+        gas_margin: float = 1.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.w3 = w3
+        self.outbox = Outbox(outbox_path)
+        self._gas_margin = gas_margin
+        self._clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._next_nonce: dict[str, int] = {}
+        self._chain_id: int | None = None
+        for entry in self.outbox.entries():
+            self._next_nonce[entry.sender] = max(
+                self._next_nonce.get(entry.sender, 0), entry.nonce + 1
+            )
+
+    def _lock_for(self, address: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(address, threading.Lock())
+
+    def chain_id(self) -> int:
+        """The node's chain id (cached)."""
+        if self._chain_id is None:
+            self._chain_id = self._call(lambda: self.w3.eth.chain_id)
+        return self._chain_id
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run a node call, turning connection failures into ChainUnavailable."""
+        try:
+            return fn()
+        except ChainError:
+            raise
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
+            raise
+
+    def _fees(self) -> dict[str, int]:
+        """EIP-1559 fees where the latest block has a base fee, else a legacy gas price."""
+        latest = self._call(lambda: self.w3.eth.get_block("latest"))
+        base = latest.get("baseFeePerGas")
+        if base is None:
+            return {"gasPrice": self._call(lambda: self.w3.eth.gas_price)}
+        try:
+            tip = self.w3.eth.max_priority_fee
+        except Exception:  # noqa: BLE001 - not every node implements eth_maxPriorityFeePerGas
+            tip = DEFAULT_PRIORITY_FEE
+        return {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip}
+
+    def send(
+        self,
+        account: LocalAccount,
+        tx: dict[str, Any],
+        kind: str,
+        concerns: list[str] | None = None,
+    ) -> str:
+        """Sign `tx` with `account`, send it raw and return its hash.
+
+        Gas is estimated unless given; an estimate that reverts raises ContractReverted with the
+        contract's custom error, and nothing is sent. `kind` ("bid", "send Ether", ...) and
+        `concerns` (other accounts it matters to, e.g. a meter's owner) feed the pending list.
+        """
+        sender = to_checksum_address(account.address)
+        tx = {k: v for k, v in tx.items() if v is not None}
+        tx["from"] = sender
+        tx.setdefault("value", 0)
+        tx["chainId"] = self.chain_id()
+        if "gas" not in tx:
+            tx["gas"] = int(self.estimate_gas(tx) * self._gas_margin)
+        if "gasPrice" not in tx and "maxFeePerGas" not in tx:
+            tx.update(self._fees())
+        with self._lock_for(sender):
+            node_nonce = self._call(lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+            nonce = max(node_nonce, self._next_nonce.get(sender, 0))
+            tx["nonce"] = nonce
+            signed = account.sign_transaction(tx)
+            raw = HexBytes(signed.raw_transaction)
+            tx_hash = self._send_raw(raw)
+            self._next_nonce[sender] = nonce + 1
+            self.outbox.add(
+                OutboxEntry(
+                    hash=tx_hash,
+                    sender=sender,
+                    nonce=nonce,
+                    kind=kind,
+                    raw=raw.to_0x_hex(),
+                    to=tx.get("to"),
+                    value=int(tx.get("value", 0)),
+                    sent_at=self._clock(),
+                    concerns=[to_checksum_address(a) for a in (concerns or [])],
+                )
+            )
+        log.info("sent %s %s from %s (nonce %d)", kind, tx_hash, sender, nonce)
+        return tx_hash
+
+    def _send_raw(self, raw: HexBytes) -> str:
+        """Send signed bytes; a revert reported at submission becomes ContractReverted."""
+        try:
+            return HexBytes(self.w3.eth.send_raw_transaction(raw)).to_0x_hex()
+        except ChainError:
+            raise
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
+            data = revert_data_from_exception(exc)
+            if data is not None:
+                raise decode_revert(data) from exc
+            raise ChainError(f"the node refused the transaction: {exc}") from exc
+
+    def estimate_gas(self, tx: dict[str, Any]) -> int:
+        """Estimate gas; a revert raises ContractReverted with the decoded custom error."""
+        call = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value")}
+        try:
+            return int(self.w3.eth.estimate_gas(call))
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
+            data = revert_data_from_exception(exc)
+            if data is not None:
+                raise decode_revert(data) from exc
+            if "revert" in str(exc).lower():
+                raise ContractReverted("Reverted", (), str(exc)) from exc
+            raise ChainError(f"gas estimation failed: {exc}") from exc
+
+    def wait(self, tx_hash: str, timeout: float = 60.0, poll: float = 0.1) -> dict[str, Any]:
+        """Wait for the receipt; raise ContractReverted on a failed transaction.
+
+        Raises ChainError if it is not mined within `timeout` seconds (it stays in the outbox
+        and in the pending list).
+        """
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=timeout, poll_latency=poll
+            )
+        except TimeExhausted as exc:
+            raise ChainError(f"transaction {tx_hash} not mined within {timeout:g} s") from exc
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
+            raise
+        self.outbox.remove(HexBytes(tx_hash).to_0x_hex())
+        if receipt["status"] != 1:
+            raise self._revert_reason(tx_hash, receipt)
+        return dict(receipt)
+
+    def _revert_reason(self, tx_hash: str, receipt: dict[str, Any]) -> ContractReverted:
+        """Replay a failed transaction as a call at its block to recover the custom error."""
+        try:
+            tx = self.w3.eth.get_transaction(tx_hash)
+            call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
+            self.w3.eth.call(call, receipt["blockNumber"] - 1)
+        except Exception as exc:  # noqa: BLE001 - whatever the node says, we want its data
+            data = revert_data_from_exception(exc)
+            if data is not None:
+                return decode_revert(data)
+        return ContractReverted("Reverted", (), f"transaction {tx_hash} reverted")
+
+    def transact(
+        self,
+        account: LocalAccount,
+        tx: dict[str, Any],
+        kind: str,
+        timeout: float = 60.0,
+        concerns: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Send and wait: the receipt of a successful transaction."""
+        return self.wait(self.send(account, tx, kind, concerns), timeout)
+
+    def reconcile(self) -> dict[str, list[str]]:
+        """Check the outbox against the node: forget mined transactions, re-send lost ones.
+
+        A transaction whose nonce was used by another transaction is dropped (logged). Returns
+        {"mined": [...], "resent": [...], "dropped": [...]}.
+        """
+        result: dict[str, list[str]] = {"mined": [], "resent": [], "dropped": []}
+        for entry in self.outbox.entries():
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(entry.hash)
+            except TransactionNotFound:
+                receipt = None
+            except Web3Exception:
+                receipt = None
+            if receipt is not None and receipt.get("blockNumber") is not None:
+                self.outbox.remove(entry.hash)
+                result["mined"].append(entry.hash)
+                continue
+            try:
+                known = self.w3.eth.get_transaction(entry.hash)
+            except TransactionNotFound:
+                known = None
+            if known is not None:
+                continue  # still pending in the node
+            mined_nonce = self._call(lambda e=entry: self.w3.eth.get_transaction_count(e.sender))
+            if mined_nonce > entry.nonce:
+                log.warning("outbox: %s (nonce %d) was replaced; dropping", entry.hash, entry.nonce)
+                self.outbox.remove(entry.hash)
+                result["dropped"].append(entry.hash)
+                continue
+            self._send_raw(HexBytes(entry.raw))
+            log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
+            result["resent"].append(entry.hash)
+        return result
