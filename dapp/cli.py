@@ -11,7 +11,7 @@ from dapp.commands.common import env
 from dapp.errors import MicrogridError
 
 # Each module exposes `register(subparsers)`; add new command groups here.
-COMMAND_MODULES = ("dapp.commands.contracts",)
+COMMAND_MODULES = ("dapp.commands.contracts", "dapp.commands.accounts")
 
 
 def build_parser() -> argparse.ArgumentParser:

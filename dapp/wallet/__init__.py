@@ -1,0 +1,1 @@
+"""The user's wallet: geth-compatible keystore files and the keys unlocked for a session."""
