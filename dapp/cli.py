@@ -11,7 +11,11 @@ from dapp.commands.common import env
 from dapp.errors import MicrogridError
 
 # Each module exposes `register(subparsers)`; add new command groups here.
-COMMAND_MODULES = ("dapp.commands.contracts", "dapp.commands.accounts")
+COMMAND_MODULES = (
+    "dapp.commands.contracts",
+    "dapp.commands.accounts",
+    "dapp.commands.node",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
