@@ -2,7 +2,7 @@
 pragma solidity 0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 
 interface IEnergyTokenEscrow is IERC20 {
     function escrowFrom(address seller, uint256 energyWh) external;
@@ -20,7 +20,7 @@ interface IEnergyTokenEscrow is IERC20 {
 /// Work per reading is bounded: {settleDelivery} walks at most MAX_TRADES_PER_READING of the
 /// buyer's open trades (oldest first, a linked list per buyer); it stops at the first trade the
 /// reading does not complete, so only completed trades cost more than one step.
-contract EnergyMarket is ReentrancyGuardTransient {
+contract EnergyMarket is ReentrancyGuard {
     /// @notice Lifecycle of a lot.
     enum Status {
         None,

@@ -20,7 +20,7 @@ from typing import Any
 from dapp.errors import CompileError
 
 SOLC_VERSION = "0.8.28"
-EVM_VERSION = "cancun"
+EVM_VERSION = "paris"  # no PUSH0: also runs on geth clique chains (v1.12-1.13)
 OPTIMIZER_RUNS = 20_000
 
 ROOT = Path(__file__).resolve().parent.parent
