@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "dapp.commands.contracts",
     "dapp.commands.accounts",
     "dapp.commands.node",
+    "dapp.commands.meter",
 )
 
 

@@ -1,0 +1,329 @@
+"""The one object the services use to reach the chain.
+
+`ChainClient` bundles the connection, the node's abilities (mining), the contracts of the
+deployment, the transaction sender (local signing, nonces, outbox), the pending view and the
+event listener. Reads return plain dataclasses; actions sign locally and return the
+transaction hash after a pre-flight estimate, so a call that would revert raises
+`ContractReverted` and sends nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+
+from dapp.chain import discovery
+from dapp.chain.contracts import load_artifact
+from dapp.chain.deploy import Deployment
+from dapp.chain.listener import EventListener
+from dapp.chain.node import MiningControl, MiningStatus, NodeInfo, connect, detect
+from dapp.chain.pending import PendingTx, PendingView
+from dapp.chain.tx import TxSender
+from dapp.errors import ChainError
+
+log = logging.getLogger(__name__)
+
+# A reading may complete up to MAX_TRADES_PER_READING trades (each closes, refunds, burns and
+# returns tokens); its cost depends on the next block's time, which an estimate cannot know.
+READING_GAS = 600_000
+
+
+class LotStatus(enum.IntEnum):
+    """EnergyMarket.Status."""
+
+    NONE = 0
+    LISTED = 1
+    OPEN = 2
+    CLOSED = 3
+    EXPIRED = 4
+
+
+@dataclass(frozen=True)
+class Lot:
+    """A listing or trade as the market reports it."""
+
+    id: int
+    status: LotStatus
+    seller: str
+    buyer: str | None
+    energy_wh: int
+    price_per_kwh: int
+    deadline: int
+    delivered_wh: int
+    last_delivery_at: int
+    deposit_wei: int
+    paid_wei: int
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A registered meter as the registry reports it."""
+
+    address: str
+    owner: str
+    kind: str  # "supply" or "load"
+    active: bool
+    rated_power_w: int
+    cumulative_wh: int
+    read_at: int
+
+
+ZERO = "0x0000000000000000000000000000000000000000"
+
+
+class ChainClient:
+    """Connection, deployment, sender, pending view, mining and listener of one server."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        data_dir: Path,
+        *,
+        market: str | None = None,
+        timeout: float = 10.0,
+        w3: Web3 | None = None,
+    ) -> None:
+        self.rpc_url = rpc_url
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.w3 = w3 or connect(rpc_url, timeout=timeout)
+        self.sender = TxSender(self.w3, self.data_dir / "outbox.json")
+        self.pending = PendingView(self.w3, self.sender.outbox)
+        self._market_address = market
+        self._deployment: Deployment | None = None
+        self._info: NodeInfo | None = None
+        self._mining: MiningControl | None = None
+        self._listener: EventListener | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ node and deployment
+
+    @property
+    def info(self) -> NodeInfo:
+        """What the node is and can do (detected on first use)."""
+        if self._info is None:
+            self._info = detect(self.w3)
+        return self._info
+
+    @property
+    def mining(self) -> MiningControl:
+        """Start/stop mining for this node."""
+        if self._mining is None:
+            self._mining = MiningControl(self.w3, self.info)
+        return self._mining
+
+    def mining_status(self) -> MiningStatus:
+        """Whether blocks are being made, and whether we can change that."""
+        return self.mining.mining_status()
+
+    def start_mining(self, block_time: float = 1.0) -> MiningStatus:
+        """Start making blocks."""
+        return self.mining.start_mining(block_time)
+
+    def stop_mining(self) -> MiningStatus:
+        """Stop making blocks; transactions stay pending."""
+        return self.mining.stop_mining()
+
+    @property
+    def deployment(self) -> Deployment:
+        """The contracts on this chain: flag, cache, or discovery (resolved on first use)."""
+        with self._lock:
+            if self._deployment is None:
+                self._deployment = discovery.resolve(
+                    self.w3, self.data_dir / "deployment.json", self._market_address
+                )
+            return self._deployment
+
+    def use_deployment(self, deployment: Deployment) -> None:
+        """Adopt a deployment just made (and cache it for the next start)."""
+        with self._lock:
+            self._deployment = deployment
+            discovery.save_cached(self.w3, self.data_dir / "deployment.json", deployment)
+
+    def _contract(self, name: str, address: str) -> Any:
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+
+    @property
+    def token(self) -> Any:
+        """The EnergyToken contract."""
+        return self._contract("EnergyToken", self.deployment.token)
+
+    @property
+    def registry(self) -> Any:
+        """The MeterRegistry contract."""
+        return self._contract("MeterRegistry", self.deployment.registry)
+
+    @property
+    def market(self) -> Any:
+        """The EnergyMarket contract."""
+        return self._contract("EnergyMarket", self.deployment.market)
+
+    @property
+    def listener(self) -> EventListener:
+        """The process's single event listener (created on first use)."""
+        with self._lock:
+            if self._listener is None:
+                dep = self._deployment
+                if dep is None:
+                    raise ChainError("the deployment is not known yet")
+                self._listener = EventListener(self.w3, dep, self.data_dir / "listener.json")
+            return self._listener
+
+    # ------------------------------------------------------------------ reads
+
+    def block_number(self) -> int:
+        """Latest block number."""
+        return self.w3.eth.block_number
+
+    def latest_timestamp(self) -> int:
+        """Timestamp of the latest block (the chain's "now")."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def ether_balance(self, address: str) -> int:
+        """Ether balance in wei."""
+        return int(self.w3.eth.get_balance(to_checksum_address(address)))
+
+    def token_balance(self, address: str) -> int:
+        """Energy tokens in Wh."""
+        return int(self.token.functions.balanceOf(to_checksum_address(address)).call())
+
+    def credit_of(self, address: str) -> int:
+        """Withdrawable credit in the market, in wei."""
+        return int(self.market.functions.creditOf(to_checksum_address(address)).call())
+
+    def lot_count(self) -> int:
+        """Number of lots ever listed."""
+        return int(self.market.functions.lotCount().call())
+
+    def lot(self, lot_id: int) -> Lot:
+        """One listing or trade."""
+        info = self.market.functions.lotOf(lot_id).call()
+        status, seller, buyer, energy, price, deadline, delivered, last, deposit, paid = info
+        return Lot(
+            id=lot_id,
+            status=LotStatus(status),
+            seller=seller,
+            buyer=None if buyer == ZERO else buyer,
+            energy_wh=energy,
+            price_per_kwh=price,
+            deadline=deadline,
+            delivered_wh=delivered,
+            last_delivery_at=last,
+            deposit_wei=deposit,
+            paid_wei=paid,
+        )
+
+    def lots(self, statuses: set[LotStatus] | None = None, last: int = 200) -> list[Lot]:
+        """The newest `last` lots, optionally only those in `statuses`."""
+        count = self.lot_count()
+        out = []
+        for lot_id in range(max(1, count - last + 1), count + 1):
+            lot = self.lot(lot_id)
+            if statuses is None or lot.status in statuses:
+                out.append(lot)
+        return out
+
+    def deposit_for(self, lot_id: int, price_per_kwh: int) -> int:
+        """Wei a bid of `price_per_kwh` on `lot_id` must send."""
+        return int(self.market.functions.depositFor(lot_id, price_per_kwh).call())
+
+    def market_parameters(self) -> dict[str, int]:
+        """minDuration, maxDuration, minIncrementPerKWh, deliveryTimeout."""
+        _, _, min_d, max_d, inc, timeout = self.market.functions.parameters().call()
+        return {
+            "min_duration": min_d,
+            "max_duration": max_d,
+            "min_increment_per_kwh": inc,
+            "delivery_timeout": timeout,
+        }
+
+    def meter(self, address: str) -> Meter | None:
+        """A registered meter, or None."""
+        address = to_checksum_address(address)
+        owner, kind, active, rated, cumulative, read_at = self.registry.functions.meterOf(
+            address
+        ).call()
+        if owner == ZERO:
+            return None
+        return Meter(address, owner, "load" if kind == 1 else "supply", active, rated,
+                     cumulative, read_at)
+
+    def is_operator(self, address: str) -> bool:
+        """Whether `address` may register meters."""
+        role = self.registry.functions.OPERATOR_ROLE().call()
+        return bool(self.registry.functions.hasRole(role, to_checksum_address(address)).call())
+
+    def pending_transactions(
+        self, account: str, meters: list[str] | None = None
+    ) -> list[PendingTx]:
+        """Unmined transactions sent by `account` or its meters."""
+        return self.pending.pending_transactions(account, meters or [])
+
+    # ------------------------------------------------------------------ actions
+
+    def _send(self, account: LocalAccount, fn: Any, kind: str, value: int = 0,
+              gas: int | None = None, concerns: list[str] | None = None) -> str:
+        tx: dict[str, Any] = {
+            "to": fn.address,
+            "data": fn._encode_transaction_data(),
+            "value": value,
+        }
+        if gas is not None:
+            tx["gas"] = gas
+        return self.sender.send(account, tx, kind, concerns)
+
+    def send_ether(self, account: LocalAccount, to: str, wei: int) -> str:
+        """Send plain Ether; returns the transaction hash."""
+        return self.sender.send(account, {"to": to_checksum_address(to), "value": wei},
+                                "send Ether")
+
+    def sell(self, account: LocalAccount, energy_wh: int, start_price_per_kwh: int,
+             duration: int) -> str:
+        """List `energy_wh` of the account's tokens for auction."""
+        fn = self.market.functions.list(energy_wh, start_price_per_kwh, duration)
+        return self._send(account, fn, "sell")
+
+    def bid(self, account: LocalAccount, lot_id: int, price_per_kwh: int) -> str:
+        """Bid on a listing, sending exactly the deposit it needs."""
+        value = self.deposit_for(lot_id, price_per_kwh)
+        return self._send(account, self.market.functions.bid(lot_id, price_per_kwh), "bid", value)
+
+    def finalize(self, account: LocalAccount, lot_id: int) -> str:
+        """End an auction whose deadline passed."""
+        return self._send(account, self.market.functions.finalize(lot_id), "finalize auction")
+
+    def close_connection(self, account: LocalAccount, trade_id: int) -> str:
+        """Close an open trade (buyer; or seller after the delivery timeout)."""
+        return self._send(account, self.market.functions.closeConnection(trade_id),
+                          "close connection")
+
+    def withdraw(self, account: LocalAccount) -> str:
+        """Withdraw all of the account's credit."""
+        return self._send(account, self.market.functions.withdraw(), "withdraw")
+
+    def register_meter(self, operator: LocalAccount, meter: str, owner: str, kind: str,
+                       rated_power_w: int) -> str:
+        """Register a meter (operator only)."""
+        kind_id = {"supply": 0, "load": 1}[kind]
+        fn = self.registry.functions.registerMeter(
+            to_checksum_address(meter), to_checksum_address(owner), kind_id, rated_power_w
+        )
+        return self._send(operator, fn, "register meter", concerns=[owner])
+
+    def report(self, meter: LocalAccount, cumulative_wh: int, owner: str | None = None) -> str:
+        """Send a meter reading from the meter's own key (fixed gas, see READING_GAS)."""
+        fn = self.registry.functions.report(cumulative_wh)
+        return self._send(meter, fn, "meter reading", gas=READING_GAS,
+                          concerns=[owner] if owner else None)
+
+    def wait(self, tx_hash: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for a transaction's receipt (ContractReverted if it failed)."""
+        return self.sender.wait(tx_hash, timeout)

@@ -1,0 +1,332 @@
+"""The meter wire protocol (hardware/PROTOCOL.md): framing, CRC, parse/format and typed errors.
+
+Pure functions and small value types, shared by the host driver and the emulator; no I/O here.
+The firmware (hardware/firmware/meter/meter.ino) implements the same rules in C++.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dapp.errors import MeterError
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 120  # bytes before the terminating LF, a trailing CR included
+MAX_SEQ = 65535
+KINDS = ("supply", "load")
+
+# Requests: command name -> number of arguments.
+COMMANDS = {"ID": 0, "READ": 0, "RELAY": 1, "HB": 0}
+
+
+class ErrorCode(IntEnum):
+    """Numeric codes of `ERR` replies (PROTOCOL.md, "Errors")."""
+
+    BAD_CHECKSUM = 1
+    BAD_FRAME = 2
+    LINE_TOO_LONG = 3
+    UNKNOWN_COMMAND = 4
+    BAD_ARGUMENT = 5
+    SENSOR_FAULT = 6
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class MeterTimeout(MeterError):
+    """The meter did not answer within the timeout (after all retries)."""
+
+
+class MeterDisconnected(MeterTimeout):
+    """The port is closed, unplugged or cannot be opened: the meter cannot answer at all."""
+
+
+class MeterProtocolError(MeterError):
+    """A frame was garbled: bad framing or checksum, wrong sequence number, malformed fields.
+
+    `code` is the `ErrorCode` a meter answers with and `seq` the sequence number it echoes (0 when
+    the frame was not trustworthy enough to read one).
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME, seq: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.seq = seq
+
+
+class MeterRefused(MeterError):
+    """The meter understood the command and answered with an `ERR` reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"meter refused: error {code} ({message})")
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------- framing
+
+_FIELD_CHARS = re.compile(rb"[\x20-\x7e]*")
+_SEQ = re.compile(rb"0|[1-9][0-9]{0,4}")
+_NAME = re.compile(rb"[A-Z]{1,8}")
+_CRC = re.compile(rb"[0-9A-F]{4}")
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final XOR)."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded line: its sequence number and its comma-separated fields (name first)."""
+
+    seq: int
+    fields: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The first field: a command (requests) or OK/ERR (replies)."""
+        return self.fields[0]
+
+
+def encode_frame(seq: int, fields: tuple[str, ...] | list[str]) -> bytes:
+    """Format `$<seq>,<field>,...*<CRC>\\n`, refusing anything that would not decode back."""
+    if not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"sequence number out of range: {seq}")
+    if not fields or not _NAME.fullmatch(fields[0].encode("ascii", "replace")):
+        raise ValueError(f"bad frame name: {fields[:1]}")
+    for field in fields:
+        raw = field.encode("ascii")  # UnicodeEncodeError is a ValueError
+        if not _FIELD_CHARS.fullmatch(raw) or any(c in raw for c in b"$*,"):
+            raise ValueError(f"field not encodable: {field!r}")
+    body = ",".join((str(seq), *fields)).encode("ascii")
+    line = b"$" + body + b"*" + b"%04X" % crc16(body)
+    if len(line) > MAX_LINE:
+        raise ValueError(f"frame longer than {MAX_LINE} bytes")
+    return line + b"\n"
+
+
+def decode_frame(line: bytes) -> Frame:
+    """Decode one line (without its LF; a trailing CR is allowed) or raise MeterProtocolError.
+
+    Checks, in this order (PROTOCOL.md, "Receiving"): length, framing characters, checksum, then
+    the sequence number and name fields. Every failure is answered with sequence number 0.
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if len(line) > MAX_LINE:
+        raise MeterProtocolError("line too long", ErrorCode.LINE_TOO_LONG)
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if (
+        len(line) < 6
+        or line[:1] != b"$"
+        or line[-5:-4] != b"*"
+        or not _CRC.fullmatch(line[-4:])
+        or not _FIELD_CHARS.fullmatch(line)
+        or b"$" in line[1:-5]
+        or b"*" in line[1:-5]
+    ):
+        raise MeterProtocolError("malformed frame", ErrorCode.BAD_FRAME)
+    body = line[1:-5]
+    if crc16(body) != int(line[-4:], 16):
+        raise MeterProtocolError("bad checksum", ErrorCode.BAD_CHECKSUM)
+    parts = body.split(b",")
+    if len(parts) < 2 or not _SEQ.fullmatch(parts[0]) or int(parts[0]) > MAX_SEQ:
+        raise MeterProtocolError("bad sequence number", ErrorCode.BAD_FRAME)
+    if not _NAME.fullmatch(parts[1]):
+        raise MeterProtocolError("bad frame name", ErrorCode.BAD_FRAME)
+    return Frame(int(parts[0]), tuple(p.decode("ascii") for p in parts[1:]))
+
+
+class LineBuffer:
+    """Splits a byte stream into lines with the protocol's length limit.
+
+    `feed()` returns complete lines (without LF) in order; a line longer than MAX_LINE is
+    discarded up to its LF and reported once as None. Empty lines (and a lone CR) are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """Add received bytes; return the lines they completed (None for each too-long line)."""
+        out: list[bytes | None] = []
+        *complete, tail = bytes(data).split(b"\n")
+        for chunk in complete:
+            line = self._finish(chunk)
+            if line != b"":
+                out.append(line)
+        self._add(tail)
+        return out
+
+    def _add(self, data: bytes) -> None:
+        if self._overflow:
+            return
+        self._buf += data
+        if len(self._buf) > MAX_LINE:
+            # Why: keep memory bounded on a stream of garbage without newlines.
+            self._buf.clear()
+            self._overflow = True
+
+    def _finish(self, chunk: bytes) -> bytes | None:
+        self._add(chunk)
+        if self._overflow:
+            self._overflow = False
+            return None
+        line = bytes(self._buf)
+        self._buf.clear()
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def clear(self) -> None:
+        """Forget any partial line (after a reconnect)."""
+        self._buf.clear()
+        self._overflow = False
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded host command: ID, READ, RELAY (with `relay`), HB."""
+
+    seq: int
+    command: str
+    relay: bool | None = None  # RELAY only: True closes (power flows), False opens
+
+    def encode(self) -> bytes:
+        """The canonical frame for this request."""
+        args = () if self.relay is None else ("1" if self.relay else "0",)
+        return encode_frame(self.seq, (self.command, *args))
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode a host command line, or raise MeterProtocolError carrying the ERR code to answer."""
+    frame = decode_frame(line)
+    if frame.seq == 0:
+        raise MeterProtocolError("sequence number 0 is reserved for replies", ErrorCode.BAD_FRAME)
+    if frame.name not in COMMANDS:
+        raise MeterProtocolError(
+            f"unknown command {frame.name}", ErrorCode.UNKNOWN_COMMAND, frame.seq
+        )
+    args = frame.fields[1:]
+    if len(args) != COMMANDS[frame.name]:
+        raise MeterProtocolError(
+            f"{frame.name} takes {COMMANDS[frame.name]} argument(s)",
+            ErrorCode.BAD_ARGUMENT,
+            frame.seq,
+        )
+    if frame.name == "RELAY":
+        if args[0] not in ("0", "1"):
+            raise MeterProtocolError("RELAY takes 0 or 1", ErrorCode.BAD_ARGUMENT, frame.seq)
+        return Request(frame.seq, "RELAY", args[0] == "1")
+    return Request(frame.seq, frame.name)
+
+
+# --------------------------------------------------------------------------- replies
+
+_ID_TEXT = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_UINT = re.compile(r"0|[1-9][0-9]{0,15}")
+_DECIMAL = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,6})?")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What ID reports: who the meter is and how it behaves."""
+
+    meter_id: str
+    firmware: str
+    kind: str  # "supply" (PV -> battery) or "load" (battery -> consumer)
+    rated_power_w: int  # largest counter rate, in Wh per hour of wall-clock time
+    watchdog_s: int  # the relay opens after this many seconds without a valid command
+    protocol: int = PROTOCOL_VERSION
+
+    def fields(self) -> tuple[str, ...]:
+        """The reply fields after `OK,ID`."""
+        return (self.meter_id, self.firmware, self.kind, str(self.rated_power_w),
+                str(self.watchdog_s), str(self.protocol))
+
+    @classmethod
+    def from_fields(cls, fields: tuple[str, ...]) -> Identity:
+        """Parse the fields after `OK,ID`, or raise MeterProtocolError."""
+        if len(fields) != 6:
+            raise MeterProtocolError(f"ID reply has {len(fields)} fields, expected 6")
+        meter_id, firmware, kind, rated, watchdog, protocol = fields
+        if not (_ID_TEXT.fullmatch(meter_id) and _ID_TEXT.fullmatch(firmware)
+                and kind in KINDS and _UINT.fullmatch(rated) and _UINT.fullmatch(watchdog)
+                and _UINT.fullmatch(protocol)):
+            raise MeterProtocolError(f"malformed ID reply: {','.join(fields)}")
+        if int(rated) < 1 or not 1 <= int(watchdog) <= 3600:
+            raise MeterProtocolError(f"ID reply out of range: {','.join(fields)}")
+        return cls(meter_id, firmware, kind, int(rated), int(watchdog), int(protocol))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What READ reports: the meter's counters and instantaneous values."""
+
+    energy_wh: int  # cumulative, never decreases while the meter is powered
+    power_w: float
+    voltage_v: float
+    current_a: float
+    relay_closed: bool
+    samples: int  # the meter's own sample counter; restarts from 0 when the meter reboots
+
+    def fields(self) -> tuple[str, ...]:
+        """The reply fields after `OK,READ`."""
+        return (str(self.energy_wh), f"{self.power_w:.1f}", f"{self.voltage_v:.2f}",
+                f"{self.current_a:.3f}", "1" if self.relay_closed else "0", str(self.samples))
+
+    @classmethod
+    def from_fields(cls, fields: tuple[str, ...]) -> Reading:
+        """Parse the fields after `OK,READ`, or raise MeterProtocolError."""
+        if len(fields) != 6:
+            raise MeterProtocolError(f"READ reply has {len(fields)} fields, expected 6")
+        energy, power, voltage, current, relay, samples = fields
+        if not (_UINT.fullmatch(energy) and _DECIMAL.fullmatch(power)
+                and _DECIMAL.fullmatch(voltage) and _DECIMAL.fullmatch(current)
+                and relay in ("0", "1") and _UINT.fullmatch(samples)):
+            raise MeterProtocolError(f"malformed READ reply: {','.join(fields)}")
+        return cls(int(energy), float(power), float(voltage), float(current), relay == "1",
+                   int(samples))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded meter reply: `OK` with the command and its fields, or `ERR` with a code."""
+
+    seq: int
+    ok: bool
+    command: str = ""  # OK replies: the command answered
+    values: tuple[str, ...] = ()  # OK replies: the fields after the command
+    code: int = 0  # ERR replies
+    message: str = ""  # ERR replies
+
+
+def parse_reply(line: bytes) -> Reply:
+    """Decode a meter reply line, or raise MeterProtocolError (a request is not a reply)."""
+    frame = decode_frame(line)
+    if frame.name == "OK":
+        if len(frame.fields) < 2 or frame.fields[1] not in COMMANDS:
+            raise MeterProtocolError(f"OK reply without a known command: {frame.fields}")
+        return Reply(frame.seq, True, frame.fields[1], frame.fields[2:])
+    if frame.name == "ERR":
+        if len(frame.fields) != 3 or not re.fullmatch(r"[1-9][0-9]?", frame.fields[1]):
+            raise MeterProtocolError(f"malformed ERR reply: {frame.fields}")
+        return Reply(frame.seq, False, code=int(frame.fields[1]), message=frame.fields[2])
+    raise MeterProtocolError(f"not a reply: {frame.name} (an echo of our own request?)")
+
+
+def encode_ok(seq: int, command: str, values: tuple[str, ...] = ()) -> bytes:
+    """The frame `$<seq>,OK,<command>,<values...>`."""
+    return encode_frame(seq, ("OK", command, *values))
+
+
+def encode_error(seq: int, code: ErrorCode, message: str) -> bytes:
+    """The frame `$<seq>,ERR,<code>,<message>`."""
+    return encode_frame(seq, ("ERR", str(int(code)), message))
