@@ -306,14 +306,21 @@ contract EnergyMarket is ReentrancyGuard {
     /// @notice Closes an open trade: the relays open, the buyer's unspent deposit is credited back
     /// and the undelivered tokens return to the seller.
     /// Requirements: trade Open; caller is the buyer, or the seller once no delivery was reported
-    /// for the delivery timeout. Emits {ConnectionClosed}, {Credited} (when a refund is due) and
+    /// for the delivery timeout (for a trade queued behind the buyer's older trade: no delivery to
+    /// that older trade either). Emits {ConnectionClosed}, {Credited} (when a refund is due) and
     /// the token's {Transfer} (when tokens return).
     function closeConnection(uint256 tradeId) external {
         Lot storage lot = _lots[tradeId];
         if (lot.status != Status.Open) revert MarketTradeNotOpen(tradeId);
         if (msg.sender != lot.buyer) {
             if (msg.sender != lot.seller) revert MarketNotTradeParty(tradeId, msg.sender);
-            uint256 timesOutAt = uint256(lot.lastDeliveryAt) + _deliveryTimeout;
+            uint256 lastActivity = lot.lastDeliveryAt;
+            if (lot.prevOfBuyer != 0) {
+                // Waiting behind the buyer's older trade: stalled only if that one is stalled.
+                uint256 headActivity = _lots[_queues[lot.buyer].head].lastDeliveryAt;
+                if (headActivity > lastActivity) lastActivity = headActivity;
+            }
+            uint256 timesOutAt = lastActivity + _deliveryTimeout;
             if (block.timestamp < timesOutAt) revert MarketDeliveryNotTimedOut(tradeId, timesOutAt);
         }
         _close(tradeId, lot, msg.sender);
@@ -403,8 +410,14 @@ contract EnergyMarket is ReentrancyGuard {
         Queue storage queue = _queues[buyer];
         uint48 prev = lot.prevOfBuyer;
         uint48 next = lot.nextOfBuyer;
-        if (prev == 0) queue.head = next;
-        else _lots[prev].nextOfBuyer = next;
+        if (prev == 0) {
+            queue.head = next;
+            // The next trade starts delivering only now: its delivery timeout starts now too,
+            // so its seller cannot close it for the time it spent waiting behind this one.
+            if (next != 0) _lots[next].lastDeliveryAt = uint40(block.timestamp);
+        } else {
+            _lots[prev].nextOfBuyer = next;
+        }
         if (next == 0) queue.tail = prev;
         else _lots[next].prevOfBuyer = prev;
         lot.prevOfBuyer = 0;

@@ -85,7 +85,25 @@ def decode_revert(data: bytes | str | None) -> ContractReverted:
 
 
 def revert_data_from_exception(exc: BaseException) -> bytes | None:
-    """Dig the raw revert data out of whatever a provider raised (web3 or eth-tester)."""
+    """Dig the raw revert data out of whatever a provider raised (web3 or eth-tester).
+
+    Looks through the exception's cause/context chain too: web3's eth-tester provider sometimes
+    fails while decoding a custom error as Error(string) and raises a different exception, with
+    the original (holding the raw bytes) as its context.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        data = _revert_data(current)
+        if data is not None:
+            return data
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _revert_data(exc: BaseException) -> bytes | None:
+    """Revert data carried by this one exception, if any."""
     data = getattr(exc, "data", None)
     if isinstance(data, str) and data.startswith("0x"):
         return bytes.fromhex(data[2:])

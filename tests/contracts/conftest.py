@@ -116,8 +116,13 @@ def chain_session() -> Chain:
 
 @pytest.fixture
 def chain(chain_session: Chain) -> Iterator[Chain]:
-    """The chain, reverted to its deployed state after each test."""
+    """The chain, reverted to its deployed state after each test.
+
+    After a revert, eth-tester stamps new blocks with max(wall clock, parent + 1); moving the
+    chain's clock a day ahead of the wall clock keeps `advance` exact for the whole test.
+    """
     snapshot = chain_session.tester.take_snapshot()
+    chain_session.advance(24 * 3600)
     yield chain_session
     chain_session.tester.revert_to_snapshot(snapshot)
 
