@@ -1,0 +1,31 @@
+"""Print the README's gas table from bench/results/gas.json (keeps the README's figures true)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = {
+    "supply_reading": "`supply_reading` (mint)",
+    "load_reading": "`load_reading` (settle a Wh-batch)",
+    "list": "`list`",
+    "bid_first": "`bid_first`",
+    "bid_outbid": "`bid_outbid`",
+    "finalize": "`finalize`",
+    "close_connection": "`close_connection`",
+    "withdraw": "`withdraw`",
+}
+
+
+def table() -> str:
+    """The markdown table of gas figures and targets."""
+    ops = json.loads((Path(__file__).parent / "results" / "gas.json").read_text())["operations"]
+    lines = ["| operation | gas | target |", "| --- | ---: | ---: |"]
+    for key, label in LABELS.items():
+        target = ops[key]["target"]
+        lines.append(f"| {label} | {ops[key]['gas']:,} | {f'≤ {target:,}' if target else ''} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
