@@ -1,0 +1,9 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+/// @notice The part of EnergyMarket the test attackers call.
+interface IAttackedMarket {
+    function bid(uint256 listingId, uint256 pricePerKWh) external payable;
+    function closeConnection(uint256 tradeId) external;
+    function withdraw() external;
+}

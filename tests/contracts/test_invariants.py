@@ -1,0 +1,725 @@
+"""Conservation of Ether and energy tokens over randomized sequences of market operations.
+
+One checker, `check_invariants`, states what must hold after every transaction:
+
+- Ether: the market's balance = every credit + the deposits of Listed lots with a bidder +
+  (deposit - paid) of Open trades; each account's credit = what events credited it - what it
+  withdrew; no lot has paid or delivered more than it holds.
+- Tokens: supply = minted - burned; minted = what supply meters measured; burned = what Closed
+  trades delivered; the market's tokens = Listed lots + undelivered and delivered-but-unburned
+  energy of Open trades.
+
+A Hypothesis state machine runs the checker after every step of random sequences by three
+people and one contract that refuses Ether. Each step also predicts whether the market must
+accept or refuse it (and with which custom error). A last test compiles deliberately broken
+markets and shows that the same checker catches each of them on a short fixed sequence.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pytest
+from eth_utils import event_abi_to_log_topic
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from web3.contract import Contract
+
+from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
+from dapp.chain.deploy import create_address
+from dapp.compiler import CONTRACTS_DIR, compile_sources
+from dapp.errors import ContractReverted
+from tests.contracts.conftest import PARAMS, PRICE, Chain
+
+LISTED, OPEN, CLOSED, EXPIRED = 1, 2, 3, 4
+SUPPLY, LOAD = 0, 1
+ZERO = "0x" + "00" * 20
+RATED_W = 65_535  # the largest rating: readings of up to ~18 Wh per second are plausible
+TX_GAS = 3_000_000
+START_WH = 10_000  # each person's tokens when an example starts
+MAX_LOTS = 8  # per example: room for several trades per buyer, cheap to check after each step
+INCREMENT = PARAMS.min_increment_per_kwh
+READING_KINDS = st.sampled_from(["ok", "ok", "ok", "replay", "too much"])
+BID_KINDS = st.sampled_from(["valid"] * 3 + ["too low", "deposit short", "deposit over"])
+STATUS_AFTER = {
+    "Listed": LISTED, "TradeOpened": OPEN, "ListingExpired": EXPIRED, "ConnectionClosed": CLOSED
+}
+
+
+class Lot(NamedTuple):
+    """EnergyMarket.LotInfo as returned by lotOf."""
+
+    status: int
+    seller: str
+    buyer: str
+    energy_wh: int
+    price_per_kwh: int
+    deadline: int
+    delivered_wh: int
+    last_delivery_at: int
+    deposit_wei: int
+    paid_wei: int
+
+
+def deposit(energy_wh: int, price: int) -> int:
+    """The deposit a bid needs, computed here rather than asked of the market (rounded up)."""
+    return -(-energy_wh * price // 1000)
+
+
+@dataclass
+class Ledger:
+    """Totals from the events of every transaction sent through an Exchange."""
+
+    supply_meters: set[str] = field(default_factory=set)
+    measured_wh: int = 0  # deltas of supply-meter readings
+    minted: int = 0  # token Transfers from the zero address
+    burned: int = 0  # token Transfers to the zero address
+    sellers: dict[int, str] = field(default_factory=dict)  # lot id -> seller, from Listed
+    credited: Counter = field(default_factory=Counter)  # Credited, and sellers' DeliverySettled
+    withdrawn: Counter = field(default_factory=Counter)
+    parties: set[str] = field(default_factory=set)  # every address an event named
+
+    def record(self, name: str, args: dict[str, Any]) -> None:
+        """Account for one decoded event."""
+        if name == "MeterRegistered" and args["kind"] == SUPPLY:
+            self.supply_meters.add(args["meter"])
+        elif name == "ReadingRecorded" and args["meter"] in self.supply_meters:
+            self.measured_wh += args["deltaWh"]
+        elif name == "Transfer":
+            if args["from"] == ZERO:
+                self.minted += args["value"]
+            if args["to"] == ZERO:
+                self.burned += args["value"]
+            self.parties.update({args["from"], args["to"]} - {ZERO})
+        elif name == "Listed":
+            self.sellers[args["listingId"]] = args["seller"]
+            self.parties.add(args["seller"])
+        elif name == "BidPlaced":
+            self.parties.add(args["bidder"])
+        elif name == "Credited":
+            self.credited[args["account"]] += args["amountWei"]
+        elif name == "DeliverySettled":
+            self.credited[self.sellers[args["tradeId"]]] += args["paidWei"]
+        elif name == "Withdrawn":
+            self.withdrawn[args["account"]] += args["amountWei"]
+
+
+class Exchange:
+    """A token/registry/market set on the in-process chain, with the ledger of what was sent.
+
+    Every chain access runs on one worker thread. Under Hypothesis the stack is deep enough that
+    py-evm's interpreter loop keeps crossing a boundary of CPython 3.11's frame-stack chunks, which
+    maps and unmaps 16 KiB per crossing (millions of mmap calls, half the run time in the kernel);
+    a thread of its own starts with a shallow stack. Calls are still strictly sequential.
+    """
+
+    def __init__(
+        self, chain: Chain, token: Contract, registry: Contract, market: Contract, lens: Contract
+    ) -> None:
+        self.chain = chain
+        self.token, self.registry, self.market, self.lens = token, registry, market, lens
+        self.ledger = Ledger()
+        self.accounts: set[str] = set()  # checked even before any event names them
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
+        self._events: dict[tuple[str, bytes], Any] = {}
+        for contract in (token, registry, market):
+            for item in contract.abi:
+                if item["type"] == "event":
+                    key = (contract.address, event_abi_to_log_topic(item))
+                    self._events[key] = contract.events[item["name"]]()
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._worker.shutdown()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._worker.submit(fn, *args).result()
+
+    def send(self, fn: Any, sender: str, value: int = 0) -> tuple[dict, list[tuple[str, dict]]]:
+        """Send a call as a transaction; return the receipt and its decoded events.
+
+        A dry run on the pending block finds reverts (raised as ContractReverted); the
+        transaction then goes out with a fixed gas limit, which skips py-evm's gas estimation
+        (a binary search of ~15 executions).
+        """
+        return self._run(self._send, fn, sender, value)
+
+    def _send(self, fn: Any, sender: str, value: int) -> tuple[dict, list[tuple[str, dict]]]:
+        tx = {"from": sender, "value": value, "gas": TX_GAS}
+        try:
+            fn.call(tx, block_identifier="pending")
+        except Exception as exc:  # noqa: BLE001 - turned into the custom error below
+            data = revert_data_from_exception(exc)  # follows the cause/context chain
+            if data is None:
+                raise
+            raise decode_revert(data) from exc
+        receipt = self.chain.w3.eth.get_transaction_receipt(fn.transact(tx))
+        assert receipt["status"] == 1
+        events = []
+        for log in receipt["logs"]:
+            event = self._events.get((log["address"], bytes(log["topics"][0])))
+            if event is not None:
+                decoded = event.process_log(log)
+                events.append((decoded["event"], dict(decoded["args"])))
+                self.ledger.record(*events[-1])
+        return receipt, events
+
+    def call(self, fn: Any) -> Any:
+        """Evaluate a view call."""
+        return self._run(fn.call)
+
+    def lot(self, lot_id: int) -> Lot:
+        """The market's view of one lot."""
+        return Lot(*self.call(self.market.functions.lotOf(lot_id)))
+
+    def balance(self, address: str) -> int:
+        """Ether balance in wei."""
+        return self._run(self.chain.balance, address)
+
+    def pending_time(self) -> int:
+        """Timestamp the next transaction's block will carry."""
+        return self._run(self.chain.tester.get_block_by_number, "pending")["timestamp"]
+
+    def advance(self, seconds: int) -> None:
+        """Mine an empty block `seconds` after the pending one would have been."""
+        self._run(self.chain.tester.time_travel, self.pending_time() + seconds)
+
+    def snapshot(self) -> tuple[int, Ledger]:
+        """Remember the chain and the ledger."""
+        return self._run(self.chain.tester.take_snapshot), copy.deepcopy(self.ledger)
+
+    def revert(self, snapshot: tuple[int, Ledger]) -> None:
+        """Go back to a snapshot taken by `snapshot`."""
+        self._run(self.chain.tester.revert_to_snapshot, snapshot[0])
+        self.ledger = copy.deepcopy(snapshot[1])
+
+
+def check_invariants(ex: Exchange) -> list[str]:
+    """Every conservation rule that does not hold right now, as a message (empty: all hold)."""
+    ledger = ex.ledger
+    seen = ex.accounts | ledger.parties | set(ledger.credited) | set(ledger.withdrawn)
+    accounts = sorted(seen - {ex.market.address})
+    # One eth_call returns the balances, the credits and every lot (see contracts/test/MarketLens).
+    view = ex.call(ex.lens.functions.read(ex.market.address, ex.token.address, accounts))
+    market_wei, supply, market_tokens, credits, raw_lots = view
+    lots = [Lot(*raw) for raw in raw_lots]
+    problems = []
+
+    if len(lots) != len(ledger.sellers):
+        problems.append(f"{len(lots)} lots on chain but {len(ledger.sellers)} Listed events")
+    escrow_wei = 0
+    for lot_id, lot in enumerate(lots, start=1):
+        if lot.delivered_wh > lot.energy_wh or lot.paid_wei > lot.deposit_wei:
+            problems.append(f"lot {lot_id} delivered or paid more than it holds: {lot}")
+        if lot.status == LISTED and lot.buyer != ZERO:
+            escrow_wei += lot.deposit_wei
+        elif lot.status == OPEN:
+            escrow_wei += lot.deposit_wei - lot.paid_wei
+    total_credits = sum(credits)
+    if market_wei != total_credits + escrow_wei:
+        problems.append(
+            f"market holds {market_wei} wei but credits {total_credits} + escrow {escrow_wei}"
+            f" = {total_credits + escrow_wei}"
+        )
+    for account, credit in zip(accounts, credits, strict=True):
+        expected = ledger.credited[account] - ledger.withdrawn[account]
+        if credit != expected:
+            problems.append(f"credit of {account} is {credit} wei but its events say {expected}")
+
+    if ledger.minted != ledger.measured_wh:
+        problems.append(
+            f"minted {ledger.minted} Wh but supply meters measured {ledger.measured_wh}"
+        )
+    if supply != ledger.minted - ledger.burned:
+        problems.append(f"token supply {supply} != minted {ledger.minted} - burned {ledger.burned}")
+    delivered_closed = sum(lot.delivered_wh for lot in lots if lot.status == CLOSED)
+    if ledger.burned != delivered_closed:
+        problems.append(f"burned {ledger.burned} Wh but closed trades delivered {delivered_closed}")
+    listed = sum(lot.energy_wh for lot in lots if lot.status == LISTED)
+    undelivered = sum(lot.energy_wh - lot.delivered_wh for lot in lots if lot.status == OPEN)
+    unburned = sum(lot.delivered_wh for lot in lots if lot.status == OPEN)
+    if market_tokens != listed + undelivered + unburned:
+        problems.append(
+            f"market holds {market_tokens} Wh of tokens but listed {listed} + undelivered"
+            f" {undelivered} + delivered-unburned {unburned} = {listed + undelivered + unburned}"
+        )
+    return problems
+
+
+def exchange_of(chain: Chain) -> Exchange:
+    """The session deployment as an Exchange."""
+    lens = chain.deploy_contract("MarketLens")
+    return Exchange(chain, chain.token, chain.registry, chain.market, lens)
+
+
+def deploy_exchange(chain: Chain, market_abi: list, market_bytecode: str) -> Exchange:
+    """Deploy a fresh token and registry wired to a market built from `market_bytecode`.
+
+    As in dapp/chain/deploy.py, the three addresses are predicted from the deployer's nonces.
+    """
+    w3 = chain.w3
+    deployer = chain.addresses[0]
+    nonce = w3.eth.get_transaction_count(deployer)
+    addresses = [create_address(deployer, nonce + i) for i in range(3)]
+    token_at, registry_at, market_at = addresses
+    token_art, registry_art = load_artifact("EnergyToken"), load_artifact("MeterRegistry")
+    market_args = [
+        token_at, registry_at, PARAMS.min_duration, PARAMS.max_duration, INCREMENT,
+        PARAMS.delivery_timeout,
+    ]
+    plan = [
+        (token_art.abi, token_art.bytecode, [registry_at, market_at]),
+        (registry_art.abi, registry_art.bytecode, [deployer, token_at, market_at]),
+        (market_abi, market_bytecode, market_args),
+    ]
+    contracts = []
+    for (abi, bytecode, args), expected in zip(plan, addresses, strict=True):
+        factory = w3.eth.contract(abi=abi, bytecode=bytecode)
+        tx_hash = factory.constructor(*args).transact({"from": deployer})
+        assert w3.eth.get_transaction_receipt(tx_hash)["contractAddress"] == expected
+        contracts.append(w3.eth.contract(address=expected, abi=abi))
+    return Exchange(chain, *contracts, chain.deploy_contract("MarketLens"))
+
+
+# --- randomized sequences -----------------------------------------------------------------------
+
+
+@dataclass
+class Actor:
+    """Someone the state machine acts for: a person with meters, or the Ether-refusing bidder."""
+
+    address: str  # where credits and tokens accrue
+    sender: str  # who signs the transactions
+    contract: Contract | None = None  # the RevertingBidder: calls go through it
+    supply_meter: str | None = None
+    load_meter: str | None = None
+
+
+@dataclass
+class Seen:
+    """What the events said about a lot; used only to choose useful actions, never to predict."""
+
+    status: int
+    seller: str
+    deadline: int
+    buyer: str = ZERO
+
+
+class MarketMachine(RuleBasedStateMachine):
+    """Random list/bid/finalize/read/close/withdraw sequences; conservation after each step.
+
+    Every rule predicts from the chain's state whether the market must accept or refuse (and
+    with which error). Arguments are mostly drawn so that the step can succeed (a lot in the
+    right state, a bidder who is not the seller, an actor with credit) and otherwise at random,
+    including a lot id that does not exist.
+    """
+
+    def __init__(
+        self, ex: Exchange, actors: list[Actor], meters: dict[str, tuple[int, int]]
+    ) -> None:
+        super().__init__()
+        self.ex = ex
+        self.actors = actors
+        self.people = [a for a in actors if a.contract is None]
+        self.meters = dict(meters)  # meter -> (counter, time of the last accepted reading)
+        self.lots: dict[int, Seen] = {}
+        self._snapshot = ex.snapshot()
+
+    def teardown(self) -> None:
+        """Put the chain back for the next example."""
+        self.ex.revert(self._snapshot)
+
+    # helpers
+
+    def _expect(self, fn: Any, sender: str, error: str | None, value: int = 0) -> list:
+        """Send `fn`: it must succeed when `error` is None, else revert with exactly `error`."""
+        if error is None:
+            events = self.ex.send(fn, sender, value)[1]
+            for name, args in events:
+                self._follow(name, args)
+            return events
+        with pytest.raises(ContractReverted) as info:
+            self.ex.send(fn, sender, value)
+        assert info.value.name == error, f"expected {error}, got {info.value}"
+        return []
+
+    def _follow(self, name: str, args: dict[str, Any]) -> None:
+        """Keep `self.lots` up to date from one market event."""
+        lot_id = args.get("listingId", args.get("tradeId"))
+        if name == "Listed":
+            self.lots[lot_id] = Seen(LISTED, args["seller"], args["deadline"])
+        elif name == "BidPlaced":
+            self.lots[lot_id].buyer = args["bidder"]
+        elif name in STATUS_AFTER:
+            self.lots[lot_id].status = STATUS_AFTER[name]
+
+    def _choose(self, data: st.DataObject, useful: list, fallback: st.SearchStrategy) -> Any:
+        """Usually one of the `useful` choices (when there are any), else from `fallback`."""
+        if useful and data.draw(st.integers(0, 4), label="at random") < 4:
+            return data.draw(st.sampled_from(useful), label="choice")
+        return data.draw(fallback, label="choice")
+
+    def _any_lot(self) -> st.SearchStrategy:
+        """Any lot id, or the next one, which does not exist yet."""
+        return st.integers(1, len(self.lots) + 1)
+
+    def _reading(self, meter: str, kind: str, percent: int) -> None:
+        """Report a reading of `kind` (ok / replay / too much); predict the registry's verdict."""
+        cumulative, read_at = self.meters[meter]
+        now = self.ex.pending_time()
+        max_wh = RATED_W * (now - read_at) // 3600
+        delta_wh = {"ok": max_wh * percent // 100, "replay": 0, "too much": max_wh + 1}[kind]
+        error = None
+        if delta_wh == 0:
+            error = "MeterReadingNotNewer"
+        elif delta_wh > max_wh:
+            error = "MeterReadingImplausible"
+        self._expect(self.ex.registry.functions.report(cumulative + delta_wh), meter, error)
+        if error is None:
+            self.meters[meter] = (cumulative + delta_wh, now)
+
+    def _times_out_at(self, lot_id: int, lot: Lot) -> int:
+        """When the seller may close: after the timeout without deliveries; for a trade queued
+        behind the buyer's oldest one, that one must have gone quiet for as long too."""
+        last = lot.last_delivery_at
+        oldest = self.ex.call(self.ex.market.functions.openTradesOf(lot.buyer))[0]
+        if oldest != lot_id:
+            last = max(last, self.ex.lot(oldest).last_delivery_at)
+        return last + PARAMS.delivery_timeout
+
+    # rules
+
+    @initialize(
+        energies=st.lists(st.integers(1, 3_000), min_size=3, max_size=3),
+        prices=st.lists(st.integers(1, 2 * PRICE), min_size=3, max_size=3),
+    )
+    def busy_market(self, energies: list[int], prices: list[int]) -> None:
+        """Start busy: one buyer holds two open trades (having outbid someone for the first),
+        and the Ether-refusing bidder leads a running auction. Hypothesis enables only a random
+        subset of the rules in each example; without this most examples never reach a trade."""
+        first, second, third = self.people
+        market = self.ex.market.functions
+        ids = []
+        for seller, energy_wh, price, duration in zip(
+            (first, first, second), energies, prices, (300, 300, 600), strict=True
+        ):
+            events = self._expect(market.list(energy_wh, price, duration), seller.address, None)
+            ids.extend(args["listingId"] for name, args in events if name == "Listed")
+        bids = [
+            (second, 0, prices[0]), (third, 0, prices[0] + INCREMENT), (third, 1, prices[1]),
+            (self.actors[3], 2, prices[2]),
+        ]
+        for bidder, i, price in bids:
+            target = bidder.contract or self.ex.market
+            value = deposit(energies[i], price)
+            self._expect(target.functions.bid(ids[i], price), bidder.sender, None, value)
+        self.ex.advance(300)
+        for lot_id in ids[:2]:
+            self._expect(market.finalize(lot_id), first.address, None)
+
+    @rule(seconds=st.integers(1, 30))
+    def wait_a_little(self, seconds: int) -> None:
+        """A few blocks' worth of time passes."""
+        self.ex.advance(seconds)
+
+    @rule(seconds=st.integers(300, PARAMS.delivery_timeout + 60))
+    def wait_long(self, seconds: int) -> None:
+        """Long enough for auctions to end or deliveries to time out."""
+        self.ex.advance(seconds)
+
+    @rule(who=st.integers(0, 2), kind=READING_KINDS, percent=st.integers(1, 100))
+    def supply_reading(self, who: int, kind: str, percent: int) -> None:
+        """A supply meter reports (mints), or replays / overstates its counter (refused)."""
+        self._reading(self.people[who].supply_meter, kind, percent)
+
+    @rule(data=st.data(), kind=READING_KINDS, percent=st.integers(1, 100))
+    def load_reading(self, data: st.DataObject, kind: str, percent: int) -> None:
+        """A load meter reports, usually a buyer's: its open trades are settled, oldest first."""
+        buyers = {s.buyer for s in self.lots.values() if s.status == OPEN}
+        useful = [p for p in self.people if p.address in buyers]
+        person = self._choose(data, useful, st.sampled_from(self.people))
+        self._reading(person.load_meter, kind, percent)
+
+    @precondition(lambda self: len(self.lots) < MAX_LOTS)
+    @rule(
+        who=st.integers(0, 2),
+        energy_wh=st.integers(1, 3_000),
+        price=st.integers(1, 2 * PRICE),
+        duration=st.sampled_from([PARAMS.min_duration - 1, PARAMS.min_duration, 300, 900, 1_800]),
+    )
+    def list_lot(self, who: int, energy_wh: int, price: int, duration: int) -> None:
+        """A seller lists tokens (refused for a bad duration or without the tokens)."""
+        seller = self.people[who].address
+        error = None
+        if duration < PARAMS.min_duration:
+            error = "MarketDurationOutOfRange"
+        elif self.ex.call(self.ex.token.functions.balanceOf(seller)) < energy_wh:
+            error = "ERC20InsufficientBalance"
+        self._expect(self.ex.market.functions.list(energy_wh, price, duration), seller, error)
+
+    @precondition(lambda self: self.lots)
+    @rule(data=st.data(), kind=BID_KINDS, raise_by=st.integers(0, PRICE))
+    def bid(self, data: st.DataObject, kind: str, raise_by: int) -> None:
+        """Someone bids, correctly or not; the expected refusal is predicted from the lot."""
+        now = self.ex.pending_time()
+        running = [i for i, s in self.lots.items() if s.status == LISTED and now < s.deadline]
+        lot_id = self._choose(data, running, self._any_lot())
+        seen = self.lots.get(lot_id)
+        others = [a for a in self.actors if seen is None or a.address != seen.seller]
+        bidder = self._choose(data, others, st.sampled_from(self.actors))
+        lot = self.ex.lot(lot_id)
+        minimum = lot.price_per_kwh + (INCREMENT if lot.buyer != ZERO else 0)
+        price = max(0, minimum - 1) if kind == "too low" else minimum + raise_by
+        value = deposit(lot.energy_wh, price)
+        value = max(0, value + {"deposit short": -1, "deposit over": 1}.get(kind, 0))
+        error = None
+        if lot.status != LISTED:
+            error = "MarketListingNotOpen"
+        elif now >= lot.deadline:
+            error = "MarketAuctionEnded"
+        elif bidder.address == lot.seller:
+            error = "MarketSellerCannotBid"
+        elif kind == "too low":
+            error = "MarketBidTooLow"
+        elif kind != "valid":
+            error = "MarketDepositMismatch"
+        target = bidder.contract or self.ex.market
+        self._expect(target.functions.bid(lot_id, price), bidder.sender, error, value)
+
+    @precondition(lambda self: self.lots)
+    @rule(data=st.data(), who=st.integers(0, 2))
+    def finalize(self, data: st.DataObject, who: int) -> None:
+        """Anyone ends an auction (refused before the deadline or twice)."""
+        now = self.ex.pending_time()
+        ended = [i for i, s in self.lots.items() if s.status == LISTED and now >= s.deadline]
+        lot_id = self._choose(data, ended, self._any_lot())
+        lot = self.ex.lot(lot_id)
+        error = None
+        if lot.status != LISTED:
+            error = "MarketListingNotOpen"
+        elif now < lot.deadline:
+            error = "MarketAuctionNotEnded"
+        self._expect(self.ex.market.functions.finalize(lot_id), self.people[who].address, error)
+
+    @precondition(lambda self: self.lots)
+    @rule(data=st.data(), role=st.sampled_from(["buyer", "seller", "seller", "other"]))
+    def close_connection(self, data: st.DataObject, role: str) -> None:
+        """The buyer, the seller (only after the delivery timeout) or an outsider closes a trade."""
+        trades = [i for i, s in self.lots.items() if s.status == OPEN]
+        lot_id = self._choose(data, trades, self._any_lot())
+        lot = self.ex.lot(lot_id)
+        wanted = {"buyer": lot.buyer, "seller": lot.seller}.get(role)
+        closer = next((a for a in self.actors if a.address == wanted), None)
+        if closer is None:  # an outsider, or the lot has no such party
+            others = [a for a in self.actors if a.address not in (lot.buyer, lot.seller)]
+            closer = data.draw(st.sampled_from(others), label="closer")
+        error = None
+        if lot.status != OPEN:
+            error = "MarketTradeNotOpen"
+        elif closer.address != lot.buyer:
+            if closer.address != lot.seller:
+                error = "MarketNotTradeParty"
+            elif self.ex.pending_time() < self._times_out_at(lot_id, lot):
+                error = "MarketDeliveryNotTimedOut"
+        target = closer.contract or self.ex.market
+        self._expect(target.functions.closeConnection(lot_id), closer.sender, error)
+
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        """Someone, usually with credit, withdraws: gets exactly the credit, or nothing changes."""
+        owed = self.ex.ledger.credited - self.ex.ledger.withdrawn
+        useful = [a for a in self.actors if owed[a.address] > 0]
+        actor = self._choose(data, useful, st.sampled_from(self.actors))
+        credit = self.ex.call(self.ex.market.functions.creditOf(actor.address))
+        error = None
+        if credit == 0:
+            error = "MarketNothingToWithdraw"
+        elif actor.contract is not None:
+            error = "MarketWithdrawalFailed"  # it refuses Ether; its credit must stay
+        target = actor.contract or self.ex.market
+        before = self.ex.balance(actor.address)
+        if error is None:
+            receipt, _ = self.ex.send(target.functions.withdraw(), actor.sender)
+            gas = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+            assert self.ex.balance(actor.address) == before + credit - gas
+        else:
+            self._expect(target.functions.withdraw(), actor.sender, error)
+            assert self.ex.call(self.ex.market.functions.creditOf(actor.address)) == credit
+
+    @invariant()
+    def conserved(self) -> None:
+        """Ether and tokens are all accounted for."""
+        assert check_invariants(self.ex) == []
+
+
+def test_random_sequences_conserve_ether_and_tokens(chain: Chain):
+    ex = exchange_of(chain)
+    operator = chain.addresses[0]
+    people = [
+        Actor(chain.addresses[i], chain.addresses[i], None, chain.addresses[3 + i],
+              chain.addresses[6 + i])
+        for i in (1, 2, 3)
+    ]
+    griefer = chain.deploy_contract("RevertingBidder", ex.market.address)
+    actors = [*people, Actor(griefer.address, operator, griefer)]
+    ex.accounts = {a.address for a in actors}
+    registry = ex.registry.functions
+    for person in people:
+        for meter, kind in ((person.supply_meter, SUPPLY), (person.load_meter, LOAD)):
+            ex.send(registry.registerMeter(meter, person.address, kind, RATED_W), operator)
+            ex.send(registry.report(0), meter)
+    ex.advance(3_600)
+    for person in people:
+        ex.send(registry.report(START_WH), person.supply_meter)
+    meters = {}
+    for person in people:
+        for meter in (person.supply_meter, person.load_meter):
+            info = ex.call(registry.meterOf(meter))
+            meters[meter] = (info[4], info[5])  # cumulativeWh, readAt
+    # Run well ahead of the wall clock so that every block is its parent + 1 s: sequences, and
+    # the timestamps the rules predict refusals from, replay identically when Hypothesis shrinks.
+    ex.advance(30 * 86_400)
+    assert check_invariants(ex) == []
+
+    try:
+        run_state_machine_as_test(
+            lambda: MarketMachine(ex, actors, meters),
+            settings=settings(
+                max_examples=12,
+                stateful_step_count=50,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        ex.close()
+
+
+# --- the checker catches broken markets -----------------------------------------------------------
+
+# name -> (a line of EnergyMarket.sol, what the broken market has instead)
+MUTANTS = {
+    "outbid deposit not credited": ("            _credits[previousBidder] += refund;\n", ""),
+    "refund on close one wei too high": (
+        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price);",
+        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price) + 1;",
+    ),
+    "delivered tokens never burned": (
+        "        if (delivered != 0) _token.burnDelivered(delivered);\n", ""
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def mutant_markets() -> dict[str, tuple[list, str]]:
+    """Each broken market's ABI and bytecode, compiled now with the project's compiler."""
+    source = (CONTRACTS_DIR / "EnergyMarket.sol").read_text(encoding="utf-8")
+    overrides = {}
+    for i, (original, broken) in enumerate(MUTANTS.values()):
+        assert source.count(original) == 1, f"EnergyMarket.sol changed: {original!r} not found"
+        overrides[f"mutants/m{i}.sol"] = source.replace(original, broken)
+    output, _ = compile_sources(list(overrides), overrides=overrides)
+    markets = {}
+    for name, unit in zip(MUTANTS, overrides, strict=True):
+        compiled = output["contracts"][unit]["EnergyMarket"]
+        markets[name] = (compiled["abi"], "0x" + compiled["evm"]["bytecode"]["object"])
+    return markets
+
+
+def fixed_sequence(ex: Exchange, chain: Chain) -> Iterator[str]:
+    """A short market history touching every money and token path; yields after each step."""
+    operator, seller, buyer, rival, pv, buyer_load, rival_load = chain.addresses[:7]
+    market, registry = ex.market.functions, ex.registry.functions
+    for meter, owner, kind in ((pv, seller, SUPPLY), (buyer_load, buyer, LOAD),
+                               (rival_load, rival, LOAD)):
+        ex.send(registry.registerMeter(meter, owner, kind, RATED_W), operator)
+        ex.send(registry.report(0), meter)
+    yield "meters registered"
+    ex.advance(3_600)
+    ex.send(registry.report(3_000), pv)
+    yield "the seller's PV measured 3000 Wh"
+    odd_price = PRICE + 7  # deposits round up, payments round down
+    ex.send(market.list(999, odd_price, 300), seller)
+    ex.send(market.list(1_000, PRICE, 300), seller)
+    yield "two lots listed"
+    ex.send(market.bid(1, odd_price), buyer, deposit(999, odd_price))
+    yield "the buyer bid on lot 1"
+    ex.send(market.bid(1, odd_price + INCREMENT), rival, deposit(999, odd_price + INCREMENT))
+    yield "the rival outbid the buyer"
+    ex.send(market.bid(2, PRICE), buyer, deposit(1_000, PRICE))
+    yield "the buyer bid on lot 2"
+    ex.advance(300)
+    ex.send(market.finalize(1), operator)
+    ex.send(market.finalize(2), operator)
+    yield "both auctions finalized"
+    ex.advance(60)
+    ex.send(registry.report(401), buyer_load)
+    yield "the buyer's load measured 401 Wh"
+    ex.send(market.closeConnection(2), buyer)
+    yield "the buyer closed its trade"
+    ex.send(registry.report(999), rival_load)
+    yield "the rival's load measured its whole lot"
+    # The rival's refund is the 1 wei by which its rounded-up deposit exceeds the rounded-down
+    # payment for the whole lot, so all three have credit.
+    for account in (seller, buyer, rival):
+        ex.send(market.withdraw(), account)
+    yield "everyone withdrew"
+
+
+def first_violation(ex: Exchange, chain: Chain) -> tuple[str, list[str]] | None:
+    """Run the fixed sequence, checking after each step; return the first step that broke a rule."""
+    for step in fixed_sequence(ex, chain):
+        problems = check_invariants(ex)
+        if problems:
+            return step, problems
+    return None
+
+
+def test_the_checker_passes_the_real_market_through_the_fixed_sequence(chain: Chain):
+    art = load_artifact("EnergyMarket")
+    ex = deploy_exchange(chain, art.abi, art.bytecode)
+    try:
+        steps = []
+        for step in fixed_sequence(ex, chain):
+            assert check_invariants(ex) == [], step
+            steps.append(step)
+        assert steps[-1] == "everyone withdrew"
+        assert ex.balance(ex.market.address) == 0
+        assert ex.call(ex.token.functions.balanceOf(ex.market.address)) == 0
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize(
+    ("mutant", "caught_after", "message"),
+    [
+        ("outbid deposit not credited", "the rival outbid the buyer", "market holds"),
+        ("refund on close one wei too high", "the buyer closed its trade", "market holds"),
+        ("delivered tokens never burned", "the buyer closed its trade", "burned 0 Wh"),
+    ],
+)
+def test_the_checker_catches_a_broken_market(
+    chain: Chain, mutant_markets: dict, mutant: str, caught_after: str, message: str
+):
+    ex = deploy_exchange(chain, *mutant_markets[mutant])
+    try:
+        violation = first_violation(ex, chain)
+    finally:
+        ex.close()
+    assert violation is not None, f"{mutant} went unnoticed"
+    step, problems = violation
+    assert step == caught_after
+    assert any(p.startswith(message) for p in problems), problems
