@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install test bench lint compile clean
+.PHONY: install test bench lint compile run clean
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -29,6 +29,10 @@ test: install
 
 bench: install
 	$(PY) bench/gas.py
+
+# Everything from a fresh clone to the app on http://localhost:3000 (Ctrl-C stops it all).
+run: install
+	$(VENV)/bin/microgrid demo
 
 compile: install
 	$(VENV)/bin/microgrid compile

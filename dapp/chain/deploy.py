@@ -54,7 +54,12 @@ def _send_create(w3: Web3, deployer: LocalAccount, data: str, nonce: int) -> dic
         "value": 0,
     }
     tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2)
-    tx["gasPrice"] = w3.eth.gas_price
+    base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
+    if base_fee is None:
+        tx["gasPrice"] = w3.eth.gas_price
+    else:  # EIP-1559 where the chain has a base fee (the in-process pool rejects legacy txs)
+        tx["maxPriorityFeePerGas"] = 10**9
+        tx["maxFeePerGas"] = 2 * base_fee + 10**9
     signed = deployer.sign_transaction(tx)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)

@@ -253,7 +253,9 @@ class TxSender:
         try:
             tx = self.w3.eth.get_transaction(tx_hash)
             call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
-            self.w3.eth.call(call, receipt["blockNumber"] - 1)
+            # At the failed transaction's own block: a transaction before it in the same block
+            # (a rival's higher bid) is often the reason, and the failed one changed nothing.
+            self.w3.eth.call(call, receipt["blockNumber"])
         except Exception as exc:  # noqa: BLE001 - whatever the node says, we want its data
             data = revert_data_from_exception(exc)
             if data is not None:
