@@ -16,6 +16,9 @@ COMMAND_MODULES = (
     "dapp.commands.accounts",
     "dapp.commands.node",
     "dapp.commands.meter",
+    "dapp.commands.bridge",
+    "dapp.commands.serve",
+    "dapp.commands.demo",
 )
 
 

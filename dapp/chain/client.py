@@ -27,7 +27,6 @@ from dapp.chain.listener import EventListener
 from dapp.chain.node import MiningControl, MiningStatus, NodeInfo, connect, detect
 from dapp.chain.pending import PendingTx, PendingView
 from dapp.chain.tx import TxSender
-from dapp.errors import ChainError
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +168,9 @@ class ChainClient:
     @property
     def listener(self) -> EventListener:
         """The process's single event listener (created on first use)."""
+        dep = self.deployment  # resolved (flag, cache or discovery) outside the lock
         with self._lock:
             if self._listener is None:
-                dep = self._deployment
-                if dep is None:
-                    raise ChainError("the deployment is not known yet")
                 self._listener = EventListener(self.w3, dep, self.data_dir / "listener.json")
             return self._listener
 

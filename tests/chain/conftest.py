@@ -7,8 +7,6 @@ private key is written down here.
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,27 +20,9 @@ from web3 import Web3
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.inprocess import InProcessChain
 from dapp.chain.node import connect
+from tests.support import free_port, wait_for  # noqa: F401 - re-exported
 
 ETHER = 10**18
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, step: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(step)
 
 
 def fund(w3: Web3, wei: int = 100 * ETHER) -> LocalAccount:

@@ -1,0 +1,262 @@
+"""Everything `make run` starts, from a fresh clone to a working micro-grid on one machine.
+
+`DemoSetup.prepare()` starts the managed anvil (its chain in the data directory), deploys the
+contracts if the chain has none, creates the operator, a producer and a consumer (keystores; the
+two users' passphrases are printed once), funds them, registers and funds their meters, and
+starts the emulated meters (one shared micro-grid: the producer's PV charges a lead-acid battery,
+the consumer's programmable load draws from it while the trade's relays are closed). The web
+server and the meter bridge are then run by `microgrid serve`'s code. A second run finds the
+same chain, accounts and meters and only starts things again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dapp.chain.anvil import ManagedAnvil
+from dapp.chain.client import ChainClient
+from dapp.chain.deploy import MarketParameters, deploy
+from dapp.errors import ChainError, MicrogridError
+from dapp.wallet.keystore import Keystore, read_passphrase
+from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
+from hardware.models import LoadProfile, Plant, SolarArray
+
+ETHER = 10**18
+# What the demo's users start with (anvil_setBalance: the managed node is a development chain).
+USER_FUNDS = 100 * ETHER
+METER_FUNDS = 5 * ETHER
+OPERATOR_FUNDS = 1_000 * ETHER
+
+
+@dataclass
+class DemoSettings:
+    """The knobs of the demo (each has a flag and a MICROGRID_* variable in the CLI)."""
+
+    data_dir: Path
+    node_host: str = "127.0.0.1"
+    node_port: int = 8545
+    block_time: float = 1.0
+    acceleration: float = 60.0
+    pv_peak_w: float = 800.0
+    load_profile: str = "0:150,7:400,12:300,19:600,23:150"
+    min_duration: int = 60
+    delivery_timeout: int = 300
+
+
+@dataclass
+class DemoState:
+    """What a run created (persisted in <data-dir>/demo/demo.json, no secrets)."""
+
+    operator: str = ""
+    producer: str = ""
+    consumer: str = ""
+    producer_meter: str = ""
+    consumer_meter: str = ""
+    meter_urls: dict[str, str] = field(default_factory=dict)
+
+
+class DemoSetup:
+    """Prepares node, contracts, accounts and emulated meters; stops them again."""
+
+    def __init__(self, settings: DemoSettings, out: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.out = out
+        self.data_dir = Path(settings.data_dir)
+        self.demo_dir = self.data_dir / "demo"
+        self.keystore = Keystore(self.data_dir / "keystore")
+        self.node = ManagedAnvil(
+            self.data_dir, host=settings.node_host, port=settings.node_port,
+            block_time=settings.block_time,
+        )
+        self.state = DemoState()
+        self.servers: list[MeterServer] = []
+        self.grid: Microgrid | None = None
+        self.client: ChainClient | None = None
+        self._step = 0
+        self.new_passphrases: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ files
+
+    @property
+    def service_passphrase_file(self) -> Path:
+        """Passphrase of the operator and meter keys (the server unlocks them unattended)."""
+        return self.demo_dir / "service-passphrase"
+
+    @property
+    def user_passphrase_file(self) -> Path:
+        """The demo users' passphrases, readable by this user only (they are printed once)."""
+        return self.demo_dir / "user-passphrases"
+
+    def _write_private(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    def _load_state(self) -> None:
+        path = self.demo_dir / "demo.json"
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.state = DemoState(**{k: v for k, v in data.items() if k != "meter_urls"})
+
+    def _save_state(self) -> None:
+        self.demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {k: v for k, v in self.state.__dict__.items() if k != "meter_urls"}
+        (self.demo_dir / "demo.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ steps
+
+    @contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        """Print a progress line for one step, with its duration."""
+        self._step += 1
+        started = time.monotonic()
+        self.out(f"[{self._step}/8] {text} ...")
+        yield
+        self.out(f"      done in {time.monotonic() - started:.1f} s")
+
+    def prepare(self) -> None:
+        """Run every step up to (not including) the web server."""
+        self._load_state()
+        with self.step(f"starting the chain node (anvil, {self.node.host}:{self.node.port})"):
+            self.node.start()
+        self.client = ChainClient(self.node.url, self.data_dir)
+        with self.step("accounts: operator, producer, consumer and their meters"):
+            self._accounts()
+        with self.step("funding the accounts"):
+            self._fund()
+        with self.step("contracts"):
+            self._contracts()
+        with self.step("registering the meters"):
+            self._meters()
+        with self.step("starting the emulated meters (PV + battery, programmable load)"):
+            self._emulators()
+        with self.step("starting mining"):
+            status = self.client.start_mining(self.settings.block_time)
+            self.out(f"      {status.detail}")
+        self._save_state()
+
+    def _service_passphrase(self) -> str:
+        if self.service_passphrase_file.is_file():
+            return read_passphrase(str(self.service_passphrase_file), prompt="")
+        passphrase = secrets.token_urlsafe(24)
+        self._write_private(self.service_passphrase_file, passphrase + "\n")
+        return passphrase
+
+    def _accounts(self) -> None:
+        service = self._service_passphrase()
+        st = self.state
+        for attr, label in (("operator", "operator"), ("producer_meter", "producer meter"),
+                            ("consumer_meter", "consumer meter")):
+            if not getattr(st, attr) or not self.keystore.has(getattr(st, attr)):
+                setattr(st, attr, self.keystore.create(service, label=label))
+        for attr, label in (("producer", "producer"), ("consumer", "consumer")):
+            if not getattr(st, attr) or not self.keystore.has(getattr(st, attr)):
+                passphrase = "-".join(secrets.token_hex(3) for _ in range(4))
+                setattr(st, attr, self.keystore.create(passphrase, label=label))
+                self.new_passphrases[label] = passphrase
+        if self.new_passphrases:
+            lines = [f"{label} {getattr(st, label)} {pw}"
+                     for label, pw in self.new_passphrases.items()]
+            previous = (self.user_passphrase_file.read_text(encoding="utf-8")
+                        if self.user_passphrase_file.is_file() else "")
+            self._write_private(self.user_passphrase_file, previous + "\n".join(lines) + "\n")
+        self._save_state()
+
+    def _fund(self) -> None:
+        assert self.client is not None
+        st = self.state
+        wanted = {st.operator: OPERATOR_FUNDS, st.producer: USER_FUNDS, st.consumer: USER_FUNDS,
+                  st.producer_meter: METER_FUNDS, st.consumer_meter: METER_FUNDS}
+        for address, amount in wanted.items():
+            if self.client.ether_balance(address) < amount // 2:
+                reply = self.client.w3.provider.make_request(
+                    "anvil_setBalance", [address, hex(amount)]
+                )
+                if "error" in reply:
+                    raise ChainError(f"cannot fund {address}: {reply['error']}")
+
+    def _unlock(self, address: str):
+        return self.keystore.unlock(address, self._service_passphrase())
+
+    def _contracts(self) -> None:
+        assert self.client is not None
+        try:
+            dep = self.client.deployment
+            self.out(f"      found the market at {dep.market}")
+        except ChainError:
+            params = MarketParameters(min_duration=self.settings.min_duration,
+                                      delivery_timeout=self.settings.delivery_timeout)
+            dep = deploy(self.client.w3, self._unlock(self.state.operator), params)
+            self.client.use_deployment(dep)
+            self.out(f"      deployed: market {dep.market}")
+
+    def _plant(self) -> Plant:
+        return Plant(pv=SolarArray(peak_w=self.settings.pv_peak_w),
+                     load=LoadProfile.parse(self.settings.load_profile))
+
+    def _meters(self) -> None:
+        assert self.client is not None
+        st = self.state
+        self.grid = Microgrid(self._plant(), acceleration=self.settings.acceleration)
+        operator = None
+        for meter, owner, kind in ((st.producer_meter, st.producer, "supply"),
+                                   (st.consumer_meter, st.consumer, "load")):
+            if self.client.meter(meter) is not None:
+                continue
+            rated = EmulatedMeter(kind, self.grid).identity.rated_power_w
+            if rated > 65_535:
+                raise MicrogridError(
+                    f"the {kind} meter would need {rated} W at acceleration "
+                    f"{self.settings.acceleration:g}: lower the acceleration or the power"
+                )
+            operator = operator or self._unlock(st.operator)
+            self.client.wait(self.client.register_meter(operator, meter, owner, kind, rated))
+            self.out(f"      registered the {kind} meter {meter} ({rated} W)")
+
+    def _emulators(self) -> None:
+        st = self.state
+        assert self.grid is not None
+        assert self.client is not None
+        for meter, kind in ((st.producer_meter, "supply"), (st.consumer_meter, "load")):
+            # A real meter keeps its counter across restarts (EEPROM); so does the emulated one.
+            info = self.client.meter(meter)
+            offset = info.cumulative_wh if info is not None else 0
+            emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}",
+                                     energy_offset_wh=offset)
+            server = MeterServer(emulated, transport="tcp")
+            st.meter_urls[meter] = server.start()
+            self.servers.append(server)
+            self.out(f"      {kind} meter on {st.meter_urls[meter]}")
+
+    def stop(self) -> None:
+        """Stop the emulators and the node (the node saves its chain)."""
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
+        self.node.stop()
+
+    def banner(self, web_url: str) -> str:
+        """What to open and how to log in."""
+        st = self.state
+        lines = ["", "=" * 72, f"  Microgrid Energy Exchange is running: open {web_url}", ""]
+        for label in ("producer", "consumer"):
+            address = getattr(st, label)
+            if label in self.new_passphrases:
+                lines.append(f"  {label:9s} {address}  passphrase: {self.new_passphrases[label]}")
+            else:
+                lines.append(f"  {label:9s} {address}")
+        if self.new_passphrases:
+            lines.append("  (the passphrases are shown only now; a copy readable only by you is "
+                         f"in {self.user_passphrase_file})")
+        else:
+            lines.append(f"  passphrases: see {self.user_passphrase_file}")
+        lines += ["  Stop with Ctrl-C (the chain is saved; `make run` resumes it).", "=" * 72]
+        return "\n".join(lines)

@@ -1,0 +1,300 @@
+"""What the meters say: the bridge's live state and recent readings from the chain.
+
+The meter bridge (hardware/bridge.py) is optional. When one is attached, its `state()` gives each
+meter's live values (generation, relay); without it the wallet and the market say "no meter".
+The generation/consumption chart comes from the chain itself: every `ReadingRecorded` event the
+listener delivers is kept (de-duplicated on transaction hash and log index) for a few hours.
+
+Bridge meter states may be dataclasses, objects or dicts. Fields read (first name found wins):
+address|meter|meter_address, owner, kind ("supply"/"load"), online (default True),
+relay_closed|relay (bool), energy_wh|cumulative_wh, power_w, last_error|detail|error|status
+(hardware.bridge.MeterState has all of these).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dapp.chain.client import ChainClient
+from dapp.chain.listener import ChainEvent
+from dapp.errors import ChainError
+from dapp.services.amounts import format_kwh
+
+log = logging.getLogger(__name__)
+
+SUPPLY, LOAD = "supply", "load"
+
+
+class Bridge(Protocol):
+    """What the web app needs from a meter bridge."""
+
+    def on_event(self, event: ChainEvent) -> None:
+        """React to a chain event (e.g. close a relay when a trade opens)."""
+
+    def state(self) -> list[Any]:
+        """The current state of every meter the bridge drives."""
+
+
+@dataclass(frozen=True)
+class MeterState:
+    """One meter as the bridge reports it, normalized."""
+
+    address: str | None
+    owner: str | None
+    kind: str | None
+    online: bool
+    relay_closed: bool | None
+    energy_wh: int | None
+    power_w: float | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "address": self.address,
+            "owner": self.owner,
+            "kind": self.kind,
+            "online": self.online,
+            "relay": relay_text(self),
+            "energy_kwh": None if self.energy_wh is None else format_kwh(self.energy_wh),
+            "power_w": self.power_w,
+            "detail": self.detail,
+        }
+
+
+def _field(item: Any, *names: str) -> Any:
+    """The first of `names` that `item` has, as attribute or key; None if none."""
+    for name in names:
+        if isinstance(item, dict):
+            if name in item:
+                return item[name]
+        elif hasattr(item, name):
+            return getattr(item, name)
+    return None
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Addresses equal ignoring case."""
+    return bool(a) and bool(b) and str(a).lower() == str(b).lower()
+
+
+def normalize_state(item: Any) -> MeterState:
+    """A bridge's meter state (dataclass, object or dict) as a MeterState."""
+    kind = _field(item, "kind")
+    kind = getattr(kind, "value", kind)
+    kind = str(kind).lower() if kind is not None else None
+    relay = _field(item, "relay_closed", "relay")
+    energy = _field(item, "energy_wh", "cumulative_wh")
+    power = _field(item, "power_w")
+    online = _field(item, "online")
+    return MeterState(
+        address=_field(item, "address", "meter", "meter_address"),
+        owner=_field(item, "owner"),
+        kind=kind,
+        online=True if online is None else bool(online),
+        relay_closed=None if relay is None else bool(relay),
+        energy_wh=None if energy is None else int(energy),
+        power_w=None if power is None else float(power),
+        detail=str(_field(item, "last_error", "detail", "error", "status") or ""),
+    )
+
+
+def relay_text(meter: MeterState | None) -> str:
+    """"closed", "open", "offline", "unknown" or "no meter"."""
+    if meter is None:
+        return "no meter"
+    if not meter.online:
+        return "offline"
+    if meter.relay_closed is None:
+        return "unknown"
+    return "closed" if meter.relay_closed else "open"
+
+
+class MeterBoard:
+    """Meter states from the bridge (if any) and a few hours of readings from the chain."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        bridge: Bridge | None = None,
+        *,
+        window_seconds: int = 6 * 3600,
+        bucket_seconds: int = 600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.bridge = bridge
+        self.window_seconds = window_seconds
+        self.bucket_seconds = bucket_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._meters: dict[str, tuple[str, str]] = {}  # meter -> (owner, kind)
+        self._readings: dict[tuple[str, str], deque[tuple[int, int]]] = {}
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._block_times: OrderedDict[int, int] = OrderedDict()
+
+    # -- bridge ---------------------------------------------------------------------------------
+
+    @property
+    def has_bridge(self) -> bool:
+        """Whether live meter data is available."""
+        return self.bridge is not None
+
+    def states(self) -> list[MeterState]:
+        """Every meter the bridge reports (empty without a bridge or if the bridge failed)."""
+        if self.bridge is None:
+            return []
+        try:
+            return [normalize_state(item) for item in self.bridge.state()]
+        except Exception:
+            log.exception("meter bridge: state() failed")
+            return []
+
+    def meter_of(self, owner: str, kind: str, states: list[MeterState] | None = None
+                 ) -> MeterState | None:
+        """The owner's meter of `kind` as the bridge reports it, or None."""
+        for meter in self.states() if states is None else states:
+            if _same(meter.owner, owner) and meter.kind == kind:
+                return meter
+        return None
+
+    def generation(self, owner: str) -> dict[str, Any]:
+        """The owner's supply meter right now: {"meter": bool, "text", "energy_kwh", "power_w"}."""
+        meter = self.meter_of(owner, SUPPLY)
+        if meter is None:
+            return {"meter": False, "text": "no meter", "energy_kwh": None, "power_w": None}
+        if not meter.online:
+            return {"meter": True, "text": "meter offline", "energy_kwh": None, "power_w": None}
+        energy = None if meter.energy_wh is None else format_kwh(meter.energy_wh)
+        text = f"{energy} kWh" if energy is not None else "no reading yet"
+        if meter.power_w is not None:
+            text += f" ({meter.power_w:.0f} W now)"
+        return {"meter": True, "text": text, "energy_kwh": energy, "power_w": meter.power_w}
+
+    def relay(self, owner: str | None, kind: str, states: list[MeterState] | None = None) -> str:
+        """The relay state of the owner's meter of `kind` (see relay_text)."""
+        if not owner or self.bridge is None:
+            return "no meter"
+        return relay_text(self.meter_of(owner, kind, states))
+
+    def meter_addresses(self, owner: str) -> list[str]:
+        """Meters known to belong to `owner` (from the bridge and from registry events)."""
+        found = {m.address for m in self.states() if _same(m.owner, owner) and m.address}
+        with self._lock:
+            found |= {m for m, (o, _) in self._meters.items() if _same(o, owner)}
+        return sorted(found)
+
+    # -- chain readings -------------------------------------------------------------------------
+
+    def on_event(self, event: ChainEvent) -> None:
+        """Listener subscriber: remember meter registrations and readings."""
+        if event.contract != "MeterRegistry":
+            return
+        if event.name == "MeterRegistered":
+            kind = LOAD if int(event.args.get("kind", 0)) == 1 else SUPPLY
+            with self._lock:
+                self._meters[event.args["meter"]] = (event.args["owner"], kind)
+        elif event.name == "ReadingRecorded":
+            self.record(
+                event.args["meter"], int(event.args["deltaWh"]), event.block_number,
+                event.tx_hash, event.log_index,
+            )
+
+    def record(self, meter: str, delta_wh: int, block_number: int, tx_hash: str,
+               log_index: int) -> None:
+        """Keep one reading (once per (tx hash, log index)); zero deltas are baselines."""
+        key = (tx_hash.lower(), log_index)
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen[key] = None
+            while len(self._seen) > 50_000:
+                self._seen.popitem(last=False)
+        if delta_wh <= 0:
+            return
+        try:
+            owner, kind = self._meter_info(meter)
+            stamp = self._block_time(block_number)
+        except ChainError as exc:
+            log.warning("meter board: cannot place reading of %s: %s", meter, exc)
+            return
+        with self._lock:
+            series = self._readings.setdefault((owner.lower(), kind), deque(maxlen=20_000))
+            series.append((stamp, delta_wh))
+
+    def backfill(self, blocks: int = 20_000, chunk: int = 2_000) -> int:
+        """Read the last `blocks` blocks' readings from the chain (after a restart); count them."""
+        head = self.client.block_number()
+        start = max(self.client.deployment.block, head - blocks + 1)
+        event = self.client.registry.events.ReadingRecorded
+        count = 0
+        for low in range(start, head + 1, chunk):
+            for entry in event.get_logs(from_block=low, to_block=min(head, low + chunk - 1)):
+                self.record(
+                    entry["args"]["meter"], int(entry["args"]["deltaWh"]), entry["blockNumber"],
+                    _hex(entry["transactionHash"]), entry["logIndex"],
+                )
+                count += 1
+        return count
+
+    def history(self, owner: str) -> dict[str, Any]:
+        """Generation and consumption of `owner` per bucket over the window (kWh as numbers).
+
+        The window ends at the chain's clock (the latest block), which readings are stamped with.
+        """
+        try:
+            now = self.client.latest_timestamp()
+        except ChainError:
+            now = int(self._clock())
+        size = self.bucket_seconds
+        end = now - now % size + size
+        start = end - self.window_seconds
+        starts = list(range(start, end, size))
+        result: dict[str, Any] = {"bucket_seconds": size, "starts": starts}
+        for kind, name in ((SUPPLY, "generation_kwh"), (LOAD, "consumption_kwh")):
+            sums = [0] * len(starts)
+            with self._lock:
+                series = list(self._readings.get((owner.lower(), kind), ()))
+            for stamp, wh in series:
+                if start <= stamp < end:
+                    sums[(stamp - start) // size] += wh
+            result[name] = [wh / 1000 for wh in sums]
+        return result
+
+    def _meter_info(self, meter: str) -> tuple[str, str]:
+        """(owner, kind) of a meter, asked of the registry once."""
+        with self._lock:
+            known = self._meters.get(meter)
+        if known is not None:
+            return known
+        info = self.client.meter(meter)
+        if info is None:
+            raise ChainError(f"{meter} is not a registered meter")
+        with self._lock:
+            self._meters[meter] = (info.owner, info.kind)
+        return info.owner, info.kind
+
+    def _block_time(self, number: int) -> int:
+        """Timestamp of block `number` (a small cache: readings cluster in blocks)."""
+        with self._lock:
+            if number in self._block_times:
+                return self._block_times[number]
+        stamp = int(self.client.w3.eth.get_block(number)["timestamp"])
+        with self._lock:
+            self._block_times[number] = stamp
+            while len(self._block_times) > 512:
+                self._block_times.popitem(last=False)
+        return stamp
+
+
+def _hex(value: Any) -> str:
+    """A hash as lower-case 0x-hex text."""
+    if isinstance(value, str):
+        return value.lower()
+    return "0x" + bytes(value).hex()

@@ -1,0 +1,304 @@
+"""Accounts (create, import, unlock), balances, pending transactions, mining and sending Ether."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from dapp.chain.client import ChainClient
+from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.services.amounts import (
+    format_ether,
+    format_kwh,
+    parse_address,
+    parse_ether,
+    short_address,
+)
+from dapp.services.errors import ActionRefused, ChainDown, InvalidInput
+from dapp.services.messages import as_user_error, chain_error_sentence, unavailable_detail
+from dapp.services.meters import MeterBoard
+from dapp.wallet.keystore import MAX_KEYFILE_BYTES, MAX_LABEL_LENGTH, Keystore
+
+log = logging.getLogger(__name__)
+
+MIN_PASSPHRASE = 8
+MAX_PASSPHRASE = 1024
+PLAIN_TRANSFER_GAS = 21_000
+
+
+def check_passphrase(passphrase: object, what: str = "the passphrase") -> str:
+    """A passphrase as given; InvalidInput if it is missing or absurdly long."""
+    if not isinstance(passphrase, str) or passphrase == "":
+        raise InvalidInput(f"Enter {what}.")
+    if len(passphrase) > MAX_PASSPHRASE:
+        raise InvalidInput(f"{what[:1].upper() + what[1:]} is too long.")
+    return passphrase
+
+
+def _label(label: object) -> str | None:
+    """An optional account label: None when blank; InvalidInput when unusable."""
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput("The label must be text.")
+    text = label.strip()
+    if not text:
+        return None
+    if len(text) > MAX_LABEL_LENGTH or not text.isprintable():
+        raise InvalidInput(
+            f"A label can have at most {MAX_LABEL_LENGTH} printable characters."
+        )
+    return text
+
+
+class WalletService:
+    """Everything the wallet page and the wallet API do, without Flask."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        keystore: Keystore,
+        meters: MeterBoard,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.keystore = keystore
+        self.meters = meters
+        self._clock = clock
+        self._labels: tuple[float, dict[str, str | None]] | None = None
+        self._labels_lock = threading.Lock()
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """The accounts one can log in with: address, label and a display name."""
+        try:
+            entries = self.keystore.list()
+        except WalletError as exc:
+            log.error("keystore: %s", exc)
+            return []
+        return [
+            {"address": e.address, "label": e.label, "name": e.label or short_address(e.address)}
+            for e in entries
+        ]
+
+    def label_of(self, address: str | None) -> str | None:
+        """The keystore label of `address` (cached a few seconds), or None."""
+        if not address:
+            return None
+        with self._labels_lock:
+            now = self._clock()
+            if self._labels is None or now - self._labels[0] > 5.0:
+                self._labels = (now, {a["address"]: a["label"] for a in self.accounts()})
+            return self._labels[1].get(address)
+
+    def _forget_labels(self) -> None:
+        with self._labels_lock:
+            self._labels = None
+
+    def create_account(self, passphrase: object, confirm: object, label: object = None) -> str:
+        """Make a new keystore account; returns its address."""
+        passphrase = check_passphrase(passphrase, "a passphrase for the new account")
+        if len(passphrase) < MIN_PASSPHRASE:
+            raise InvalidInput(f"Choose a passphrase of at least {MIN_PASSPHRASE} characters.")
+        if confirm != passphrase:
+            raise InvalidInput("The two passphrases do not match.")
+        try:
+            address = self.keystore.create(passphrase, label=_label(label))
+        except WalletError as exc:
+            raise as_user_error(exc) from None
+        self._forget_labels()
+        log.info("created account %s", address)
+        return address
+
+    def import_account(self, content: bytes, passphrase: object, label: object = None) -> str:
+        """Import a geth/V3 keystore file's bytes; returns its address."""
+        passphrase = check_passphrase(passphrase, "the passphrase of the key file")
+        if not content:
+            raise InvalidInput("Choose a keystore file to import.")
+        if len(content) > MAX_KEYFILE_BYTES:
+            raise InvalidInput("That file is too large to be a keystore file.")
+        try:
+            json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidInput("That file is not a keystore file (it is not JSON).") from None
+        label = _label(label)
+        # The keystore imports from a path; a private temporary file keeps the bytes off the
+        # keystore directory until they are checked, decrypted and accepted.
+        with tempfile.TemporaryDirectory(prefix="microgrid-import-") as tmp:
+            path = Path(tmp) / "upload.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            try:
+                address = self.keystore.import_file(path, passphrase, label=label)
+            except WalletError as exc:
+                raise as_user_error(exc) from None
+        self._forget_labels()
+        log.info("imported account %s", address)
+        return address
+
+    def unlock(self, address: object, passphrase: object) -> LocalAccount:
+        """Decrypt the key of `address` (the heavy step of logging in)."""
+        address = parse_address(address, "the account")
+        passphrase = check_passphrase(passphrase)
+        try:
+            if not self.keystore.has(address):
+                raise InvalidInput(f"There is no account {address} on this server.")
+            return self.keystore.unlock(address, passphrase)
+        except WalletError as exc:
+            raise as_user_error(exc) from None
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def chain_status(self) -> dict[str, Any]:
+        """Whether the chain answers, its latest block, and the mining state."""
+        try:
+            block = self.client.block_number()
+            stamp = self.client.latest_timestamp()
+        except ChainError as exc:
+            return {"available": False, "message": unavailable_detail(exc), "block": None,
+                    "timestamp": None, "server_time": time.time(), "mining": None}
+        return {
+            "available": True,
+            "message": "",
+            "block": block,
+            "timestamp": stamp,
+            "server_time": time.time(),
+            "mining": self.mining_status(),
+        }
+
+    def mining_status(self) -> dict[str, Any]:
+        """{"mining", "available", "detail"} (never raises)."""
+        try:
+            status = self.client.mining_status()
+        except ChainError as exc:
+            return {"mining": False, "available": False, "detail": chain_error_sentence(exc)}
+        return {"mining": status.mining, "available": status.available, "detail": status.detail,
+                "block_time": status.block_time}
+
+    def pending(self, address: str) -> list[dict[str, Any]]:
+        """Unmined transactions of `address` and its meters."""
+        meters = self.meters.meter_addresses(address)
+        return [
+            {
+                "hash": tx.hash,
+                "kind": tx.kind,
+                "nonce": tx.nonce,
+                "value": format_ether(tx.value),
+                "age_seconds": round(tx.age_seconds, 1),
+            }
+            for tx in self.client.pending_transactions(address, meters)
+        ]
+
+    def summary(self, address: str) -> dict[str, Any]:
+        """Balances, credit, pending transactions, generation and its chart for `address`."""
+        base: dict[str, Any] = {
+            "address": address,
+            "label": self.label_of(address),
+            "generation": self.meters.generation(address),
+            "history": self.meters.history(address),
+        }
+        try:
+            tokens = self.client.token_balance(address)
+            ether = self.client.ether_balance(address)
+            credit = self.client.credit_of(address)
+            pending = self.pending(address)
+        except ChainError as exc:
+            return {**base, "available": False, "message": chain_error_sentence(exc)}
+        return {
+            **base,
+            "available": True,
+            "message": "",
+            "tokens_wh": str(tokens),
+            "tokens_kwh": format_kwh(tokens),
+            "ether_wei": str(ether),
+            "ether": format_ether(ether),
+            "credit_wei": str(credit),
+            "credit": format_ether(credit),
+            "pending": pending,
+        }
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def preview_send(self, sender: str, to: object, amount: object) -> dict[str, Any]:
+        """Validate a Send Ether form: recipient, amount, and that the sender can afford it."""
+        recipient = parse_address(to)
+        wei = parse_ether(amount)
+        try:
+            balance = self.client.ether_balance(sender)
+            fee = PLAIN_TRANSFER_GAS * int(self.client.w3.eth.gas_price)
+        except ChainError as exc:
+            raise as_user_error(exc) from None
+        if wei > balance:
+            raise ActionRefused(
+                f"You have only {format_ether(balance)} ETH; you cannot send "
+                f"{format_ether(wei)} ETH."
+            )
+        if wei + fee > balance:
+            raise ActionRefused(
+                f"Sending {format_ether(wei)} ETH leaves too little for the transaction fee "
+                f"(about {format_ether(fee)} ETH); send a little less."
+            )
+        return {"to": recipient, "amount_wei": str(wei), "amount": format_ether(wei),
+                "to_label": self.label_of(recipient)}
+
+    def send_ether(self, account: LocalAccount, to: object, amount: object) -> dict[str, str]:
+        """Send Ether after the same checks as the preview; returns the transaction hash."""
+        preview = self.preview_send(account.address, to, amount)
+        tx_hash = self._act(
+            lambda: self.client.send_ether(account, preview["to"], int(preview["amount_wei"]))
+        )
+        return {"tx_hash": tx_hash,
+                "message": f"Sending {preview['amount']} ETH to {preview['to']}."}
+
+    def withdraw(self, account: LocalAccount) -> dict[str, str]:
+        """Withdraw all market credit."""
+        try:
+            credit = self.client.credit_of(account.address)
+        except ChainError as exc:
+            raise as_user_error(exc) from None
+        if credit == 0:
+            raise ActionRefused("You have no credit to withdraw.")
+        tx_hash = self._act(lambda: self.client.withdraw(account))
+        return {"tx_hash": tx_hash, "message": f"Withdrawing {format_ether(credit)} ETH."}
+
+    def start_mining(self) -> dict[str, Any]:
+        """Start making blocks (where the node allows it)."""
+        return self._mining(start=True)
+
+    def stop_mining(self) -> dict[str, Any]:
+        """Stop making blocks (where the node allows it)."""
+        return self._mining(start=False)
+
+    def _mining(self, start: bool) -> dict[str, Any]:
+        status = self.mining_status()
+        if not status["available"]:
+            raise ActionRefused(
+                "Mining cannot be started or stopped on this node: " + status["detail"]
+            )
+        try:
+            self.client.start_mining() if start else self.client.stop_mining()
+        except ChainUnavailable as exc:
+            raise ChainDown(chain_error_sentence(exc)) from None
+        except ChainError as exc:
+            raise ActionRefused(f"The node refused: {exc}") from None
+        return self.mining_status()
+
+    @staticmethod
+    def _act(send: Callable[[], str]) -> str:
+        """Run a chain action, turning every failure into a sentence."""
+        try:
+            return send()
+        except (ContractReverted, ChainError, WalletError) as exc:
+            raise as_user_error(exc) from None

@@ -1,0 +1,365 @@
+"""Live updates: one listener, one ticker, pushes to Socket.IO rooms.
+
+Two background tasks per app, started once with `socketio.start_background_task`:
+
+* the **listener task** resolves the deployment (retrying while the chain is down), subscribes
+  `LiveHub.on_event` to the process's single `EventListener` and runs it. Each contract event is
+  handed to the meter board, the market service and every external subscriber (the meter
+  bridge), marks what changed (the market, the accounts named in the event) and, for events
+  newer than the server's start, sends short notices to the people concerned;
+* the **ticker** reads the chain head every `interval` seconds. On a new block it marks every
+  connected user's wallet as changed (balances and pending transactions move without contract
+  events), runs the auto-finalizer, and reports transactions sent from the pages that failed
+  after sending. Then it pushes what changed: `chain` to everyone, `market` to the market room,
+  `wallet` to each user's own room. Expired sessions are told so and disconnected.
+
+Rooms: ``market`` (every logged-in socket) and ``user:<address>`` (one per account).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask_socketio import SocketIO
+
+from dapp.chain.listener import ChainEvent
+from dapp.errors import ChainError, ContractReverted
+from dapp.services.amounts import format_ether, format_kwh
+from dapp.services.messages import revert_sentence
+
+if TYPE_CHECKING:
+    from dapp.web.extensions import Microgrid
+
+log = logging.getLogger(__name__)
+
+MARKET_ROOM = "market"
+WATCH_SECONDS = 600.0
+
+
+def user_room(address: str) -> str:
+    """The Socket.IO room of one account."""
+    return f"user:{address.lower()}"
+
+
+class LiveHub:
+    """Routes chain events and new blocks to Socket.IO rooms; runs the auto-finalizer."""
+
+    def __init__(self, ext: Microgrid, socketio: SocketIO, *, interval: float = 0.5,
+                 listener_interval: float = 1.0) -> None:
+        self.ext = ext
+        self.socketio = socketio
+        self.interval = interval
+        self.listener_interval = listener_interval
+        self._lock = threading.Lock()
+        self._sockets: dict[str, tuple[str, str]] = {}  # socket id -> (session id, address)
+        self._dirty_users: set[str] = set()
+        self._market_dirty = True
+        self._greet: dict[str, str] = {}  # socket id -> address: send it the full state
+        self._watched: dict[str, tuple[str, str, float]] = {}  # tx -> (address, kind, since)
+        self._relays: dict[str, tuple[Any, Any]] = {}  # meter -> (online, relay closed)
+        self._last_chain: str | None = None
+        self._last_block: int | None = None
+        self._notices_from: int | None = None
+        self._stop: threading.Event | None = None
+        self._tasks: list[Any] = []
+
+    # -- sockets --------------------------------------------------------------------------------
+
+    def joined(self, socket_id: str, session_id: str, address: str) -> None:
+        """A logged-in socket connected; it gets the full state on the next flush."""
+        with self._lock:
+            self._sockets[socket_id] = (session_id, address)
+            self._greet[socket_id] = address
+
+    def greet(self, socket_id: str, address: str) -> None:
+        """Send this socket the full state again (a `refresh` request)."""
+        with self._lock:
+            self._greet[socket_id] = address
+
+    def left(self, socket_id: str) -> None:
+        """A socket disconnected."""
+        with self._lock:
+            self._sockets.pop(socket_id, None)
+            self._greet.pop(socket_id, None)
+
+    def connected_addresses(self) -> set[str]:
+        """Accounts with at least one connected socket."""
+        with self._lock:
+            return {address for _, address in self._sockets.values()}
+
+    def end_session(self, session_id: str, reason: str = "logged out") -> None:
+        """Disconnect every socket of a session (logout, expiry)."""
+        with self._lock:
+            sockets = [sid for sid, (sess, _) in self._sockets.items() if sess == session_id]
+        for socket_id in sockets:
+            self.socketio.emit("session_expired", {"reason": reason}, to=socket_id)
+            try:
+                self.socketio.server.disconnect(socket_id, namespace="/")
+            except Exception:  # noqa: BLE001 - already gone
+                log.debug("socket %s was already gone", socket_id)
+            self.left(socket_id)
+
+    # -- marks ----------------------------------------------------------------------------------
+
+    def touch_user(self, address: str | None) -> None:
+        """The wallet of `address` changed: push it on the next flush."""
+        if address:
+            with self._lock:
+                self._dirty_users.add(address)
+
+    def touch_market(self) -> None:
+        """The market changed: push it on the next flush."""
+        with self._lock:
+            self._market_dirty = True
+
+    def watch(self, address: str, tx_hash: str, kind: str) -> None:
+        """Tell `address` if this transaction fails after it was sent; show it as pending now."""
+        with self._lock:
+            self._watched[tx_hash] = (address, kind, time.monotonic())
+        self.touch_user(address)
+
+    def meter_changed(self, state: Any) -> None:
+        """Bridge `on_change` hook: a meter's live state moved (generation, relay)."""
+        self.touch_user(getattr(state, "owner", None))
+        relay = (getattr(state, "online", None), getattr(state, "relay_closed", None))
+        address = str(getattr(state, "address", ""))
+        with self._lock:
+            changed = self._relays.get(address) != relay
+            self._relays[address] = relay
+        if changed:  # the cards show relays; generation alone moves only the owner's wallet
+            self.touch_market()
+
+    def notify(self, address: str, text: str, level: str = "info") -> None:
+        """A short notice to one account's sockets."""
+        self.socketio.emit("notice", {"text": text, "level": level}, to=user_room(address))
+
+    # -- listener side --------------------------------------------------------------------------
+
+    def on_event(self, event: ChainEvent) -> None:
+        """Listener subscriber: feed the services and subscribers, mark changes, notify."""
+        ext = self.ext
+        for callback in [ext.meters.on_event, ext.market.on_event, *ext.subscribers()]:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("subscriber %r failed on %s.%s", callback, event.contract,
+                              event.name)
+        try:
+            parties = self._parties(event)
+        except ChainError as exc:
+            log.debug("live: parties of %s unknown: %s", event.name, exc)
+            parties = set()
+        for address in parties:
+            self.touch_user(address)
+        if event.contract == "EnergyMarket":
+            self.touch_market()
+        fresh = self._notices_from is not None and event.block_number >= self._notices_from
+        if fresh:
+            try:
+                for address, text in self._notices(event):
+                    self.notify(address, text)
+            except ChainError as exc:
+                log.debug("live: no notice for %s: %s", event.name, exc)
+
+    def _lot_parties(self, lot_id: int) -> tuple[str, str | None]:
+        lot = self.ext.client.lot(lot_id)
+        return lot.seller, lot.buyer
+
+    def _parties(self, event: ChainEvent) -> set[str]:
+        """Accounts whose wallet an event changes."""
+        args = event.args
+        found = {args[k] for k in ("seller", "buyer", "bidder", "account", "owner", "from", "to")
+                 if isinstance(args.get(k), str)}
+        if event.name in ("DeliverySettled", "ConnectionClosed"):
+            found.update(p for p in self._lot_parties(int(args["tradeId"])) if p)
+        if event.name == "ReadingRecorded":
+            info = self.ext.client.meter(args["meter"])
+            if info is not None:
+                found.add(info.owner)
+        found.discard("0x0000000000000000000000000000000000000000")
+        return found
+
+    def _notices(self, event: ChainEvent) -> list[tuple[str, str]]:
+        """(account, sentence) pairs worth telling people as they happen."""
+        a = event.args
+        if event.contract != "EnergyMarket":
+            return []
+        if event.name == "BidPlaced":
+            seller, _ = self._lot_parties(int(a["listingId"]))
+            price = format_ether(a["pricePerKWh"])
+            return [
+                (seller, f"New bid on your listing #{a['listingId']}: {price} ETH per kWh."),
+                (a["bidder"], f"Your bid of {price} ETH per kWh on listing #{a['listingId']} "
+                              "is in."),
+            ]
+        if event.name == "Credited":
+            return [(a["account"], f"{format_ether(a['amountWei'])} ETH was credited to you "
+                                   f"(lot #{a['lotId']}); withdraw it from your wallet.")]
+        if event.name == "ListingExpired":
+            return [(a["seller"], f"Listing #{a['listingId']} ended without bids; your "
+                                  f"{format_kwh(a['energyWh'])} kWh are back.")]
+        if event.name == "TradeOpened":
+            price = format_ether(a["pricePerKWh"])
+            return [
+                (a["seller"], f"Listing #{a['tradeId']} sold at {price} ETH per kWh; the trade "
+                              "is open."),
+                (a["buyer"], f"You won listing #{a['tradeId']} at {price} ETH per kWh; the "
+                             "trade is open."),
+            ]
+        if event.name == "ConnectionClosed":
+            seller, buyer = self._lot_parties(int(a["tradeId"]))
+            text = (f"Trade #{a['tradeId']} closed after {format_kwh(a['deliveredWh'])} kWh "
+                    "delivered.")
+            return [(seller, text)] + ([(buyer, text)] if buyer else [])
+        if event.name == "Withdrawn":
+            return [(a["account"], f"{format_ether(a['amountWei'])} ETH withdrawn to your "
+                                   "account.")]
+        return []
+
+    # -- ticker ---------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One round: chain head, finalizer, watched transactions, expiries, pushes."""
+        status = self.ext.wallet.chain_status()
+        key = json.dumps([status["available"], status["block"], status["mining"]],
+                         sort_keys=True)
+        if key != self._last_chain:
+            was_available = self._last_chain is None or json.loads(self._last_chain)[0]
+            self._last_chain = key
+            self.socketio.emit("chain", status, to=MARKET_ROOM)
+            if status["available"] != was_available:
+                self.touch_market()
+                for address in self.connected_addresses():
+                    self.touch_user(address)
+        if status["available"] and status["block"] != self._last_block:
+            self._last_block = status["block"]
+            if self._notices_from is None:
+                self._notices_from = status["block"] + 1
+            for address in self.connected_addresses():
+                self.touch_user(address)
+            self.ext.finalizer.run_once()
+            self._check_watched()
+        self._expire_sessions()
+        self.flush()
+
+    def flush(self) -> None:
+        """Push the market, wallets and greetings that changed since the last flush."""
+        with self._lock:
+            connected = {address for _, address in self._sockets.values()}
+            greet = dict(self._greet)
+            self._greet.clear()
+            market = self._market_dirty and bool(connected)
+            if market:
+                self._market_dirty = False
+            users = (self._dirty_users & connected) | set(greet.values())
+            self._dirty_users -= connected
+        snapshot = self.ext.market.snapshot() if market or greet else None
+        if market:
+            self.socketio.emit("market", snapshot, to=MARKET_ROOM)
+        for address in users:
+            self.socketio.emit("wallet", self.ext.wallet.summary(address), to=user_room(address))
+        if greet:
+            status = self.ext.wallet.chain_status()
+            for socket_id in greet:
+                self.socketio.emit("chain", status, to=socket_id)
+                if not market:
+                    self.socketio.emit("market", snapshot, to=socket_id)
+
+    def _check_watched(self) -> None:
+        """Tell users about their transactions that failed after being sent."""
+        with self._lock:
+            watched = dict(self._watched)
+        now = time.monotonic()
+        for tx_hash, (address, kind, since) in watched.items():
+            done = now - since > WATCH_SECONDS
+            try:
+                self.ext.client.wait(tx_hash, timeout=0.01)
+                done = True
+            except ContractReverted as exc:
+                done = True
+                self.notify(address, f"Your {kind} failed: {revert_sentence(exc)}", "error")
+            except ChainError:
+                pass  # not mined yet (or the node is away): look again next block
+            if done:
+                with self._lock:
+                    self._watched.pop(tx_hash, None)
+
+    def _expire_sessions(self) -> None:
+        """Disconnect sockets whose session expired (idle timeout) and forget expired keys."""
+        keys = self.ext.keys
+        with self._lock:
+            sessions = {sess for sess, _ in self._sockets.values()}
+        for session_id in sessions:
+            if session_id not in keys:
+                self.end_session(session_id, "session expired")
+        keys.purge_expired()
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; a failing tick is logged, never fatal."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("live: tick failed")
+            stop.wait(self.interval)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the listener task and the ticker (idempotent)."""
+        with self._lock:
+            if self._stop is not None:
+                return
+            self._stop = stop = threading.Event()
+        try:
+            self._notices_from = self.ext.client.block_number() + 1
+        except ChainError:
+            self._notices_from = None  # set by the first tick that reaches the chain
+        self._tasks = [
+            self.socketio.start_background_task(self._listen, stop),
+            self.socketio.start_background_task(self.run, stop),
+        ]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop both tasks and wait for them."""
+        with self._lock:
+            stop, self._stop = self._stop, None
+        if stop is None:
+            return
+        stop.set()
+        for task in self._tasks:
+            task.join(timeout)
+        self._tasks = []
+
+    @property
+    def running(self) -> bool:
+        """Whether the background tasks were started and not stopped."""
+        return self._stop is not None
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Resolve the deployment (retrying), then run the one event listener."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.ext.client.deployment  # noqa: B018 - resolves and caches the deployment
+                listener = self.ext.client.listener
+                break
+            except ChainError as exc:
+                log.warning("live: no deployment yet (%s); retrying in %.1f s", exc, delay)
+            except Exception:
+                log.exception("live: resolving the deployment failed")
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            return
+        listener.subscribe(self.on_event)
+        try:
+            count = self.ext.meters.backfill()
+            log.info("live: %d recent meter readings loaded", count)
+        except Exception as exc:  # noqa: BLE001 - the chart starts empty instead
+            log.warning("live: meter history not loaded: %s", exc)
+        listener.run(stop, interval=self.listener_interval)

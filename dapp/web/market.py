@@ -1,0 +1,108 @@
+"""Marketplace page: Sell, Buy (bid on cards), Close Connection, open trades, cleared prices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from dapp.services.errors import UserError
+from dapp.web.common import acted, form_values, login_required, microgrid
+
+bp = Blueprint("market", __name__, url_prefix="/market")
+
+SELL_FIELDS = ("energy", "price", "price_unit", "duration", "duration_unit")
+
+
+def board_context() -> dict[str, Any]:
+    """What the cards need: the snapshot, who is looking, whether the server finalizes."""
+    ext = microgrid()
+    return {
+        "snapshot": ext.market.snapshot(),
+        "me": g.user.address,
+        "auto_finalize": ext.finalizer.enabled,
+    }
+
+
+def render_market(status: int = 200, error: str | None = None,
+                  sell: dict[str, str] | None = None) -> ResponseReturnValue:
+    """The marketplace page, optionally with an error and the Sell form refilled."""
+    return render_template(
+        "market/market.html", error=error, sell=sell or {}, **board_context()
+    ), status
+
+
+def _done(result: dict[str, str]) -> ResponseReturnValue:
+    flash(f"{result['message']} Transaction {result['tx_hash']} is pending.", "ok")
+    return redirect(url_for("market.page"), 303)
+
+
+@bp.get("/")
+@login_required
+def page() -> ResponseReturnValue:
+    """The marketplace."""
+    return render_market()
+
+
+@bp.get("/board")
+@login_required
+def board() -> ResponseReturnValue:
+    """The cards alone (fetched by the page when the market changes)."""
+    return render_template("market/_board.html", **board_context())
+
+
+@bp.post("/sell")
+@login_required
+def sell() -> ResponseReturnValue:
+    """List energy tokens for auction."""
+    values = form_values(request.form, *SELL_FIELDS)
+    try:
+        result = microgrid().market.sell(
+            g.user.account, values["energy"], values["price"], values["price_unit"] or "ether",
+            values["duration"], values["duration_unit"] or "minutes",
+        )
+    except UserError as exc:
+        return render_market(exc.status, exc.message, values)
+    acted(result, "listing", market=True)
+    return _done(result)
+
+
+@bp.post("/bid")
+@login_required
+def bid() -> ResponseReturnValue:
+    """Bid on a listing."""
+    form = request.form
+    try:
+        result = microgrid().market.bid(
+            g.user.account, form.get("lot", ""), form.get("price", ""),
+            form.get("price_unit", "") or "ether",
+        )
+    except UserError as exc:
+        return render_market(exc.status, exc.message)
+    acted(result, "bid", market=True)
+    return _done(result)
+
+
+@bp.post("/close")
+@login_required
+def close() -> ResponseReturnValue:
+    """Close the connection of an open trade."""
+    try:
+        result = microgrid().market.close(g.user.account, request.form.get("trade", ""))
+    except UserError as exc:
+        return render_market(exc.status, exc.message)
+    acted(result, "close connection", market=True)
+    return _done(result)
+
+
+@bp.post("/finalize")
+@login_required
+def finalize() -> ResponseReturnValue:
+    """End an auction whose deadline has passed (when the server does not do it itself)."""
+    try:
+        result = microgrid().market.finalize(g.user.account, request.form.get("lot", ""))
+    except UserError as exc:
+        return render_market(exc.status, exc.message)
+    acted(result, "finalize", market=True)
+    return _done(result)

@@ -1,0 +1,129 @@
+"""The bridge on a real node: a managed anvil, and `microgrid bridge` as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dapp.chain.client import ChainClient
+from dapp.chain.deploy import deploy
+from dapp.chain.node import connect
+from dapp.wallet.keystore import Keystore
+from tests.bridge.conftest import (
+    ETHER,
+    PARAMS,
+    PASSPHRASE,
+    World,
+    relay,
+    trade_scenario,
+    wait_for,
+)
+from tests.chain.conftest import anvil_factory, fund  # noqa: F401 - anvil_factory is a fixture
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def world(anvil_factory, tmp_path) -> World:  # noqa: F811 - the fixture, used by name
+    """The contracts on a fresh anvil that mines each transaction at once."""
+    node = anvil_factory(block_time=None, chain_id=4343)
+    node.start()
+    w3 = connect(node.url, timeout=5)
+    operator = fund(w3, 1000 * ETHER)
+    deployment = deploy(w3, operator, PARAMS)
+    client = ChainClient(node.url, tmp_path / "client0")
+    client.use_deployment(deployment)
+
+    def set_balances(addresses: list[str], wei: int) -> None:
+        for address in addresses:
+            w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+
+    def advance(seconds: int) -> None:
+        w3.provider.make_request("evm_increaseTime", [seconds])
+        w3.provider.make_request("evm_mine", [])
+
+    return World(client, deployment, operator, set_balances, advance, node.url, tmp_path, w3)
+
+
+def test_readings_mint_and_pay_and_relays_follow_the_trade_on_anvil(
+        world, plant, bridges, listener):
+    trade_scenario(world, plant, bridges, listener)
+
+
+@pytest.fixture
+def bridge_process(tmp_path) -> Iterator[Callable[[dict[str, str]], subprocess.Popen]]:
+    """Factory: `microgrid bridge` as a child process; every one is killed after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        log = (tmp_path / f"bridge{len(started)}.log").open("wb")
+        process = subprocess.Popen([sys.executable, "-m", "dapp.cli", "bridge"], cwd=ROOT,
+                                   env={**os.environ, **env}, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        log.close()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_standalone_bridge_killed_and_restarted_keeps_relays_with_the_chain(
+        world, plant, bridge_process, tmp_path):
+    client = world.client
+    seller, buyer = world.accounts(2)
+    world.mint(seller, 600)
+    # Long watchdogs: whatever the relays do here, the bridge processes did it.
+    supply, load = plant.meter("supply", watchdog_s=60), plant.meter("load", watchdog_s=60)
+    data_dir = tmp_path / "bridge-data"
+    keystore = Keystore(data_dir / "keystore", scrypt_n=2)
+    supply_key = keystore.create(PASSPHRASE, label="supply meter")
+    load_key = keystore.create(PASSPHRASE, label="load meter")
+    world.register(seller.address, "supply", supply.meter.identity.rated_power_w,
+                   key=keystore.unlock(supply_key, PASSPHRASE))
+    world.register(buyer.address, "load", load.meter.identity.rated_power_w,
+                   key=keystore.unlock(load_key, PASSPHRASE))
+    passphrase_file = tmp_path / "meter-passphrase"
+    passphrase_file.write_text(PASSPHRASE + "\n", encoding="utf-8")
+    env = {
+        "MICROGRID_DATA_DIR": str(data_dir),
+        "MICROGRID_RPC": world.rpc_url,
+        "MICROGRID_METERS": f"{supply.url}:{supply_key} {load.url}:{load_key}",
+        "MICROGRID_METER_PASSPHRASE_FILE": str(passphrase_file),
+        "MICROGRID_BRIDGE_POLL_INTERVAL": "0.2",
+        "MICROGRID_BRIDGE_SUBMIT_INTERVAL": "0.5",
+        "MICROGRID_BRIDGE_LISTEN_INTERVAL": "0.2",
+    }
+    trade = world.trade(seller, buyer, 300)
+
+    first = bridge_process(env)
+    wait_for(lambda: relay(supply) and relay(load), timeout=30, what="relays closed")
+    wait_for(lambda: client.meter(load_key).read_at > 0, what="readings from the process")
+    first.kill()  # SIGKILL: no cleanup at all
+    first.wait(timeout=10)
+    killed = time.monotonic()
+    assert relay(supply) and relay(load)
+    world.close(buyer, trade)
+
+    second = bridge_process(env)
+    wait_for(lambda: not relay(supply) and not relay(load), timeout=30, what="relays opened")
+    assert time.monotonic() - killed < 60  # the bridge did it, not the watchdog
+    trade = world.trade(seller, buyer, 300)  # heard through the process's own listener
+    wait_for(lambda: relay(supply) and relay(load), timeout=10, what="relays closed by event")
+    wait_for(lambda: client.lot(trade).delivered_wh > 0, timeout=10, what="delivery paid")
+
+    second.send_signal(signal.SIGTERM)  # a clean stop commands the relays open
+    assert second.wait(timeout=15) == 0
+    assert not relay(supply) and not relay(load)
+    assert "bridge stopped" in (tmp_path / "bridge1.log").read_text(encoding="utf-8")

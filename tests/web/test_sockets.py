@@ -1,0 +1,258 @@
+"""Socket.IO: who may connect, what each event carries, and the live auction as it happens.
+
+The live tests run the app's real background tasks (the one event listener and the ticker) over
+the in-process chain, with the server's own finalizer account configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_socketio import SocketIOTestClient
+
+from dapp.chain.client import LotStatus
+from dapp.chain.listener import ChainEvent
+from tests.web.conftest import PASSPHRASE, Browser, World, free_port, wait_for
+
+
+class Events:
+    """What one Socket.IO test client received, kept across polls."""
+
+    def __init__(self, sio: SocketIOTestClient) -> None:
+        self.sio = sio
+        self.seen: list[dict[str, Any]] = []
+
+    def pull(self) -> list[dict[str, Any]]:
+        """Move newly received events into `seen` (works after a disconnect too)."""
+        queue = self.sio.queue
+        while queue:  # pop one by one: the server's threads append concurrently
+            self.seen.append(queue.pop(0))
+        return self.seen
+
+    def named(self, name: str) -> list[Any]:
+        """The first argument of every `name` event so far."""
+        return [e["args"][0] for e in self.pull() if e["name"] == name]
+
+    def wait(self, name: str, predicate: Callable[[Any], bool] = lambda _: True,
+             timeout: float = 15.0) -> Any:
+        """The first `name` event matching `predicate` (waiting for it)."""
+        return wait_for(lambda: next((a for a in self.named(name) if predicate(a)), None),
+                        timeout=timeout)
+
+
+def connect(app: Flask, person: Browser) -> Events:
+    """A Socket.IO client sharing the person's cookies (their session)."""
+    sio = app.extensions["socketio"].test_client(app, flask_test_client=person.client)
+    return Events(sio)
+
+
+def logged_in(app: Flask, world: World, role: str) -> Browser:
+    person = Browser(app.test_client(), world)
+    assert person.login(role).status_code == 303
+    return person
+
+
+@pytest.fixture
+def live(make_app, world) -> Flask:
+    """The app with its background tasks running and a server account that finalizes."""
+    app = make_app(FINALIZER_ADDRESS=world.address["finalizer"],
+                   FINALIZER_PASSPHRASE_FILE=str(world.passphrase_file))
+    app.extensions["microgrid"].start_background()
+    return app
+
+
+def test_connection_is_refused_without_login(app, browser):
+    events = connect(app, browser)
+    assert not events.sio.is_connected()
+    assert app.extensions["microgrid"].hub.connected_addresses() == set()
+
+
+def test_connection_is_refused_after_logout(app, world):
+    person = logged_in(app, world, "consumer")
+    person.post("/logout")
+    assert not connect(app, person).sio.is_connected()
+
+
+def test_connect_pushes_the_full_state_and_refresh_asks_again(app, world):
+    person = logged_in(app, world, "consumer")
+    events = connect(app, person)
+    assert events.sio.is_connected()
+    hub = app.extensions["microgrid"].hub
+    assert hub.connected_addresses() == {world.address["consumer"]}
+    hub.flush()
+    chain = events.wait("chain")
+    assert chain["available"] is True and chain["block"] >= 1
+    assert events.wait("market")["available"] is True
+    wallet = events.wait("wallet")
+    assert wallet["address"] == world.address["consumer"] and wallet["ether"]
+    assert events.sio.emit("refresh", callback=True) == {"ok": True}
+    hub.flush()
+    assert len(events.named("wallet")) == 2
+
+
+def test_events_are_checked_against_the_session_every_time(make_app, world):
+    app = make_app(SESSION_IDLE_TIMEOUT=0.3)
+    person = logged_in(app, world, "consumer")
+    events = connect(app, person)
+    assert events.sio.is_connected()
+    time.sleep(0.5)
+    answer = events.sio.emit("refresh", callback=True)
+    assert answer["ok"] is False and "Log in first" in answer["error"]
+    assert events.named("session_expired")
+    assert not events.sio.is_connected()
+
+
+def test_logout_disconnects_the_sessions_sockets(app, world):
+    person = logged_in(app, world, "consumer")
+    other = logged_in(app, world, "producer")
+    mine, theirs = connect(app, person), connect(app, other)
+    person.post("/logout")
+    assert not mine.sio.is_connected()
+    assert mine.named("session_expired") == [{"reason": "logged out"}]
+    assert theirs.sio.is_connected()
+    assert app.extensions["microgrid"].hub.connected_addresses() == {world.address["producer"]}
+
+
+def test_idle_expiry_is_pushed_and_the_socket_closed(make_app, world):
+    app = make_app(SESSION_IDLE_TIMEOUT=0.3)
+    events = connect(app, logged_in(app, world, "rival"))
+    time.sleep(0.5)
+    app.extensions["microgrid"].hub.tick()
+    assert events.named("session_expired") == [{"reason": "session expired"}]
+    assert not events.sio.is_connected()
+    assert len(app.extensions["microgrid"].keys) == 0
+
+
+def test_each_user_gets_only_their_own_wallet(app, world):
+    consumer, producer = (connect(app, logged_in(app, world, role))
+                          for role in ("consumer", "producer"))
+    app.extensions["microgrid"].hub.flush()
+    assert {w["address"] for w in consumer.named("wallet")} == {world.address["consumer"]}
+    assert {w["address"] for w in producer.named("wallet")} == {world.address["producer"]}
+
+
+def test_live_auction_reaches_both_people_without_reloading(live, world):
+    producer, consumer = logged_in(live, world, "producer"), logged_in(live, world, "consumer")
+    seller, buyer = connect(live, producer), connect(live, consumer)
+    if world.client.token_balance(world.address["producer"]) < 1000:
+        world.mint(world.address["producer"], 5000)
+
+    world.chain.stop_mining()
+    try:
+        response = producer.api("POST", "/api/v1/market/listings",
+                                {"energy": "1", "price": "0.001", "duration": "600",
+                                 "duration_unit": "seconds"})
+        assert response.status_code == 202
+        # The seller's wallet shows the transaction as pending, then not any more.
+        tx_hash = response.get_json()["tx_hash"]
+        seller.wait("wallet", lambda w: tx_hash in [p["hash"] for p in w.get("pending", [])])
+    finally:
+        world.chain.start_mining(0.1)
+    world.mine(tx_hash)
+    lot = world.client.lot_count()
+    for person in (seller, buyer):
+        person.wait("market", lambda m: lot in [item["id"] for item in m["listings"]])
+    seller.wait("wallet", lambda w: w.get("pending") == [])
+
+    bid = consumer.api("POST", f"/api/v1/market/listings/{lot}/bids", {"price": "0.002"})
+    assert bid.status_code == 202
+    for person in (seller, buyer):
+        shown = person.wait("market", lambda m: any(
+            item["id"] == lot and item["highest_bid"] == "0.002" for item in m["listings"]))
+        item = next(item for item in shown["listings"] if item["id"] == lot)
+        assert item["bidder"]["name"] == "consumer"
+    seller.wait("notice", lambda n: n["text"] == f"New bid on your listing #{lot}: 0.002 ETH "
+                                                 "per kWh.")
+    buyer.wait("notice", lambda n: f"Your bid of 0.002 ETH per kWh on listing #{lot}" in n["text"])
+
+    world.advance(601)  # the deadline passes; the server finalizes by itself
+    for person in (seller, buyer):
+        person.wait("market", lambda m: lot in [t["id"] for t in m["trades"]], timeout=20)
+    buyer.wait("notice", lambda n: f"You won listing #{lot}" in n["text"])
+    seller.wait("notice", lambda n: f"Listing #{lot} sold at 0.002 ETH per kWh" in n["text"])
+    assert world.client.lot(lot).status == LotStatus.OPEN
+
+    close = consumer.api("POST", f"/api/v1/market/trades/{lot}/close")
+    assert close.status_code == 202
+    for person in (seller, buyer):
+        person.wait("market", lambda m: lot not in [t["id"] for t in m["trades"]])
+        person.wait("notice", lambda n: f"Trade #{lot} closed" in n["text"])
+    buyer.wait("notice", lambda n: "credited to you" in n["text"])
+
+
+def test_a_transaction_that_fails_after_sending_is_reported(live, world):
+    producer, consumer = logged_in(live, world, "producer"), logged_in(live, world, "consumer")
+    rival = logged_in(live, world, "rival")
+    buyer = connect(live, consumer)
+    if world.client.token_balance(world.address["producer"]) < 1000:
+        world.mint(world.address["producer"], 5000)
+    listed = producer.api("POST", "/api/v1/market/listings",
+                          {"energy": "1", "price": "0.001", "duration": "600",
+                           "duration_unit": "seconds"})
+    world.mine(listed.get_json()["tx_hash"])
+    lot = world.client.lot_count()
+    world.chain.stop_mining()
+    try:
+        # Both bids pass their checks against the last block; the lower one fails once mined.
+        high = rival.api("POST", f"/api/v1/market/listings/{lot}/bids", {"price": "0.003"})
+        low = consumer.api("POST", f"/api/v1/market/listings/{lot}/bids", {"price": "0.002"})
+        assert high.status_code == low.status_code == 202
+    finally:
+        world.chain.start_mining(0.1)
+    notice = buyer.wait("notice", lambda n: n["level"] == "error")
+    # TxSender replays a failed transaction on the block before it, where both bids were still
+    # fine, so the reason is the generic one; still a sentence, never hex.
+    assert notice["text"].startswith("Your bid failed: ")
+    assert notice["text"].endswith(".") and "0x" not in notice["text"]
+    assert world.client.lot(lot).buyer == world.address["rival"]
+
+
+def test_mining_changes_are_pushed_to_everyone(live, world):
+    events = connect(live, logged_in(live, world, "consumer"))
+    events.wait("wallet")  # the greeting is done: later chain events are pushes
+    seen = len(events.named("chain"))
+    producer = logged_in(live, world, "producer")
+    try:
+        assert producer.post("/wallet/mining", {"action": "stop"}).status_code == 303
+        wait_for(lambda: any(c["mining"]["mining"] is False
+                             for c in events.named("chain")[seen:]))
+    finally:
+        producer.post("/wallet/mining", {"action": "start"})
+        world.chain.start_mining(0.1)
+    events.wait("chain", lambda c: c["mining"]["mining"] is True and c["mining"]["block_time"])
+
+
+def test_subscribers_get_every_chain_event_from_the_one_listener(live, world):
+    received: list[ChainEvent] = []
+    unsubscribe = live.extensions["microgrid"].subscribe(received.append)
+    producer = logged_in(live, world, "producer")
+    if world.client.token_balance(world.address["producer"]) < 1000:
+        world.mint(world.address["producer"], 5000)
+    listed = producer.api("POST", "/api/v1/market/listings",
+                          {"energy": "0.5", "price": "0.001", "duration": "600",
+                           "duration_unit": "seconds"})
+    world.mine(listed.get_json()["tx_hash"])
+    lot = world.client.lot_count()
+    event = wait_for(lambda: next((e for e in received if e.name == "Listed"
+                                   and e.args["listingId"] == lot), None))
+    assert event.contract == "EnergyMarket" and event.args["seller"] == world.address["producer"]
+    unsubscribe()
+
+
+def test_an_unreachable_chain_is_pushed_as_unavailable(make_app, world, tmp_path):
+    app = make_app(RPC=f"http://127.0.0.1:{free_port()}", MARKET=None, RPC_TIMEOUT=2,
+                   DATA_DIR=str(tmp_path / "offline"))
+    person = Browser(app.test_client(), world)
+    created = person.post("/accounts/new", {"passphrase": PASSPHRASE, "confirm": PASSPHRASE})
+    address = created.headers["Location"].split("account=")[1]
+    person.post("/login", {"address": address, "passphrase": PASSPHRASE})
+    events = connect(app, person)
+    app.extensions["microgrid"].hub.tick()
+    chain = events.wait("chain")
+    assert chain["available"] is False and "connection refused" in chain["message"]
+    assert events.wait("wallet")["available"] is False
+    assert events.wait("market")["available"] is False
