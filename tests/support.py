@@ -15,7 +15,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05,
+             what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -23,5 +24,5 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {timeout} s")
         time.sleep(step)

@@ -10,6 +10,7 @@ from eth_utils import keccak, to_canonical_address, to_checksum_address
 from web3 import Web3
 
 from dapp.chain.contracts import load_artifact
+from dapp.chain.tx import TxSender
 from dapp.errors import ChainError
 
 
@@ -42,30 +43,6 @@ def create_address(sender: str, nonce: int) -> str:
     """Address of the contract `sender` creates with transaction `nonce` (CREATE)."""
     encoded = rlp.encode([to_canonical_address(sender), nonce])
     return to_checksum_address(keccak(encoded)[12:])
-
-
-def _send_create(w3: Web3, deployer: LocalAccount, data: str, nonce: int) -> dict:
-    """Sign a contract creation locally, send it raw and wait for the receipt."""
-    tx = {
-        "from": deployer.address,
-        "data": data,
-        "nonce": nonce,
-        "chainId": w3.eth.chain_id,
-        "value": 0,
-    }
-    tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2)
-    base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
-    if base_fee is None:
-        tx["gasPrice"] = w3.eth.gas_price
-    else:  # EIP-1559 where the chain has a base fee (the in-process pool rejects legacy txs)
-        tx["maxPriorityFeePerGas"] = 10**9
-        tx["maxFeePerGas"] = 2 * base_fee + 10**9
-    signed = deployer.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-    if receipt["status"] != 1:
-        raise ChainError("contract deployment reverted")
-    return receipt
 
 
 def deploy(
@@ -101,12 +78,13 @@ def deploy(
             market_addr,
         ),
     ]
+    sender = TxSender(w3)  # signs locally, picks fees and the next nonces like every other tx
     block = 0
-    for i, (name, args, expected) in enumerate(plan):
+    for name, args, expected in plan:
         art = load_artifact(name)
         factory = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
         data = factory.constructor(*args).data_in_transaction
-        receipt = _send_create(w3, deployer, data, nonce + i)
+        receipt = sender.transact(deployer, {"data": data}, f"deploy {name}", timeout=120)
         if to_checksum_address(receipt["contractAddress"]) != expected:
             raise ChainError(
                 f"{name} landed at {receipt['contractAddress']}, expected {expected}: "

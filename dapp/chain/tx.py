@@ -55,6 +55,20 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, OSError, requests.exceptions.ConnectionError))
 
 
+def _node_failure(exc: Exception, what: str) -> Exception:
+    """What a failed node request means: unreachable node, a contract's revert, or a refusal."""
+    if isinstance(exc, ChainError):
+        return exc
+    if _is_connection_error(exc):
+        return ChainUnavailable(f"chain unavailable: {exc}")
+    data = revert_data_from_exception(exc)
+    if data is not None:
+        return decode_revert(data)
+    if "revert" in str(exc).lower():
+        return ContractReverted("Reverted", (), str(exc))
+    return ChainError(f"{what}: {exc}")
+
+
 class Outbox:
     """The unmined transactions of this server, persisted as JSON (atomic writes)."""
 
@@ -202,15 +216,8 @@ class TxSender:
         """Send signed bytes; a revert reported at submission becomes ContractReverted."""
         try:
             return HexBytes(self.w3.eth.send_raw_transaction(raw)).to_0x_hex()
-        except ChainError:
-            raise
         except Exception as exc:
-            if _is_connection_error(exc):
-                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
-            data = revert_data_from_exception(exc)
-            if data is not None:
-                raise decode_revert(data) from exc
-            raise ChainError(f"the node refused the transaction: {exc}") from exc
+            raise _node_failure(exc, "the node refused the transaction") from exc
 
     def estimate_gas(self, tx: dict[str, Any]) -> int:
         """Estimate gas; a revert raises ContractReverted with the decoded custom error."""
@@ -218,14 +225,7 @@ class TxSender:
         try:
             return int(self.w3.eth.estimate_gas(call))
         except Exception as exc:
-            if _is_connection_error(exc):
-                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
-            data = revert_data_from_exception(exc)
-            if data is not None:
-                raise decode_revert(data) from exc
-            if "revert" in str(exc).lower():
-                raise ContractReverted("Reverted", (), str(exc)) from exc
-            raise ChainError(f"gas estimation failed: {exc}") from exc
+            raise _node_failure(exc, "gas estimation failed") from exc
 
     def wait(self, tx_hash: str, timeout: float = 60.0, poll: float = 0.1) -> dict[str, Any]:
         """Wait for the receipt; raise ContractReverted on a failed transaction.
@@ -234,15 +234,11 @@ class TxSender:
         and in the pending list).
         """
         try:
-            receipt = self.w3.eth.wait_for_transaction_receipt(
+            receipt = self._call(lambda: self.w3.eth.wait_for_transaction_receipt(
                 tx_hash, timeout=timeout, poll_latency=poll
-            )
+            ))
         except TimeExhausted as exc:
             raise ChainError(f"transaction {tx_hash} not mined within {timeout:g} s") from exc
-        except Exception as exc:
-            if _is_connection_error(exc):
-                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
-            raise
         self.outbox.remove(HexBytes(tx_hash).to_0x_hex())
         if receipt["status"] != 1:
             raise self._revert_reason(tx_hash, receipt)

@@ -16,16 +16,11 @@ import signal
 import threading
 from pathlib import Path
 
-from dapp.commands.common import env, env_int
+from dapp.commands.common import env, env_default
 from dapp.errors import MicrogridError
 
 REGISTRY_MAX_RATED_W = 65535  # MeterRegistry stores the rating as uint16
 
-
-def _env_float(name: str, default: float) -> float:
-    """A float MICROGRID_<name> variable, or `default`."""
-    value = env(name)
-    return default if value is None or value == "" else float(value)
 
 
 def _wei(text: str) -> int:
@@ -173,21 +168,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="file whose first line unlocks the meter keys "
                    "(MICROGRID_METER_PASSPHRASE_FILE or MICROGRID_PASSPHRASE_FILE); without it "
                    "the passphrase is asked on the terminal")
-    p.add_argument("--poll-interval", type=float, default=_env_float("BRIDGE_POLL_INTERVAL", 1.0),
+    p.add_argument("--poll-interval", type=float, default=env_default("BRIDGE_POLL_INTERVAL", 1.0),
                    help="seconds between READs of each meter (MICROGRID_BRIDGE_POLL_INTERVAL; "
                    "default 1)")
-    p.add_argument("--read-timeout", type=float, default=_env_float("BRIDGE_READ_TIMEOUT", 1.0),
+    p.add_argument("--read-timeout", type=float, default=env_default("BRIDGE_READ_TIMEOUT", 1.0),
                    help="seconds to wait for each reply (MICROGRID_BRIDGE_READ_TIMEOUT; "
                    "default 1)")
     p.add_argument("--submit-interval", type=float,
-                   default=_env_float("BRIDGE_SUBMIT_INTERVAL", 10.0),
+                   default=env_default("BRIDGE_SUBMIT_INTERVAL", 10.0),
                    help="at least this many seconds between two readings of a meter "
                    "(MICROGRID_BRIDGE_SUBMIT_INTERVAL; default 10)")
-    p.add_argument("--submit-step", type=int, default=env_int("BRIDGE_SUBMIT_STEP_WH", 1),
+    p.add_argument("--submit-step", type=int, default=env_default("BRIDGE_SUBMIT_STEP_WH", 1),
                    help="send a reading once the counter grew by this many Wh "
                    "(MICROGRID_BRIDGE_SUBMIT_STEP_WH; default 1)")
     p.add_argument("--listen-interval", type=float,
-                   default=_env_float("BRIDGE_LISTEN_INTERVAL", 1.0),
+                   default=env_default("BRIDGE_LISTEN_INTERVAL", 1.0),
                    help="seconds between polls of the chain for events "
                    "(MICROGRID_BRIDGE_LISTEN_INTERVAL; default 1)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"),
@@ -225,7 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passphrase-file", default=env("PASSPHRASE_FILE"),
                    help="file whose first line unlocks the operator's key "
                    "(MICROGRID_PASSPHRASE_FILE); without it the passphrase is asked")
-    p.add_argument("--timeout", type=float, default=_env_float("TX_TIMEOUT", 120.0),
+    p.add_argument("--timeout", type=float, default=env_default("TX_TIMEOUT", 120.0),
                    help="seconds to wait for each transaction (MICROGRID_TX_TIMEOUT; "
                    "default 120)")
     p.set_defaults(func=cmd_meter_register)

@@ -10,7 +10,11 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"MICROGRID_{name}", default)
 
 
-def env_int(name: str, default: int) -> int:
-    """An integer MICROGRID_<name> variable, or `default`."""
+def env_default(name: str, default: object) -> str:
+    """The MICROGRID_<name> variable (or `default`) as text, for an option that has a `type`.
+
+    argparse converts string defaults with the option's `type`, so a malformed variable is a
+    usage error of the command that reads it, not a crash of every command at parser build time.
+    """
     value = env(name)
-    return default if value is None or value == "" else int(value)
+    return str(default) if value is None or value == "" else value

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dapp.commands.common import env, env_int
+from dapp.commands.common import env, env_default
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -66,13 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="deployer/operator address in the keystore (MICROGRID_OPERATOR)")
     p.add_argument("--passphrase-file", default=env("PASSPHRASE_FILE"),
                    help="file holding the passphrase (MICROGRID_PASSPHRASE_FILE)")
-    p.add_argument("--min-duration", type=int, default=env_int("MIN_DURATION", 60),
+    p.add_argument("--min-duration", type=int, default=env_default("MIN_DURATION", 60),
                    help="shortest auction in seconds (MICROGRID_MIN_DURATION)")
-    p.add_argument("--max-duration", type=int, default=env_int("MAX_DURATION", 604_800),
+    p.add_argument("--max-duration", type=int, default=env_default("MAX_DURATION", 604_800),
                    help="longest auction in seconds (MICROGRID_MAX_DURATION)")
-    p.add_argument("--min-increment", type=int, default=env_int("MIN_INCREMENT", 10**12),
+    p.add_argument("--min-increment", type=int, default=env_default("MIN_INCREMENT", 10**12),
                    help="minimum bid increment in wei per kWh (MICROGRID_MIN_INCREMENT)")
-    p.add_argument("--delivery-timeout", type=int, default=env_int("DELIVERY_TIMEOUT", 900),
+    p.add_argument("--delivery-timeout", type=int, default=env_default("DELIVERY_TIMEOUT", 900),
                    help="seconds without readings before the seller may close "
                    "(MICROGRID_DELIVERY_TIMEOUT)")
     p.set_defaults(func=cmd_deploy)

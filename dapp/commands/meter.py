@@ -7,13 +7,7 @@ import logging
 import sys
 import threading
 
-from dapp.commands.common import env, env_int
-
-
-def _env_float(name: str, default: float) -> float:
-    """A float MICROGRID_<name> variable, or `default`."""
-    value = env(name)
-    return default if value is None or value == "" else float(value)
+from dapp.commands.common import env, env_default
 
 
 def cmd_meter_emulator(args: argparse.Namespace) -> int:
@@ -68,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    required=env("METER_KIND") is None,
                    help="what the meter measures (MICROGRID_METER_KIND)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--tcp", type=int, metavar="PORT", default=env_int("METER_TCP", 7001),
+    where.add_argument("--tcp", type=int, metavar="PORT", default=env_default("METER_TCP", 7001),
                        help="listen on TCP PORT; connect with socket://HOST:PORT "
                        "(MICROGRID_METER_TCP; default 7001)")
     where.add_argument("--pty", action="store_true", default=env("METER_PTY", "") == "1",
@@ -78,24 +72,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="TCP address to listen on (MICROGRID_METER_HOST; default 127.0.0.1)")
     p.add_argument("--meter-id", default=env("METER_ID"),
                    help="meter id reported by ID (MICROGRID_METER_ID; default emu-KIND)")
-    p.add_argument("--watchdog", type=int, default=env_int("METER_WATCHDOG", 10),
+    p.add_argument("--watchdog", type=int, default=env_default("METER_WATCHDOG", 10),
                    help="seconds without a valid command before the relay opens "
                    "(MICROGRID_METER_WATCHDOG; default 10)")
     p.add_argument("--rated-power", type=float, default=env("METER_RATED_POWER"),
                    help="rated power in W before acceleration (MICROGRID_METER_RATED_POWER; "
                    "default: the PV peak for supply, the load peak for load)")
-    p.add_argument("--peak-power", type=float, default=_env_float("PV_PEAK_POWER", 800.0),
+    p.add_argument("--peak-power", type=float, default=env_default("PV_PEAK_POWER", 800.0),
                    help="PV peak power at noon in W (MICROGRID_PV_PEAK_POWER; default 800)")
-    p.add_argument("--battery-wh", type=float, default=_env_float("BATTERY_WH", 2400.0),
+    p.add_argument("--battery-wh", type=float, default=env_default("BATTERY_WH", 2400.0),
                    help="battery capacity in Wh (MICROGRID_BATTERY_WH; default 2400)")
-    p.add_argument("--battery-soc", type=float, default=_env_float("BATTERY_SOC", 0.6),
+    p.add_argument("--battery-soc", type=float, default=env_default("BATTERY_SOC", 0.6),
                    help="initial state of charge 0..1 (MICROGRID_BATTERY_SOC; default 0.6)")
     p.add_argument("--load-profile", default=env("LOAD_PROFILE", "200"),
                    help="constant W, or hour:W steps such as 0:150,7:400,19:800,23:150 "
                    "(MICROGRID_LOAD_PROFILE; default 200)")
-    p.add_argument("--acceleration", type=float, default=_env_float("ACCELERATION", 1.0),
+    p.add_argument("--acceleration", type=float, default=env_default("ACCELERATION", 1.0),
                    help="simulated seconds per real second, e.g. 60 (MICROGRID_ACCELERATION; "
                    "default 1)")
-    p.add_argument("--start-hour", type=float, default=_env_float("START_HOUR", 10.0),
+    p.add_argument("--start-hour", type=float, default=env_default("START_HOUR", 10.0),
                    help="simulated time of day at start, 0..24 (MICROGRID_START_HOUR; default 10)")
     p.set_defaults(func=cmd_meter_emulator)

@@ -8,13 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dapp.commands.common import env, env_int
-
-
-def _env_float(name: str, default: float) -> float:
-    """A float MICROGRID_<name> variable, or `default`."""
-    value = env(name)
-    return default if value is None or value == "" else float(value)
+from dapp.commands.common import env, env_default
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -71,14 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=env("NODE_HOST", "127.0.0.1"),
                    help="address to listen on; any other than 127.0.0.1 opens the node, "
                    "unauthenticated, to the network (MICROGRID_NODE_HOST; default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=env_int("NODE_PORT", 8545),
+    p.add_argument("--port", type=int, default=env_default("NODE_PORT", 8545),
                    help="JSON-RPC port, HTTP and WebSocket (MICROGRID_NODE_PORT; default 8545)")
-    p.add_argument("--block-time", type=float, default=_env_float("BLOCK_TIME", 1.0),
+    p.add_argument("--block-time", type=float, default=env_default("BLOCK_TIME", 1.0),
                    help="seconds between blocks; 0 mines each transaction at once "
                    "(MICROGRID_BLOCK_TIME; default 1)")
-    p.add_argument("--state-interval", type=int, default=env_int("STATE_INTERVAL", 5),
+    p.add_argument("--state-interval", type=int, default=env_default("STATE_INTERVAL", 5),
                    help="seconds between state saves, what a crash can lose; 0 saves on stop "
                    "only (MICROGRID_STATE_INTERVAL; default 5)")
-    p.add_argument("--chain-id", type=int, default=env_int("CHAIN_ID", 31337),
+    p.add_argument("--chain-id", type=int, default=env_default("CHAIN_ID", 31337),
                    help="chain id of a new chain (MICROGRID_CHAIN_ID; default 31337)")
     p.set_defaults(func=cmd_node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
@@ -52,20 +53,26 @@ def board() -> ResponseReturnValue:
     return render_template("market/_board.html", **board_context())
 
 
+def _act(kind: str, action: Callable[[], dict[str, str]],
+         values: dict[str, str] | None = None) -> ResponseReturnValue:
+    """Run a market action: a refused one re-renders the page with its sentence and the form."""
+    try:
+        result = action()
+    except UserError as exc:
+        return render_market(exc.status, exc.message, values)
+    acted(result, kind, market=True)
+    return _done(result)
+
+
 @bp.post("/sell")
 @login_required
 def sell() -> ResponseReturnValue:
     """List energy tokens for auction."""
     values = form_values(request.form, *SELL_FIELDS)
-    try:
-        result = microgrid().market.sell(
-            g.user.account, values["energy"], values["price"], values["price_unit"] or "ether",
-            values["duration"], values["duration_unit"] or "minutes",
-        )
-    except UserError as exc:
-        return render_market(exc.status, exc.message, values)
-    acted(result, "listing", market=True)
-    return _done(result)
+    return _act("listing", lambda: microgrid().market.sell(
+        g.user.account, values["energy"], values["price"], values["price_unit"] or "ether",
+        values["duration"], values["duration_unit"] or "minutes",
+    ), values)
 
 
 @bp.post("/bid")
@@ -73,36 +80,23 @@ def sell() -> ResponseReturnValue:
 def bid() -> ResponseReturnValue:
     """Bid on a listing."""
     form = request.form
-    try:
-        result = microgrid().market.bid(
-            g.user.account, form.get("lot", ""), form.get("price", ""),
-            form.get("price_unit", "") or "ether",
-        )
-    except UserError as exc:
-        return render_market(exc.status, exc.message)
-    acted(result, "bid", market=True)
-    return _done(result)
+    return _act("bid", lambda: microgrid().market.bid(
+        g.user.account, form.get("lot", ""), form.get("price", ""),
+        form.get("price_unit", "") or "ether",
+    ))
 
 
 @bp.post("/close")
 @login_required
 def close() -> ResponseReturnValue:
     """Close the connection of an open trade."""
-    try:
-        result = microgrid().market.close(g.user.account, request.form.get("trade", ""))
-    except UserError as exc:
-        return render_market(exc.status, exc.message)
-    acted(result, "close connection", market=True)
-    return _done(result)
+    return _act("close connection", lambda: microgrid().market.close(
+        g.user.account, request.form.get("trade", "")))
 
 
 @bp.post("/finalize")
 @login_required
 def finalize() -> ResponseReturnValue:
     """End an auction whose deadline has passed (when the server does not do it itself)."""
-    try:
-        result = microgrid().market.finalize(g.user.account, request.form.get("lot", ""))
-    except UserError as exc:
-        return render_market(exc.status, exc.message)
-    acted(result, "finalize", market=True)
-    return _done(result)
+    return _act("finalize", lambda: microgrid().market.finalize(
+        g.user.account, request.form.get("lot", "")))

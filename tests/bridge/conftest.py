@@ -43,6 +43,7 @@ from hardware.protocol import (
     parse_reply,
     parse_request,
 )
+from tests.support import wait_for  # noqa: F401 - re-exported to the bridge tests
 
 ETHER = 10**18
 PRICE = 10**15  # wei per kWh: 0.001 ether
@@ -62,19 +63,6 @@ LOAD_RATED_W = 1200.0
 # Fast settings so that a test sees several polls and readings per second.
 FAST = dict(poll_interval=0.2, submit_interval=0.5, read_timeout=0.5,
             reconnect_backoff=(0.2, 1.0), registry_recheck=1.0, receipt_timeout=30.0)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05,
-             what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(step)
 
 
 class GridClock:

@@ -23,7 +23,7 @@ from dapp.chain.deploy import MarketParameters, deploy
 from dapp.wallet.keystore import Keystore
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
-from tests.chain.conftest import free_port, wait_for
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,10 +185,12 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     assert lot.buyer == who["consumer"]
     rival_deposit = (lot_wh * 2 * 10**16 + 999) // 1000
     assert chain.credit_of(who["rival"]) == rival_deposit
-    # Both servers show the highest bid.
+    # Both servers show the highest bid and who made it.
     for base, http in ((api_p, producer), (api_c, consumer)):
         listings = http.get(f"{base}/market", timeout=5).json()["listings"]
-        assert any(str(lid) == str(lot_id) for lid in [item["id"] for item in listings])
+        shown = [(item["highest_bid_wei"], item["bidder"]["address"])
+                 for item in listings if item["id"] == lot_id]
+        assert shown == [(str(price), who["consumer"])]
 
     # 4. After the timeout the producer's server finalizes: the highest bid wins, relays close.
     wait_for(lambda: chain.lot(lot_id).status == LotStatus.OPEN, timeout=60, step=0.5)
