@@ -155,11 +155,13 @@ class World:
     def trade(self, seller: LocalAccount, buyer: LocalAccount, energy_wh: int,
               price: int = PRICE) -> int:
         """List, bid and finalize: an open trade between `seller` and `buyer`; its id."""
-        self.client.wait(self.client.sell(seller, energy_wh, price, 2))
+        # Ten seconds of chain time: the block timer and busy bridge threads may move the
+        # chain's clock a few seconds while the listing and the bid are mined.
+        self.client.wait(self.client.sell(seller, energy_wh, price, 10))
         lot_id = self.client.lot_count()
         assert self.client.lot(lot_id).seller == seller.address
         self.client.wait(self.client.bid(buyer, lot_id, price))
-        self.advance(3)
+        self.advance(11)
         self.client.wait(self.client.finalize(buyer, lot_id))
         assert self.client.lot(lot_id).status is LotStatus.OPEN
         return lot_id
@@ -220,8 +222,7 @@ def world_session(inprocess_chain: InProcessChain, operator_keystore: tuple[Path
         inprocess_chain.mine(seconds + 1)
 
     fund([operator.address], 1000 * ETHER)
-    # deploy() sends legacy (gasPrice) transactions, which eth-tester refuses to take from its
-    # pending list (EIP-155 `v` fails its uint8 check); mined at once, they pass.
+    # Deploy with every transaction mined at once (quicker than waiting for the block timer).
     with inprocess_chain.lock:
         inprocess_chain.tester.enable_auto_mine_transactions()
         try:
