@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from dapp.chain.node import connect
+from dapp.chain.transports import connect
 from dapp.errors import ChainUnavailable, MicrogridError
 
 log = logging.getLogger(__name__)

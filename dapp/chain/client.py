@@ -23,9 +23,11 @@ from web3 import Web3
 from dapp.chain import discovery
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import Deployment
+from dapp.chain.detection import NodeInfo, detect
 from dapp.chain.listener import EventListener
-from dapp.chain.node import MiningControl, MiningStatus, NodeInfo, connect, detect
+from dapp.chain.mining import MiningControl, MiningStatus
 from dapp.chain.pending import PendingTx, PendingView
+from dapp.chain.transports import connect
 from dapp.chain.tx import TxSender
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ replaced by a new one is never confused with the old one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 
+from dapp import atomic
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import Deployment
 from dapp.errors import ChainError
@@ -122,11 +122,8 @@ def load_cached(w3: Web3, path: Path) -> Deployment | None:
 
 def save_cached(w3: Web3, path: Path, deployment: Deployment) -> None:
     """Remember the deployment for this chain (atomic write)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     payload = {"genesis": genesis_hash(w3), "deployment": deployment.as_dict()}
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def resolve(w3: Web3, cache_path: Path | None = None, market: str | None = None) -> Deployment:

@@ -37,34 +37,30 @@ How it keeps its promises
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eth_utils import event_abi_to_log_topic, to_checksum_address, to_hex
 from web3 import Web3
-from web3.exceptions import BlockNotFound, PersistentConnectionError, ProviderConnectionError
+from web3.exceptions import BlockNotFound
 
+from dapp import atomic
 from dapp.chain.contracts import CONTRACT_NAMES, load_artifact
 from dapp.chain.deploy import Deployment
+from dapp.chain.failures import translated
 from dapp.errors import ChainUnavailable
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 MAX_BACKOFF_SECONDS = 30.0
-
-# OSError covers requests' ConnectionError/Timeout and IPC socket errors.
-_CONNECTION_ERRORS = (OSError, ProviderConnectionError, PersistentConnectionError)
-
 
 @dataclass(frozen=True)
 class ChainEvent:
@@ -96,15 +92,6 @@ def _plain(value: Any) -> Any:
 def _hex(value: Any) -> str:
     """A hash as a lower-case 0x-hex string, whatever the provider returned."""
     return value if isinstance(value, str) else to_hex(value)
-
-
-@contextlib.contextmanager
-def _node() -> Iterator[None]:
-    """Translate a transport failure inside the block into ChainUnavailable."""
-    try:
-        yield
-    except _CONNECTION_ERRORS as exc:
-        raise ChainUnavailable(f"cannot reach the Ethereum node: {exc}") from exc
 
 
 class EventListener:
@@ -211,7 +198,7 @@ class EventListener:
         """One poll: identity check, reorg check, then bounded windows up to the head."""
         if not self._verified:
             self._check_identity()
-        with _node():
+        with translated():
             head = self._w3.eth.block_number
         self._head = head
         self._check_reorg(head)
@@ -231,7 +218,7 @@ class EventListener:
 
     def _check_identity(self) -> None:
         """Reset the state if the node serves another chain than the state file recorded."""
-        with _node():
+        with translated():
             chain_id = self._w3.eth.chain_id
             genesis = _hex(self._w3.eth.get_block(0)["hash"])
         known = self._state_genesis
@@ -257,7 +244,7 @@ class EventListener:
 
     def _block_hash(self, number: int) -> str | None:
         """Canonical hash of block `number`, or None if the node does not have it."""
-        with _node():
+        with translated():
             try:
                 return _hex(self._w3.eth.get_block(number)["hash"])
             except BlockNotFound:
@@ -304,7 +291,7 @@ class EventListener:
         Returns None when the blocks fetched do not form one chain with what is stored (a reorg
         happened while scanning); the caller stops and the next poll's reorg check rewinds.
         """
-        with _node():
+        with translated():
             logs = self._w3.eth.get_logs(
                 {"fromBlock": start, "toBlock": end, "address": self._addresses}
             )
@@ -461,7 +448,7 @@ class EventListener:
         self._state_chain_id = chain_id
 
     def _save(self) -> None:
-        """Write the state atomically (temp file in the same directory, fsync, os.replace)."""
+        """Write the state atomically (dapp.atomic)."""
         data = {
             "version": STATE_VERSION,
             "chain_id": self._state_chain_id,
@@ -471,16 +458,4 @@ class EventListener:
             "block_hashes": {str(n): h for n, h in sorted(self._hashes.items())},
             "delivered": sorted([n, t, i] for (t, i), n in self._delivered.items()),
         }
-        directory = self._state_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._state_path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._state_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic.write_json(self._state_path, data, mode=0o600, separators=(",", ":"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,10 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound, Web3Exception
 
+from dapp import atomic
 from dapp.chain.contracts import decode_revert, revert_data_from_exception
-from dapp.errors import ChainError, ChainUnavailable, ContractReverted
+from dapp.chain.failures import is_connection_error, translated, unavailable
+from dapp.errors import ChainError, ContractReverted
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,12 @@ class OutboxEntry:
     concerns: list[str] = field(default_factory=list)
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean "the node is not there", as opposed to a node's answer."""
-    import requests
-
-    return isinstance(exc, (ConnectionError, OSError, requests.exceptions.ConnectionError))
-
-
 def _node_failure(exc: Exception, what: str) -> Exception:
     """What a failed node request means: unreachable node, a contract's revert, or a refusal."""
     if isinstance(exc, ChainError):
         return exc
-    if _is_connection_error(exc):
-        return ChainUnavailable(f"chain unavailable: {exc}")
+    if is_connection_error(exc):
+        return unavailable(exc)
     data = revert_data_from_exception(exc)
     if data is not None:
         return decode_revert(data)
@@ -102,11 +96,8 @@ class Outbox:
     def _save(self) -> None:
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
         payload = {"transactions": [asdict(e) for e in self._entries.values()]}
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        os.replace(tmp, self._path)
+        atomic.write_json(self._path, payload, indent=1)
 
 
 class TxSender:
@@ -145,14 +136,8 @@ class TxSender:
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Run a node call, turning connection failures into ChainUnavailable."""
-        try:
+        with translated():
             return fn()
-        except ChainError:
-            raise
-        except Exception as exc:
-            if _is_connection_error(exc):
-                raise ChainUnavailable(f"chain unavailable: {exc}") from exc
-            raise
 
     def _fees(self) -> dict[str, int]:
         """EIP-1559 fees where the latest block has a base fee, else a legacy gas price."""

@@ -34,7 +34,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy and wire the contracts from a keystore account and print the addresses."""
     from dapp.chain.deploy import MarketParameters, deploy
-    from dapp.chain.node import connect
+    from dapp.chain.transports import connect
     from dapp.wallet.keystore import Keystore, read_passphrase
 
     keystore = Keystore(Path(args.data_dir) / "keystore")

@@ -19,7 +19,6 @@ import getpass
 import json
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
 
+from dapp import atomic
 from dapp.errors import WalletError
 
 GETH_SCRYPT_N = 2**18
@@ -263,13 +263,10 @@ class Keystore:
         """Write a key file under geth's name, never replacing an existing file."""
         self._ensure_directory()
         target = self.directory / keystore_file_name(address)
-        tmp = _write_private_tmp(self.directory, json.dumps(keyfile))
-        try:
-            os.link(tmp, target)  # fails if the name exists: a key file is never overwritten
+        try:  # a key file is never overwritten
+            atomic.write_json(target, keyfile, mode=0o600, exclusive=True)
         except FileExistsError:
             raise WalletError(f"{target.name} already exists") from None
-        finally:
-            tmp.unlink()
         return target
 
     def _read_labels(self) -> dict[str, str]:
@@ -291,8 +288,7 @@ class Keystore:
         labels[address] = label
         self._ensure_directory()
         text = json.dumps(labels, indent=2, sort_keys=True) + "\n"
-        tmp = _write_private_tmp(self.directory, text)
-        os.replace(tmp, self.directory / LABELS_FILE)
+        atomic.write_text(self.directory / LABELS_FILE, text, mode=0o600)
 
 
 class UnlockedKeys:
@@ -493,22 +489,3 @@ def _address_of_file(path: Path) -> str | None:
         if isinstance(data, dict):
             return _claimed_address(_lower_keys(data))
     return None
-
-
-def _write_private_tmp(directory: Path, text: str) -> Path:
-    """Write `text` to a new hidden mode-0600 file in `directory` and return its path."""
-    tmp = directory / f".tmp-{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # exact mode whatever the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            fd = -1
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp

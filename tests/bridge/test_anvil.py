@@ -14,7 +14,7 @@ import pytest
 
 from dapp.chain.client import ChainClient
 from dapp.chain.deploy import deploy
-from dapp.chain.node import connect
+from dapp.chain.transports import connect
 from dapp.wallet.keystore import Keystore
 from tests.bridge.conftest import (
     ETHER,

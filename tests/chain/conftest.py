@@ -19,7 +19,7 @@ from web3 import Web3
 
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.inprocess import InProcessChain
-from dapp.chain.node import connect
+from dapp.chain.transports import connect
 from tests.support import free_port, wait_for  # noqa: F401 - re-exported
 
 ETHER = 10**18

@@ -15,7 +15,8 @@ import pytest
 
 from dapp.chain.anvil import ManagedAnvil, find_anvil, port_in_use
 from dapp.chain.deploy import deploy
-from dapp.chain.node import connect, detect
+from dapp.chain.detection import detect
+from dapp.chain.transports import connect
 from dapp.errors import MicrogridError
 from tests.chain.conftest import fund, transfer, wait_for
 

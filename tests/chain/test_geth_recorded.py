@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from dapp.chain.node import Capabilities, MiningControl, connect, detect
+from dapp.chain.detection import Capabilities, detect
+from dapp.chain.mining import MiningControl
+from dapp.chain.transports import connect
 from dapp.errors import ChainError
 
 SCENARIOS = json.loads((Path(__file__).with_name("geth_exchange.json")).read_text())["scenarios"]

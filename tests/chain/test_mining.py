@@ -7,7 +7,8 @@ import time
 import pytest
 from web3 import EthereumTesterProvider, Web3
 
-from dapp.chain.node import MiningControl, connect
+from dapp.chain.mining import MiningControl
+from dapp.chain.transports import connect
 from dapp.errors import ChainError
 from tests.chain.conftest import fund, pool_hashes, receipt_or_none, transfer, wait_for
 

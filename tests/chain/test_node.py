@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 from web3 import EthereumTesterProvider, Web3
 
+from dapp.chain.detection import detect, parse_client_version
 from dapp.chain.inprocess import InProcessChain, close_shared_chains, shared_chain
-from dapp.chain.node import (
-    connect,
-    detect,
-    is_available,
-    parse_client_version,
-    wait_until_available,
-)
+from dapp.chain.transports import connect, wait_until_available
 from dapp.errors import ChainError, ChainUnavailable
 from tests.chain.conftest import free_port
 
@@ -138,7 +133,6 @@ def test_a_node_that_is_down_raises_chain_unavailable_quickly(scheme, short_dir)
     assert str(info.value).startswith("chain unavailable: ")
     assert "is the node running?" in str(info.value)
     assert w3.is_connected() is False
-    assert is_available(w3) is False
 
 
 def test_a_node_that_accepts_but_never_answers_times_out():

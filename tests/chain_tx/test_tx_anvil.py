@@ -18,9 +18,11 @@ from web3 import Web3
 
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import MarketParameters, deploy
+from dapp.chain.detection import detect
 from dapp.chain.listener import EventListener
-from dapp.chain.node import MiningControl, connect, detect
+from dapp.chain.mining import MiningControl
 from dapp.chain.pending import PendingView
+from dapp.chain.transports import connect
 from dapp.chain.tx import TxSender
 from tests.chain.conftest import fund, wait_for
 
