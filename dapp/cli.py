@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from dapp.commands.common import env
-from dapp.errors import MicrogridError
+from dapp.errors import REPORTED_ERRORS
 
 # Each module exposes `register(subparsers)`; add new command groups here.
 COMMAND_MODULES = (
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except MicrogridError as exc:
+    except REPORTED_ERRORS as exc:
         print(f"microgrid: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,6 +1,13 @@
-"""The project's exception tree: one root, subclasses by who failed."""
+"""The project's exception tree: one root, subclasses by who failed.
+
+Meter errors are the device side's own (`hardware.protocol.MeterError`, re-exported here): the
+hardware package imports nothing from dapp, so they do not derive from `MicrogridError`; the
+CLI catches both at its edge (`REPORTED_ERRORS`).
+"""
 
 from __future__ import annotations
+
+from hardware.protocol import MeterError
 
 
 class MicrogridError(Exception):
@@ -32,5 +39,16 @@ class WalletError(MicrogridError):
     """A keystore or key operation failed (wrong passphrase, bad file, locked account)."""
 
 
-class MeterError(MicrogridError):
-    """A meter did not answer, answered garbage, or refused a command."""
+# What the command line reports as "microgrid: <message>" instead of a traceback.
+REPORTED_ERRORS: tuple[type[Exception], ...] = (MicrogridError, MeterError)
+
+__all__ = [
+    "REPORTED_ERRORS",
+    "ChainError",
+    "ChainUnavailable",
+    "CompileError",
+    "ContractReverted",
+    "MeterError",
+    "MicrogridError",
+    "WalletError",
+]

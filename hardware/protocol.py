@@ -1,7 +1,9 @@
 """The meter wire protocol (hardware/PROTOCOL.md): framing, CRC, parse/format and typed errors.
 
 Pure functions and small value types, shared by the host driver and the emulator; no I/O here.
-The firmware (hardware/firmware/meter/meter.ino) implements the same rules in C++.
+The firmware (hardware/firmware/meter/meter.ino) implements the same rules in C++. The device side
+imports nothing from `dapp` (tests/test_layering.py): the meter kinds, the rating limit and the
+meter errors are stated here, and the app (dapp.errors, dapp.chain) takes them from here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
-from dapp.errors import MeterError
-
 PROTOCOL_VERSION = 1
 MAX_LINE = 120  # bytes before the terminating LF, a trailing CR included
 MAX_SEQ = 65535
-KINDS = ("supply", "load")
+SUPPLY = "supply"  # counts PV -> battery energy; its readings mint tokens
+LOAD = "load"  # counts battery -> consumer energy; its readings settle trades
+KINDS = (SUPPLY, LOAD)
+# The largest rating a meter can be registered with (MeterRegistry stores it as uint16).
+MAX_RATED_POWER_W = 65535
 
 # Requests: command name -> number of arguments.
 COMMANDS = {"ID": 0, "READ": 0, "RELAY": 1, "HB": 0}
@@ -34,6 +38,10 @@ class ErrorCode(IntEnum):
 
 
 # --------------------------------------------------------------------------- errors
+
+
+class MeterError(Exception):
+    """A meter did not answer, answered garbage, or refused a command (dapp.errors has it too)."""
 
 
 class MeterTimeout(MeterError):
@@ -241,7 +249,7 @@ class Identity:
 
     meter_id: str
     firmware: str
-    kind: str  # "supply" (PV -> battery) or "load" (battery -> consumer)
+    kind: str  # SUPPLY (PV -> battery) or LOAD (battery -> consumer)
     rated_power_w: int  # largest counter rate, in Wh per hour of wall-clock time
     watchdog_s: int  # the relay opens after this many seconds without a valid command
     protocol: int = PROTOCOL_VERSION

@@ -2,9 +2,10 @@
 
 `ChainClient` bundles the connection, the node's abilities (mining), the contracts of the
 deployment, the transaction sender (local signing, nonces, outbox), the pending view and the
-event listener. Reads return plain dataclasses; actions sign locally and return the
+event listener. Reads return plain values and dataclasses; actions sign locally and return the
 transaction hash after a pre-flight estimate, so a call that would revert raises
-`ContractReverted` and sends nothing.
+`ContractReverted` and sends nothing. Neither the Web3 object nor contract objects leave this
+package: every read the rest of the app needs is a method here (tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from web3 import Web3
 
 from dapp.chain import discovery
 from dapp.chain.contracts import load_artifact
-from dapp.chain.deploy import Deployment
+from dapp.chain.deploy import Deployment, MarketParameters, deploy
 from dapp.chain.detection import NodeInfo, detect
 from dapp.chain.listener import EventListener
 from dapp.chain.mining import MiningControl, MiningStatus
 from dapp.chain.pending import PendingTx, PendingView
-from dapp.chain.transports import connect
+from dapp.chain.transports import RPCError, connect, rpc
 from dapp.chain.tx import TxSender
+from dapp.errors import ChainError
+from hardware.protocol import LOAD, SUPPLY
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +73,33 @@ class Meter:
 
     address: str
     owner: str
-    kind: str  # "supply" or "load"
+    kind: str  # hardware.protocol.SUPPLY or LOAD
     active: bool
     rated_power_w: int
     cumulative_wh: int
     read_at: int
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One ReadingRecorded event: a meter's accepted increase, where it was recorded."""
+
+    meter: str
+    delta_wh: int
+    block_number: int
+    tx_hash: str
+    log_index: int
+
+
 ZERO = "0x0000000000000000000000000000000000000000"
+
+# MeterRegistry.MeterKind, in declaration order (the device side names the kinds).
+METER_KIND_IDS = {SUPPLY: 0, LOAD: 1}
+
+
+def meter_kind(kind_id: int) -> str:
+    """The kind name (SUPPLY or LOAD) of a MeterRegistry.MeterKind value."""
+    return LOAD if int(kind_id) == METER_KIND_IDS[LOAD] else SUPPLY
 
 
 class ChainClient:
@@ -95,9 +117,9 @@ class ChainClient:
         self.rpc_url = rpc_url
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.w3 = w3 or connect(rpc_url, timeout=timeout)
-        self.sender = TxSender(self.w3, self.data_dir / "outbox.json")
-        self.pending = PendingView(self.w3, self.sender.outbox)
+        self._w3 = w3 or connect(rpc_url, timeout=timeout)
+        self.sender = TxSender(self._w3, self.data_dir / "outbox.json")
+        self.pending = PendingView(self._w3, self.sender.outbox)
         self._market_address = market
         self._deployment: Deployment | None = None
         self._info: NodeInfo | None = None
@@ -111,14 +133,14 @@ class ChainClient:
     def info(self) -> NodeInfo:
         """What the node is and can do (detected on first use)."""
         if self._info is None:
-            self._info = detect(self.w3)
+            self._info = detect(self._w3)
         return self._info
 
     @property
     def mining(self) -> MiningControl:
         """Start/stop mining for this node."""
         if self._mining is None:
-            self._mining = MiningControl(self.w3, self.info)
+            self._mining = MiningControl(self._w3, self.info)
         return self._mining
 
     def mining_status(self) -> MiningStatus:
@@ -139,7 +161,7 @@ class ChainClient:
         with self._lock:
             if self._deployment is None:
                 self._deployment = discovery.resolve(
-                    self.w3, self.data_dir / "deployment.json", self._market_address
+                    self._w3, self.data_dir / "deployment.json", self._market_address
                 )
             return self._deployment
 
@@ -147,24 +169,27 @@ class ChainClient:
         """Adopt a deployment just made (and cache it for the next start)."""
         with self._lock:
             self._deployment = deployment
-            discovery.save_cached(self.w3, self.data_dir / "deployment.json", deployment)
+            discovery.save_cached(self._w3, self.data_dir / "deployment.json", deployment)
+
+    def deploy(self, deployer: LocalAccount, params: MarketParameters | None = None) -> Deployment:
+        """Deploy and wire the contracts from `deployer`, and adopt them (see use_deployment)."""
+        deployment = deploy(self._w3, deployer, params)
+        self.use_deployment(deployment)
+        return deployment
 
     def _contract(self, name: str, address: str) -> Any:
-        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+        return self._w3.eth.contract(address=address, abi=load_artifact(name).abi)
 
     @property
-    def token(self) -> Any:
-        """The EnergyToken contract."""
+    def _token(self) -> Any:
         return self._contract("EnergyToken", self.deployment.token)
 
     @property
-    def registry(self) -> Any:
-        """The MeterRegistry contract."""
+    def _registry(self) -> Any:
         return self._contract("MeterRegistry", self.deployment.registry)
 
     @property
-    def market(self) -> Any:
-        """The EnergyMarket contract."""
+    def _market(self) -> Any:
         return self._contract("EnergyMarket", self.deployment.market)
 
     @property
@@ -173,38 +198,46 @@ class ChainClient:
         dep = self.deployment  # resolved (flag, cache or discovery) outside the lock
         with self._lock:
             if self._listener is None:
-                self._listener = EventListener(self.w3, dep, self.data_dir / "listener.json")
+                self._listener = EventListener(self._w3, dep, self.data_dir / "listener.json")
             return self._listener
 
     # ------------------------------------------------------------------ reads
 
     def block_number(self) -> int:
         """Latest block number."""
-        return self.w3.eth.block_number
+        return self._w3.eth.block_number
 
     def latest_timestamp(self) -> int:
         """Timestamp of the latest block (the chain's "now")."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        return self.block_timestamp("latest")
+
+    def block_timestamp(self, block: int | str) -> int:
+        """Timestamp of block `block` (a number, or "latest")."""
+        return int(self._w3.eth.get_block(block)["timestamp"])
+
+    def gas_price(self) -> int:
+        """The node's suggested gas price in wei (what a legacy transaction would pay)."""
+        return int(self._w3.eth.gas_price)
 
     def ether_balance(self, address: str) -> int:
         """Ether balance in wei."""
-        return int(self.w3.eth.get_balance(to_checksum_address(address)))
+        return int(self._w3.eth.get_balance(to_checksum_address(address)))
 
     def token_balance(self, address: str) -> int:
         """Energy tokens in Wh."""
-        return int(self.token.functions.balanceOf(to_checksum_address(address)).call())
+        return int(self._token.functions.balanceOf(to_checksum_address(address)).call())
 
     def credit_of(self, address: str) -> int:
         """Withdrawable credit in the market, in wei."""
-        return int(self.market.functions.creditOf(to_checksum_address(address)).call())
+        return int(self._market.functions.creditOf(to_checksum_address(address)).call())
 
     def lot_count(self) -> int:
         """Number of lots ever listed."""
-        return int(self.market.functions.lotCount().call())
+        return int(self._market.functions.lotCount().call())
 
     def lot(self, lot_id: int) -> Lot:
         """One listing or trade."""
-        info = self.market.functions.lotOf(lot_id).call()
+        info = self._market.functions.lotOf(lot_id).call()
         status, seller, buyer, energy, price, deadline, delivered, last, deposit, paid = info
         return Lot(
             id=lot_id,
@@ -232,11 +265,11 @@ class ChainClient:
 
     def deposit_for(self, lot_id: int, price_per_kwh: int) -> int:
         """Wei a bid of `price_per_kwh` on `lot_id` must send."""
-        return int(self.market.functions.depositFor(lot_id, price_per_kwh).call())
+        return int(self._market.functions.depositFor(lot_id, price_per_kwh).call())
 
     def market_parameters(self) -> dict[str, int]:
         """minDuration, maxDuration, minIncrementPerKWh, deliveryTimeout."""
-        _, _, min_d, max_d, inc, timeout = self.market.functions.parameters().call()
+        _, _, min_d, max_d, inc, timeout = self._market.functions.parameters().call()
         return {
             "min_duration": min_d,
             "max_duration": max_d,
@@ -247,18 +280,40 @@ class ChainClient:
     def meter(self, address: str) -> Meter | None:
         """A registered meter, or None."""
         address = to_checksum_address(address)
-        owner, kind, active, rated, cumulative, read_at = self.registry.functions.meterOf(
+        owner, kind, active, rated, cumulative, read_at = self._registry.functions.meterOf(
             address
         ).call()
         if owner == ZERO:
             return None
-        return Meter(address, owner, "load" if kind == 1 else "supply", active, rated,
-                     cumulative, read_at)
+        return Meter(address, owner, meter_kind(kind), active, rated, cumulative, read_at)
 
     def is_operator(self, address: str) -> bool:
         """Whether `address` may register meters."""
-        role = self.registry.functions.OPERATOR_ROLE().call()
-        return bool(self.registry.functions.hasRole(role, to_checksum_address(address)).call())
+        role = self._registry.functions.OPERATOR_ROLE().call()
+        return bool(self._registry.functions.hasRole(role, to_checksum_address(address)).call())
+
+    def readings(self, from_block: int, to_block: int) -> list[Reading]:
+        """ReadingRecorded events in blocks `from_block`..`to_block` (keep the range small)."""
+        logs = self._registry.events.ReadingRecorded.get_logs(
+            from_block=from_block, to_block=to_block
+        )
+        return [
+            Reading(
+                meter=entry["args"]["meter"],
+                delta_wh=int(entry["args"]["deltaWh"]),
+                block_number=entry["blockNumber"],
+                tx_hash=_hex(entry["transactionHash"]),
+                log_index=entry["logIndex"],
+            )
+            for entry in logs
+        ]
+
+    def listing_start_price(self, lot_id: int) -> int | None:
+        """The start price (wei per kWh) lot `lot_id` was listed with; None if no Listed event."""
+        logs = self._market.events.Listed.get_logs(
+            argument_filters={"listingId": lot_id}, from_block=self.deployment.block
+        )
+        return int(logs[0]["args"]["startPricePerKWh"]) if logs else None
 
     def pending_transactions(
         self, account: str, meters: list[str] | None = None
@@ -268,11 +323,13 @@ class ChainClient:
 
     # ------------------------------------------------------------------ actions
 
-    def _send(self, account: LocalAccount, fn: Any, kind: str, value: int = 0,
-              gas: int | None = None, concerns: list[str] | None = None) -> str:
+    def _send(self, account: LocalAccount, contract: Any, function: str, args: list[Any],
+              kind: str, value: int = 0, gas: int | None = None,
+              concerns: list[str] | None = None) -> str:
+        """Sign and send a call of `contract.function(*args)` (see TxSender.send)."""
         tx: dict[str, Any] = {
-            "to": fn.address,
-            "data": fn._encode_transaction_data(),
+            "to": contract.address,
+            "data": contract.encode_abi(function, args=args),
             "value": value,
         }
         if gas is not None:
@@ -287,42 +344,54 @@ class ChainClient:
     def sell(self, account: LocalAccount, energy_wh: int, start_price_per_kwh: int,
              duration: int) -> str:
         """List `energy_wh` of the account's tokens for auction."""
-        fn = self.market.functions.list(energy_wh, start_price_per_kwh, duration)
-        return self._send(account, fn, "sell")
+        return self._send(account, self._market, "list",
+                          [energy_wh, start_price_per_kwh, duration], "sell")
 
     def bid(self, account: LocalAccount, lot_id: int, price_per_kwh: int) -> str:
         """Bid on a listing, sending exactly the deposit it needs."""
         value = self.deposit_for(lot_id, price_per_kwh)
-        return self._send(account, self.market.functions.bid(lot_id, price_per_kwh), "bid", value)
+        return self._send(account, self._market, "bid", [lot_id, price_per_kwh], "bid", value)
 
     def finalize(self, account: LocalAccount, lot_id: int) -> str:
         """End an auction whose deadline passed."""
-        return self._send(account, self.market.functions.finalize(lot_id), "finalize auction")
+        return self._send(account, self._market, "finalize", [lot_id], "finalize auction")
 
     def close_connection(self, account: LocalAccount, trade_id: int) -> str:
         """Close an open trade (buyer; or seller after the delivery timeout)."""
-        return self._send(account, self.market.functions.closeConnection(trade_id),
+        return self._send(account, self._market, "closeConnection", [trade_id],
                           "close connection")
 
     def withdraw(self, account: LocalAccount) -> str:
         """Withdraw all of the account's credit."""
-        return self._send(account, self.market.functions.withdraw(), "withdraw")
+        return self._send(account, self._market, "withdraw", [], "withdraw")
 
     def register_meter(self, operator: LocalAccount, meter: str, owner: str, kind: str,
                        rated_power_w: int) -> str:
         """Register a meter (operator only)."""
-        kind_id = {"supply": 0, "load": 1}[kind]
-        fn = self.registry.functions.registerMeter(
-            to_checksum_address(meter), to_checksum_address(owner), kind_id, rated_power_w
-        )
-        return self._send(operator, fn, "register meter", concerns=[owner])
+        args = [to_checksum_address(meter), to_checksum_address(owner), METER_KIND_IDS[kind],
+                rated_power_w]
+        return self._send(operator, self._registry, "registerMeter", args, "register meter",
+                          concerns=[owner])
 
     def report(self, meter: LocalAccount, cumulative_wh: int, owner: str | None = None) -> str:
         """Send a meter reading from the meter's own key (fixed gas, see READING_GAS)."""
-        fn = self.registry.functions.report(cumulative_wh)
-        return self._send(meter, fn, "meter reading", gas=READING_GAS,
-                          concerns=[owner] if owner else None)
+        return self._send(meter, self._registry, "report", [cumulative_wh], "meter reading",
+                          gas=READING_GAS, concerns=[owner] if owner else None)
+
+    def fund_dev_account(self, address: str, wei: int) -> None:
+        """Set `address`'s balance to `wei` on a development node (anvil_setBalance)."""
+        try:
+            rpc(self._w3, "anvil_setBalance", [to_checksum_address(address), hex(wei)])
+        except RPCError as exc:
+            raise ChainError(f"cannot fund {address}: {exc.message}") from exc
 
     def wait(self, tx_hash: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (ContractReverted if it failed)."""
         return self.sender.wait(tx_hash, timeout)
+
+
+def _hex(value: Any) -> str:
+    """A hash as lower-case 0x-hex text."""
+    if isinstance(value, str):
+        return value.lower()
+    return "0x" + bytes(value).hex()

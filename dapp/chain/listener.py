@@ -175,7 +175,8 @@ class EventListener:
             try:
                 self.poll_once()
             except ChainUnavailable as exc:
-                log.warning("event listener: %s; retrying in %.1f s", exc, delay)
+                log.warning("event listener: cannot reach the Ethereum node (%s); retrying in "
+                            "%.1f s", exc, delay)
             except Exception:
                 log.exception("event listener: poll failed; retrying in %.1f s", delay)
             else:
