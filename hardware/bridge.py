@@ -58,12 +58,12 @@ from hardware.driver import (
     MeterTimeout,
     Reading,
 )
+from hardware.protocol import KINDS, SUPPLY
 
 __all__ = ["BridgeMeter", "MeterBridge", "MeterState", "parse_meter_spec"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("supply", "load")
 # PROTOCOL.md: the firmware saves its counter every 10 Wh, so a reboot may lose up to that much.
 REBOOT_LOSS_WH = 10
 # A counter may run ahead of rated power x time by this factor (+ ABSURD_SLACK_WH for the
@@ -339,16 +339,11 @@ class MeterBridge:
         """Whether the chain wants the relay of a `kind` meter of `owner` closed."""
         if kind is None or owner is None:
             return False
-        role = 0 if kind == "supply" else 1  # seller's supply side, buyer's load side
+        role = 0 if kind == SUPPLY else 1  # seller's supply side, buyer's load side
         with self._lock:
             if not self._trades_known:
                 return False
             return any(parties[role] == owner for parties in self._open_trades.values())
-
-    def open_trades(self) -> dict[int, tuple[str, str]]:
-        """The open trades the bridge knows of: id -> (seller, buyer)."""
-        with self._lock:
-            return dict(self._open_trades)
 
     def _refresh(self, trade_id: int) -> None:
         """Re-read one trade and record whether it is open."""

@@ -12,7 +12,7 @@ from dapp.commands.common import env
 def cmd_demo(args: argparse.Namespace) -> int:
     """Prepare everything, then serve the app until Ctrl-C; stop it all cleanly."""
     from dapp.commands.serve import cmd_serve
-    from dapp.demo import DemoSettings, DemoSetup
+    from dapp.demo_setup import DemoSettings, DemoSetup
 
     settings = DemoSettings(
         data_dir=Path(args.data_dir),

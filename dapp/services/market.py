@@ -104,16 +104,13 @@ class MarketService:
             price = lot.price_per_kwh
         else:
             try:
-                logs = self.client.market.events.Listed.get_logs(
-                    argument_filters={"listingId": lot.id},
-                    from_block=self.client.deployment.block,
-                )
+                found = self.client.listing_start_price(lot.id)
             except Exception as exc:  # noqa: BLE001 - a missing start price is shown as "—"
                 log.warning("market: start price of lot %d unknown: %s", lot.id, exc)
                 return None
-            if not logs:
+            if found is None:
                 return None
-            price = int(logs[0]["args"]["startPricePerKWh"])
+            price = found
         with self._lock:
             self._start_prices[lot.id] = price
         return price

@@ -5,10 +5,8 @@ meter's live values (generation, relay); without it the wallet and the market sa
 The generation/consumption chart comes from the chain itself: every `ReadingRecorded` event the
 listener delivers is kept (de-duplicated on transaction hash and log index) for a few hours.
 
-Bridge meter states may be dataclasses, objects or dicts. Fields read (first name found wins):
-address|meter|meter_address, owner, kind ("supply"/"load"), online (default True),
-relay_closed|relay (bool), energy_wh|cumulative_wh, power_w, last_error|detail|error|status
-(hardware.bridge.MeterState has all of these).
+A bridge's meter states are read by the fields of hardware.bridge.MeterState: address, owner,
+kind (SUPPLY/LOAD), online, relay_closed, energy_wh, power_w and last_error.
 """
 
 from __future__ import annotations
@@ -21,15 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dapp.chain.client import ChainClient
+from dapp.chain.client import ChainClient, meter_kind
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError
 from dapp.services.amounts import format_kwh
+from hardware.protocol import LOAD, SUPPLY
 
 log = logging.getLogger(__name__)
-
-SUPPLY, LOAD = "supply", "load"
-
 
 class Bridge(Protocol):
     """What the web app needs from a meter bridge."""
@@ -68,40 +64,26 @@ class MeterState:
         }
 
 
-def _field(item: Any, *names: str) -> Any:
-    """The first of `names` that `item` has, as attribute or key; None if none."""
-    for name in names:
-        if isinstance(item, dict):
-            if name in item:
-                return item[name]
-        elif hasattr(item, name):
-            return getattr(item, name)
-    return None
-
-
 def _same(a: str | None, b: str | None) -> bool:
     """Addresses equal ignoring case."""
     return bool(a) and bool(b) and str(a).lower() == str(b).lower()
 
 
 def normalize_state(item: Any) -> MeterState:
-    """A bridge's meter state (dataclass, object or dict) as a MeterState."""
-    kind = _field(item, "kind")
-    kind = getattr(kind, "value", kind)
-    kind = str(kind).lower() if kind is not None else None
-    relay = _field(item, "relay_closed", "relay")
-    energy = _field(item, "energy_wh", "cumulative_wh")
-    power = _field(item, "power_w")
-    online = _field(item, "online")
+    """A bridge's meter state (hardware.bridge.MeterState) as a MeterState."""
+    kind = getattr(item, "kind", None)
+    relay = getattr(item, "relay_closed", None)
+    energy = getattr(item, "energy_wh", None)
+    power = getattr(item, "power_w", None)
     return MeterState(
-        address=_field(item, "address", "meter", "meter_address"),
-        owner=_field(item, "owner"),
-        kind=kind,
-        online=True if online is None else bool(online),
+        address=getattr(item, "address", None),
+        owner=getattr(item, "owner", None),
+        kind=None if kind is None else str(kind),
+        online=bool(getattr(item, "online", True)),
         relay_closed=None if relay is None else bool(relay),
         energy_wh=None if energy is None else int(energy),
         power_w=None if power is None else float(power),
-        detail=str(_field(item, "last_error", "detail", "error", "status") or ""),
+        detail=str(getattr(item, "last_error", None) or ""),
     )
 
 
@@ -140,11 +122,6 @@ class MeterBoard:
         self._block_times: OrderedDict[int, int] = OrderedDict()
 
     # -- bridge ---------------------------------------------------------------------------------
-
-    @property
-    def has_bridge(self) -> bool:
-        """Whether live meter data is available."""
-        return self.bridge is not None
 
     def states(self) -> list[MeterState]:
         """Every meter the bridge reports (empty without a bridge or if the bridge failed)."""
@@ -197,7 +174,7 @@ class MeterBoard:
         if event.contract != "MeterRegistry":
             return
         if event.name == "MeterRegistered":
-            kind = LOAD if int(event.args.get("kind", 0)) == 1 else SUPPLY
+            kind = meter_kind(event.args.get("kind", 0))
             with self._lock:
                 self._meters[event.args["meter"]] = (event.args["owner"], kind)
         elif event.name == "ReadingRecorded":
@@ -232,14 +209,11 @@ class MeterBoard:
         """Read the last `blocks` blocks' readings from the chain (after a restart); count them."""
         head = self.client.block_number()
         start = max(self.client.deployment.block, head - blocks + 1)
-        event = self.client.registry.events.ReadingRecorded
         count = 0
         for low in range(start, head + 1, chunk):
-            for entry in event.get_logs(from_block=low, to_block=min(head, low + chunk - 1)):
-                self.record(
-                    entry["args"]["meter"], int(entry["args"]["deltaWh"]), entry["blockNumber"],
-                    _hex(entry["transactionHash"]), entry["logIndex"],
-                )
+            for reading in self.client.readings(low, min(head, low + chunk - 1)):
+                self.record(reading.meter, reading.delta_wh, reading.block_number,
+                            reading.tx_hash, reading.log_index)
                 count += 1
         return count
 
@@ -285,16 +259,9 @@ class MeterBoard:
         with self._lock:
             if number in self._block_times:
                 return self._block_times[number]
-        stamp = int(self.client.w3.eth.get_block(number)["timestamp"])
+        stamp = self.client.block_timestamp(number)
         with self._lock:
             self._block_times[number] = stamp
             while len(self._block_times) > 512:
                 self._block_times.popitem(last=False)
         return stamp
-
-
-def _hex(value: Any) -> str:
-    """A hash as lower-case 0x-hex text."""
-    if isinstance(value, str):
-        return value.lower()
-    return "0x" + bytes(value).hex()

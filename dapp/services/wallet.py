@@ -237,7 +237,7 @@ class WalletService:
         wei = parse_ether(amount)
         try:
             balance = self.client.ether_balance(sender)
-            fee = PLAIN_TRANSFER_GAS * int(self.client.w3.eth.gas_price)
+            fee = PLAIN_TRANSFER_GAS * self.client.gas_price()
         except ChainError as exc:
             raise as_user_error(exc) from None
         if wei > balance:

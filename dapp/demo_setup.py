@@ -12,7 +12,6 @@ same chain, accounts and meters and only starts things again.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dapp import atomic
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient
-from dapp.chain.deploy import MarketParameters, deploy
+from dapp.chain.deploy import MarketParameters
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
+from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
 
 ETHER = 10**18
 # What the demo's users start with (anvil_setBalance: the managed node is a development chain).
@@ -96,9 +97,7 @@ class DemoSetup:
 
     def _write_private(self, path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        atomic.write_text(path, text, mode=0o600)
 
     def _load_state(self) -> None:
         path = self.demo_dir / "demo.json"
@@ -109,7 +108,7 @@ class DemoSetup:
     def _save_state(self) -> None:
         self.demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {k: v for k, v in self.state.__dict__.items() if k != "meter_urls"}
-        (self.demo_dir / "demo.json").write_text(json.dumps(data, indent=2) + "\n")
+        atomic.write_text(self.demo_dir / "demo.json", json.dumps(data, indent=2) + "\n")
 
     # ------------------------------------------------------------------ steps
 
@@ -177,11 +176,7 @@ class DemoSetup:
                   st.producer_meter: METER_FUNDS, st.consumer_meter: METER_FUNDS}
         for address, amount in wanted.items():
             if self.client.ether_balance(address) < amount // 2:
-                reply = self.client.w3.provider.make_request(
-                    "anvil_setBalance", [address, hex(amount)]
-                )
-                if "error" in reply:
-                    raise ChainError(f"cannot fund {address}: {reply['error']}")
+                self.client.fund_dev_account(address, amount)
 
     def _unlock(self, address: str):
         return self.keystore.unlock(address, self._service_passphrase())
@@ -194,8 +189,7 @@ class DemoSetup:
         except ChainError:
             params = MarketParameters(min_duration=self.settings.min_duration,
                                       delivery_timeout=self.settings.delivery_timeout)
-            dep = deploy(self.client.w3, self._unlock(self.state.operator), params)
-            self.client.use_deployment(dep)
+            dep = self.client.deploy(self._unlock(self.state.operator), params)
             self.out(f"      deployed: market {dep.market}")
 
     def _plant(self) -> Plant:
@@ -207,12 +201,12 @@ class DemoSetup:
         st = self.state
         self.grid = Microgrid(self._plant(), acceleration=self.settings.acceleration)
         operator = None
-        for meter, owner, kind in ((st.producer_meter, st.producer, "supply"),
-                                   (st.consumer_meter, st.consumer, "load")):
+        for meter, owner, kind in ((st.producer_meter, st.producer, SUPPLY),
+                                   (st.consumer_meter, st.consumer, LOAD)):
             if self.client.meter(meter) is not None:
                 continue
             rated = EmulatedMeter(kind, self.grid).identity.rated_power_w
-            if rated > 65_535:
+            if rated > MAX_RATED_POWER_W:
                 raise MicrogridError(
                     f"the {kind} meter would need {rated} W at acceleration "
                     f"{self.settings.acceleration:g}: lower the acceleration or the power"
@@ -225,7 +219,7 @@ class DemoSetup:
         st = self.state
         assert self.grid is not None
         assert self.client is not None
-        for meter, kind in ((st.producer_meter, "supply"), (st.consumer_meter, "load")):
+        for meter, kind in ((st.producer_meter, SUPPLY), (st.consumer_meter, LOAD)):
             # A real meter keeps its counter across restarts (EEPROM); so does the emulated one.
             info = self.client.meter(meter)
             offset = info.cumulative_wh if info is not None else 0

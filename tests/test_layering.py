@@ -1,0 +1,100 @@
+"""The layers hold in the source: only dapp/chain talks to web3, and hardware/ imports no dapp.
+
+Each rule is checked on the parsed source (`ast`) of every module under dapp/ and hardware/, so
+a call that reaches through the chain layer (`client.w3.eth...`) fails here even though it
+imports nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN = "dapp/chain/"
+# Modules only the chain layer may import.
+NODE_LIBRARIES = ("web3", "eth_tester")
+# Attributes that mean "talking to web3 directly": the Web3 object, its eth module, its
+# provider's raw requests, a contract's functions.
+NODE_ATTRIBUTES = ("w3", "_w3", "eth", "functions", "make_request")
+# hardware/bridge.py still runs on the chain client (dapp.chain); the issue "Meters sign their
+# own readings" moves it out of hardware/. It is the one device-side module allowed to import dapp.
+HARDWARE_MAY_IMPORT_DAPP = {"hardware/bridge.py"}
+
+
+def _imported(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import in `tree`, relative imports left out."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _top(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def violations(source: str, path: str) -> list[str]:
+    """What in `source` (the module at repository path `path`) breaks a layering rule."""
+    tree = ast.parse(source, filename=path)
+    problems = []
+    imports = _imported(tree)
+    if not path.startswith(CHAIN):
+        problems += [f"{path}:{line}: imports {module}" for line, module in imports
+                     if _top(module) in NODE_LIBRARIES]
+        problems += [f"{path}:{node.lineno}: uses .{node.attr}" for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and node.attr in NODE_ATTRIBUTES]
+    if path.startswith("hardware/") and path not in HARDWARE_MAY_IMPORT_DAPP:
+        problems += [f"{path}:{line}: imports {module}" for line, module in imports
+                     if _top(module) == "dapp"]
+    return problems
+
+
+def _modules() -> list[Path]:
+    return sorted(p for top in ("dapp", "hardware") for p in (ROOT / top).rglob("*.py"))
+
+
+def test_the_source_tree_keeps_its_layers():
+    modules = _modules()
+    assert len(modules) > 30  # the walk found the tree
+    problems = []
+    for path in modules:
+        relative = path.relative_to(ROOT).as_posix()
+        problems += violations(path.read_text(encoding="utf-8"), relative)
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("source", "path", "problem"),
+    [
+        ("from web3 import Web3\n", "dapp/services/x.py", "imports web3"),
+        ("import eth_tester.backends\n", "dapp/web/x.py", "imports eth_tester.backends"),
+        ("t = client.w3.eth.get_block(1)\n", "dapp/services/x.py", "uses .w3"),
+        ("p = client.gas().eth\n", "dapp/x.py", "uses .eth"),
+        ("n = client._registry.functions.x().call()\n", "dapp/x.py", "uses .functions"),
+        ("r = w.provider.make_request('anvil_setBalance', [])\n", "dapp/x.py",
+         "uses .make_request"),
+        ("from dapp.errors import MeterError\n", "hardware/driver.py", "imports dapp.errors"),
+        ("import dapp\n", "hardware/x.py", "imports dapp"),
+    ],
+)
+def test_each_rule_catches_what_it_forbids(source, path, problem):
+    assert problem in [p.split(": ", 1)[1] for p in violations(source, path)]
+
+
+@pytest.mark.parametrize(
+    ("source", "path"),
+    [
+        ("from web3 import Web3\nw3 = Web3()\nw3.eth.block_number\n", "dapp/chain/x.py"),
+        ("from dapp.chain.client import ChainClient\n", "hardware/bridge.py"),
+        ("from hardware.protocol import KINDS\n", "dapp/services/x.py"),
+        ("name = event.contract\n", "dapp/web/x.py"),
+    ],
+)
+def test_what_the_layers_allow_passes(source, path):
+    assert violations(source, path) == []
