@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from dapp.commands.common import env
+from dapp.commands.common import option
 from dapp.errors import REPORTED_ERRORS
 
 # Each module exposes `register(subparsers)`; add new command groups here.
@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dapp.commands.accounts",
     "dapp.commands.node",
     "dapp.commands.meter",
+    "dapp.commands.emulator",
     "dapp.commands.bridge",
     "dapp.commands.serve",
     "dapp.commands.demo",
@@ -25,11 +26,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="microgrid", description=__doc__)
-    parser.add_argument(
-        "--data-dir",
-        default=env("DATA_DIR", "data"),
-        help="where keystores, node state and caches live (MICROGRID_DATA_DIR; default: data)",
-    )
+    option(parser, "--data-dir", env="DATA_DIR", default="data",
+           help="where keystores, node state and caches live")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

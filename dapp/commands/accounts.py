@@ -11,9 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dapp.commands.common import env
-from dapp.errors import WalletError
-from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, check_scrypt_n, read_passphrase
+from dapp.commands.common import kdf_n, option
+from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
 
 
 def cmd_account_new(args: argparse.Namespace) -> int:
@@ -58,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("new", help="create an account (geth-compatible V3 key file)")
     _label_and_passphrase(p)
-    p.add_argument("--kdf-n", type=_kdf_n, default=env("KDF_N", str(GETH_SCRYPT_N)),
-                   help="scrypt cost N for the new key file, a power of two up to 262144 "
-                   "(MICROGRID_KDF_N; default geth's 262144; lower only for tests and demos)")
+    option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
+           shown_default=f"geth's {GETH_SCRYPT_N}; lower only for tests and demos",
+           help=f"scrypt cost N for the new key file, a power of two up to {GETH_SCRYPT_N}")
     p.set_defaults(func=cmd_account_new)
 
     p = commands.add_parser("list", help="list the accounts: address, label, file")
@@ -78,21 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _label_and_passphrase(p: argparse.ArgumentParser) -> None:
     """The --label and --passphrase-file options shared by `new` and `import`."""
-    p.add_argument("--label", default=env("ACCOUNT_LABEL"),
-                   help="a name shown with the address, e.g. producer (MICROGRID_ACCOUNT_LABEL)")
-    p.add_argument("--passphrase-file", default=env("PASSPHRASE_FILE"),
-                   help="file whose first line is the passphrase (MICROGRID_PASSPHRASE_FILE); "
-                   "without it the passphrase is asked on the terminal")
-
-
-def _kdf_n(text: str) -> int:
-    """Parse --kdf-n / MICROGRID_KDF_N."""
-    try:
-        return check_scrypt_n(int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    except WalletError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    option(p, "--label", env="ACCOUNT_LABEL",
+           help="a name shown with the address, e.g. producer")
+    option(p, "--passphrase-file", env="PASSPHRASE_FILE", shown_default="asked on the terminal",
+           help="file whose first line is the passphrase")
 
 
 def _keystore_dir(args: argparse.Namespace) -> Path:

@@ -1,20 +1,147 @@
-"""Helpers shared by the subcommands: settings from flags or MICROGRID_* variables."""
+"""Helpers shared by the subcommands: options from flags or MICROGRID_* variables, and the rest.
+
+`option()` states an option's variable once: the variable (or the default) becomes the option's
+default and the help text ends with "(MICROGRID_NAME; default D)" by itself. A variable's value
+is passed to argparse as a string, so the option's `type` converts it and a malformed variable
+is a usage error of the command that reads it, not a crash of every command at parser build
+time. Also here: the run-until-signal helper, the logging set-up, meter specs (URL:ADDRESS,
+from --meter or MICROGRID_METERS) and the options several commands share.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from dapp.errors import MicrogridError
+
+PREFIX = "MICROGRID_"
+DEFAULT_RPC = "http://127.0.0.1:8545"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def env(name: str, default: str | None = None) -> str | None:
     """The MICROGRID_<name> environment variable, or `default`."""
-    return os.environ.get(f"MICROGRID_{name}", default)
+    return os.environ.get(PREFIX + name, default)
 
 
-def env_default(name: str, default: object) -> str:
-    """The MICROGRID_<name> variable (or `default`) as text, for an option that has a `type`.
+def option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    *flags: str,
+    env: str,
+    help: str,  # noqa: A002 - argparse's own name
+    default: Any = None,
+    shown_default: str | None = None,
+    required: bool = False,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add an option read from `flags`, else MICROGRID_<env>, else `default`.
 
-    argparse converts string defaults with the option's `type`, so a malformed variable is a
-    usage error of the command that reads it, not a crash of every command at parser build time.
+    The help text gets the variable and the default appended (`shown_default` replaces the
+    default's own text, e.g. for a computed one). `required` options are required only while
+    their variable is unset. Other keyword arguments go to `add_argument`.
     """
-    value = env(name)
-    return str(default) if value is None or value == "" else value
+    variable = PREFIX + env
+    value = os.environ.get(variable)
+    if value is None or value == "":
+        value = str(default) if default is not None and "type" in kwargs else default
+    shown = shown_default if shown_default is not None else _shown(default)
+    suffix = f"{variable}; default {shown}" if shown else variable
+    return parser.add_argument(
+        *flags, default=value, required=required and value is None,
+        help=f"{help} ({suffix})", **kwargs,
+    )
+
+
+def _shown(default: Any) -> str:
+    """How a default reads in help text: 1 rather than 1.0, nothing for None."""
+    if default is None:
+        return ""
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def add_rpc_option(parser: argparse.ArgumentParser) -> None:
+    """--rpc: the node URL (every command that talks to the chain)."""
+    option(parser, "--rpc", env="RPC", default=DEFAULT_RPC,
+           help="node URL: http://, ws://, an IPC path or inprocess://NAME")
+
+
+def add_market_option(parser: argparse.ArgumentParser) -> None:
+    """--market: the EnergyMarket address, discovered on the chain when not given."""
+    option(parser, "--market", env="MARKET",
+           help="EnergyMarket address; found automatically if not given")
+
+
+def kdf_n(text: str) -> int:
+    """Parse --kdf-n / MICROGRID_KDF_N: a valid scrypt cost."""
+    from dapp.errors import WalletError
+    from dapp.wallet.keystore import check_scrypt_n
+
+    try:
+        return check_scrypt_n(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    except WalletError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def meter_spec(text: str) -> tuple[str, str]:
+    """Parse --meter URL:ADDRESS (the URL may contain colons)."""
+    from hardware.bridge import parse_meter_spec
+
+    try:
+        return parse_meter_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_meter_option(parser: argparse.ArgumentParser, help: str) -> None:  # noqa: A002
+    """--meter URL:ADDRESS, repeatable; MICROGRID_METERS is read by `meter_specs`."""
+    parser.add_argument("--meter", action="append", type=meter_spec, metavar="URL:ADDRESS",
+                        help=f"{help} ({PREFIX}METERS: space-separated list)")
+
+
+def meter_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The meters of --meter, else of MICROGRID_METERS (space-separated URL:ADDRESS items)."""
+    if args.meter:
+        return list(args.meter)
+    try:
+        return [meter_spec(item) for item in (env("METERS") or "").split()]
+    except argparse.ArgumentTypeError as exc:
+        raise MicrogridError(f"{PREFIX}METERS: {exc}") from None
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr with time, level and logger name (level: DEBUG, INFO, WARNING, ...)."""
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM while the block runs; handlers restored after.
+
+    The signals only set the event, so the command stops what it started once, cleanly. Off
+    the main thread (where signals cannot be caught) the event is only set by the caller.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

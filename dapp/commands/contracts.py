@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dapp.commands.common import env, env_default
+from dapp.commands.common import add_rpc_option, option
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -59,20 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("deploy", help="deploy the token, registry and market")
-    p.add_argument("--rpc", default=env("RPC", "http://127.0.0.1:8545"),
-                   help="node URL: http://, ws:// or an IPC path (MICROGRID_RPC)")
-    p.add_argument("--from", dest="sender", default=env("OPERATOR"),
-                   required=env("OPERATOR") is None,
-                   help="deployer/operator address in the keystore (MICROGRID_OPERATOR)")
-    p.add_argument("--passphrase-file", default=env("PASSPHRASE_FILE"),
-                   help="file holding the passphrase (MICROGRID_PASSPHRASE_FILE)")
-    p.add_argument("--min-duration", type=int, default=env_default("MIN_DURATION", 60),
-                   help="shortest auction in seconds (MICROGRID_MIN_DURATION)")
-    p.add_argument("--max-duration", type=int, default=env_default("MAX_DURATION", 604_800),
-                   help="longest auction in seconds (MICROGRID_MAX_DURATION)")
-    p.add_argument("--min-increment", type=int, default=env_default("MIN_INCREMENT", 10**12),
-                   help="minimum bid increment in wei per kWh (MICROGRID_MIN_INCREMENT)")
-    p.add_argument("--delivery-timeout", type=int, default=env_default("DELIVERY_TIMEOUT", 900),
-                   help="seconds without readings before the seller may close "
-                   "(MICROGRID_DELIVERY_TIMEOUT)")
+    add_rpc_option(p)
+    option(p, "--from", dest="sender", env="OPERATOR", required=True,
+           help="deployer/operator address in the keystore")
+    option(p, "--passphrase-file", env="PASSPHRASE_FILE", help="file holding the passphrase")
+    option(p, "--min-duration", env="MIN_DURATION", type=int, default=60,
+           help="shortest auction in seconds")
+    option(p, "--max-duration", env="MAX_DURATION", type=int, default=604_800,
+           help="longest auction in seconds")
+    option(p, "--min-increment", env="MIN_INCREMENT", type=int, default=10**12,
+           help="minimum bid increment in wei per kWh")
+    option(p, "--delivery-timeout", env="DELIVERY_TIMEOUT", type=int, default=900,
+           help="seconds without readings before the seller may close")
     p.set_defaults(func=cmd_deploy)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dapp.commands.common import env
+from dapp.commands.common import kdf_n, option
+from dapp.wallet.keystore import GETH_SCRYPT_N
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -52,20 +53,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `demo` to the CLI."""
     p = sub.add_parser("demo", help="a whole micro-grid on this machine (what `make run` runs)")
-    p.add_argument("--port", type=int, default=env("WEB_PORT", "3000"),
-                   help="web app port (MICROGRID_WEB_PORT; default 3000)")
-    p.add_argument("--node-port", type=int, default=env("NODE_PORT", "8545"),
-                   help="anvil's port (MICROGRID_NODE_PORT; default 8545)")
-    p.add_argument("--block-time", type=float, default=env("BLOCK_TIME", "1"),
-                   help="seconds between blocks (MICROGRID_BLOCK_TIME; default 1)")
-    p.add_argument("--acceleration", type=float, default=env("ACCELERATION", "60"),
-                   help="emulated seconds per real second (MICROGRID_ACCELERATION; default 60: "
-                   "a day in 24 minutes)")
-    p.add_argument("--peak-power", type=float, default=env("PV_PEAK_POWER", "800"),
-                   help="PV power at noon in W (MICROGRID_PV_PEAK_POWER; default 800)")
-    p.add_argument("--load-profile",
-                   default=env("LOAD_PROFILE", "0:150,7:400,12:300,19:600,23:150"),
-                   help="the consumer's load, W or hour:W steps (MICROGRID_LOAD_PROFILE)")
-    p.add_argument("--kdf-n", type=int, default=env("KDF_N", str(2**18)),
-                   help="scrypt cost of accounts created on the login page (MICROGRID_KDF_N)")
+    option(p, "--port", env="WEB_PORT", type=int, default=3000, help="web app port")
+    option(p, "--node-port", env="NODE_PORT", type=int, default=8545, help="anvil's port")
+    option(p, "--block-time", env="BLOCK_TIME", type=float, default=1.0,
+           help="seconds between blocks")
+    option(p, "--acceleration", env="ACCELERATION", type=float, default=60.0,
+           shown_default="60: a day in 24 minutes", help="emulated seconds per real second")
+    option(p, "--peak-power", env="PV_PEAK_POWER", type=float, default=800.0,
+           help="PV power at noon in W")
+    option(p, "--load-profile", env="LOAD_PROFILE", default="0:150,7:400,12:300,19:600,23:150",
+           help="the consumer's load, W or hour:W steps")
+    option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
+           help="scrypt cost of accounts created on the login page")
     p.set_defaults(func=cmd_demo)

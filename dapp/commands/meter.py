@@ -1,95 +1,112 @@
-"""`microgrid meter-emulator`: an emulated meter (PV, battery, load) on TCP or a pseudo-terminal."""
+"""`microgrid meter register`: the grid operator registers (and funds) a meter's device key.
+
+    microgrid meter register --rpc URL --from OPERATOR --meter ADDRESS --owner ADDRESS \\
+        --kind supply|load --rated-power W [--fund WEI]
+
+The emulated meter itself is `microgrid meter-emulator` (dapp/commands/emulator.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-import threading
+from pathlib import Path
 
-from dapp.commands.common import env, env_default
+from dapp.commands.common import add_market_option, add_rpc_option, option
+from dapp.errors import MicrogridError
+from hardware.protocol import KINDS, MAX_RATED_POWER_W
 
 
-def cmd_meter_emulator(args: argparse.Namespace) -> int:
-    """Serve one emulated meter until interrupted."""
-    from hardware.emulator import REGISTRY_MAX_RATED_W, EmulatedMeter, MeterServer, Microgrid
-    from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
-
+def _wei(text: str) -> int:
+    """Parse a non-negative integer amount of wei."""
     try:
-        plant = Plant(
-            pv=SolarArray(peak_w=args.peak_power),
-            battery=LeadAcidBattery(capacity_wh=args.battery_wh, soc=args.battery_soc),
-            load=LoadProfile.parse(args.load_profile),
-            time_s=args.start_hour * 3600.0,
-        )
-        grid = Microgrid(plant, acceleration=args.acceleration)
-        meter = EmulatedMeter(args.kind, grid, meter_id=args.meter_id,
-                              rated_power_w=args.rated_power, watchdog_s=args.watchdog)
-    except ValueError as exc:
-        print(f"microgrid meter-emulator: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    transport, port = ("pty", 0) if args.pty else ("tcp", args.tcp)
-    server = MeterServer(meter, transport=transport, host=args.host, port=port)
-    url = server.start()
-    ident = meter.identity
-    print(f"{ident.kind} meter {ident.meter_id} on {url} (rated {ident.rated_power_w} W, "
-          f"watchdog {ident.watchdog_s} s, acceleration {args.acceleration:g}x)", flush=True)
-    if ident.rated_power_w > REGISTRY_MAX_RATED_W:
-        print(f"warning: rated power x acceleration = {ident.rated_power_w} W exceeds the "
-              f"registry's {REGISTRY_MAX_RATED_W} W; lower --acceleration or the powers",
-              file=sys.stderr)
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of wei: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("an amount cannot be negative")
+    return value
+
+
+def _rated_power(text: str) -> int:
+    """Parse the registry rating: a whole number of W, 1..MAX_RATED_POWER_W."""
     try:
-        threading.Event().wait()  # serve until Ctrl-C / SIGINT
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of W: {text!r}") from None
+    if not 1 <= value <= MAX_RATED_POWER_W:
+        raise argparse.ArgumentTypeError(
+            f"the registry stores ratings from 1 to {MAX_RATED_POWER_W} W, not {value}")
+    return value
+
+
+def cmd_meter_register(args: argparse.Namespace) -> int:
+    """Register a meter's device key for an owner, and fund it so it can pay for readings."""
+    from dapp.chain.client import ChainClient
+    from dapp.wallet.keystore import Keystore, checksum_address, read_passphrase
+
+    meter = checksum_address(args.meter)
+    owner = checksum_address(args.owner)
+    keystore = Keystore(Path(args.data_dir) / "keystore")
+    passphrase = read_passphrase(args.passphrase_file, prompt=f"Passphrase for {args.sender}: ")
+    operator = keystore.unlock(args.sender, passphrase)
+    # Own state directory: a web server or bridge on the same data directory keeps its own
+    # outbox and listener cursor, and two processes must not rewrite the same files.
+    chain = ChainClient(args.rpc, Path(args.data_dir) / "cli", market=args.market)
+    existing = chain.meter(meter)
+    if existing is not None:
+        if (existing.owner, existing.kind, existing.rated_power_w) != (
+                owner, args.kind, args.rated_power):
+            raise MicrogridError(
+                f"{meter} is already registered ({existing.kind} meter of {existing.owner}, "
+                f"{existing.rated_power_w} W); a device key is registered only once")
+        print(f"{meter} is already registered as a {existing.kind} meter of {owner}")
+    else:
+        if not chain.is_operator(operator.address):
+            raise MicrogridError(f"{operator.address} is not a grid operator of this registry")
+        tx = chain.register_meter(operator, meter, owner, args.kind, args.rated_power)
+        chain.wait(tx, timeout=args.timeout)
+        print(f"registered {meter}: {args.kind} meter of {owner}, rated {args.rated_power} W "
+              f"({tx})")
+    if args.fund:
+        tx = chain.send_ether(operator, meter, args.fund)
+        chain.wait(tx, timeout=args.timeout)
+        print(f"funded {meter} with {args.fund} wei; balance {chain.ether_balance(meter)} wei "
+              f"({tx})")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `meter-emulator` to the CLI."""
-    p = sub.add_parser(
-        "meter-emulator",
-        help="run an emulated meter (PV, lead-acid battery, load) on TCP or a pty",
-        description="Speaks hardware/PROTOCOL.md like a real meter. A supply meter counts "
-        "PV -> battery energy; a load meter counts battery -> consumer energy while its relay is "
-        "closed. With --acceleration A the counters advance A times faster than real time, so "
-        "register the meter with the rated power it reports (rating x A).",
+    """Add `meter register` to the CLI."""
+    meter = sub.add_parser("meter", help="meter administration on chain (operator)")
+    commands = meter.add_subparsers(dest="meter_command", required=True)
+    p = commands.add_parser(
+        "register",
+        help="register a meter's device key and fund it (grid operator)",
+        description="Registers ADDRESS (a meter's device key, e.g. made with `microgrid account "
+        "new --label meter-1`) in the MeterRegistry for OWNER, then sends it --fund wei so it "
+        "can pay for its readings (each costs at most 600000 gas). For an emulated meter, give "
+        "the rated power its ID reports (the rating times the acceleration).",
     )
-    p.add_argument("--kind", choices=("supply", "load"), default=env("METER_KIND"),
-                   required=env("METER_KIND") is None,
-                   help="what the meter measures (MICROGRID_METER_KIND)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--tcp", type=int, metavar="PORT", default=env_default("METER_TCP", 7001),
-                       help="listen on TCP PORT; connect with socket://HOST:PORT "
-                       "(MICROGRID_METER_TCP; default 7001)")
-    where.add_argument("--pty", action="store_true", default=env("METER_PTY", "") == "1",
-                       help="serve on a new pseudo-terminal and print its path "
-                       "(MICROGRID_METER_PTY=1)")
-    p.add_argument("--host", default=env("METER_HOST", "127.0.0.1"),
-                   help="TCP address to listen on (MICROGRID_METER_HOST; default 127.0.0.1)")
-    p.add_argument("--meter-id", default=env("METER_ID"),
-                   help="meter id reported by ID (MICROGRID_METER_ID; default emu-KIND)")
-    p.add_argument("--watchdog", type=int, default=env_default("METER_WATCHDOG", 10),
-                   help="seconds without a valid command before the relay opens "
-                   "(MICROGRID_METER_WATCHDOG; default 10)")
-    p.add_argument("--rated-power", type=float, default=env("METER_RATED_POWER"),
-                   help="rated power in W before acceleration (MICROGRID_METER_RATED_POWER; "
-                   "default: the PV peak for supply, the load peak for load)")
-    p.add_argument("--peak-power", type=float, default=env_default("PV_PEAK_POWER", 800.0),
-                   help="PV peak power at noon in W (MICROGRID_PV_PEAK_POWER; default 800)")
-    p.add_argument("--battery-wh", type=float, default=env_default("BATTERY_WH", 2400.0),
-                   help="battery capacity in Wh (MICROGRID_BATTERY_WH; default 2400)")
-    p.add_argument("--battery-soc", type=float, default=env_default("BATTERY_SOC", 0.6),
-                   help="initial state of charge 0..1 (MICROGRID_BATTERY_SOC; default 0.6)")
-    p.add_argument("--load-profile", default=env("LOAD_PROFILE", "200"),
-                   help="constant W, or hour:W steps such as 0:150,7:400,19:800,23:150 "
-                   "(MICROGRID_LOAD_PROFILE; default 200)")
-    p.add_argument("--acceleration", type=float, default=env_default("ACCELERATION", 1.0),
-                   help="simulated seconds per real second, e.g. 60 (MICROGRID_ACCELERATION; "
-                   "default 1)")
-    p.add_argument("--start-hour", type=float, default=env_default("START_HOUR", 10.0),
-                   help="simulated time of day at start, 0..24 (MICROGRID_START_HOUR; default 10)")
-    p.set_defaults(func=cmd_meter_emulator)
+    add_rpc_option(p)
+    add_market_option(p)
+    option(p, "--from", dest="sender", env="OPERATOR", required=True,
+           help="the grid operator's address in the keystore")
+    option(p, "--meter", env="REGISTER_METER", required=True,
+           help="the meter's device address")
+    option(p, "--owner", env="REGISTER_OWNER", required=True,
+           help="the account the meter belongs to")
+    option(p, "--kind", env="REGISTER_KIND", choices=KINDS, required=True,
+           help="supply (PV -> battery, mints tokens) or load (battery -> consumer, "
+           "settles trades)")
+    option(p, "--rated-power", env="REGISTER_RATED_POWER", type=_rated_power, required=True,
+           help=f"rated power in W, 1..{MAX_RATED_POWER_W}")
+    option(p, "--fund", env="REGISTER_FUND", type=_wei, default=0,
+           shown_default="0: no transfer", help="wei to send to the meter's key for gas")
+    option(p, "--passphrase-file", env="PASSPHRASE_FILE",
+           help="file whose first line unlocks the operator's key; without it the passphrase "
+           "is asked")
+    option(p, "--timeout", env="TX_TIMEOUT", type=float, default=120.0,
+           help="seconds to wait for each transaction")
+    p.set_defaults(func=cmd_meter_register)
+    # dapp/cli.py adds --data-dir to `meter` only; accept it after `register` too.
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from dapp.commands.common import env, env_default
+from dapp.commands.common import option, stop_on_signal
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -23,33 +21,27 @@ def cmd_node(args: argparse.Namespace) -> int:
         state_interval=args.state_interval,
         chain_id=args.chain_id,
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    # Both signals only set the event: the main loop then stops anvil once, saving its state.
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        node.start()
-        if node.restored_from_backup:
-            print(
-                f"warning: {node.state_file} was damaged; restored the copy from the previous "
-                "start",
-                file=sys.stderr,
-            )
-        mining = f"a block every {args.block_time:g} s" if args.block_time > 0 else "automine"
-        print(f"anvil listening on {node.url} (chain id {args.chain_id}, {mining})", flush=True)
-        print(f"chain state: {node.state_file}; log: {node.log_file}", flush=True)
-        while not stop.wait(0.5):
-            if not node.is_running():
-                print(f"microgrid: anvil stopped unexpectedly; see {node.log_file}",
-                      file=sys.stderr)
-                return 1
-    finally:
-        code = node.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # Both signals only set the event: the loop then stops anvil once, saving its state.
+    with stop_on_signal() as stop:
+        try:
+            node.start()
+            if node.restored_from_backup:
+                print(
+                    f"warning: {node.state_file} was damaged; restored the copy from the "
+                    "previous start",
+                    file=sys.stderr,
+                )
+            mining = f"a block every {args.block_time:g} s" if args.block_time > 0 else "automine"
+            print(f"anvil listening on {node.url} (chain id {args.chain_id}, {mining})",
+                  flush=True)
+            print(f"chain state: {node.state_file}; log: {node.log_file}", flush=True)
+            while not stop.wait(0.5):
+                if not node.is_running():
+                    print(f"microgrid: anvil stopped unexpectedly; see {node.log_file}",
+                          file=sys.stderr)
+                    return 1
+        finally:
+            code = node.stop()
     print(f"anvil stopped (exit code {code}); chain state saved in {node.state_file}", flush=True)
     return 0
 
@@ -62,17 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the pinned anvil in the foreground with its chain state in "
         "<data-dir>/chain; Ctrl-C or SIGTERM stops it and saves the state.",
     )
-    p.add_argument("--host", default=env("NODE_HOST", "127.0.0.1"),
-                   help="address to listen on; any other than 127.0.0.1 opens the node, "
-                   "unauthenticated, to the network (MICROGRID_NODE_HOST; default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=env_default("NODE_PORT", 8545),
-                   help="JSON-RPC port, HTTP and WebSocket (MICROGRID_NODE_PORT; default 8545)")
-    p.add_argument("--block-time", type=float, default=env_default("BLOCK_TIME", 1.0),
-                   help="seconds between blocks; 0 mines each transaction at once "
-                   "(MICROGRID_BLOCK_TIME; default 1)")
-    p.add_argument("--state-interval", type=int, default=env_default("STATE_INTERVAL", 5),
-                   help="seconds between state saves, what a crash can lose; 0 saves on stop "
-                   "only (MICROGRID_STATE_INTERVAL; default 5)")
-    p.add_argument("--chain-id", type=int, default=env_default("CHAIN_ID", 31337),
-                   help="chain id of a new chain (MICROGRID_CHAIN_ID; default 31337)")
+    option(p, "--host", env="NODE_HOST", default="127.0.0.1",
+           help="address to listen on; any other than 127.0.0.1 opens the node, "
+           "unauthenticated, to the network")
+    option(p, "--port", env="NODE_PORT", type=int, default=8545,
+           help="JSON-RPC port, HTTP and WebSocket")
+    option(p, "--block-time", env="BLOCK_TIME", type=float, default=1.0,
+           help="seconds between blocks; 0 mines each transaction at once")
+    option(p, "--state-interval", env="STATE_INTERVAL", type=int, default=5,
+           help="seconds between state saves, what a crash can lose; 0 saves on stop only")
+    option(p, "--chain-id", env="CHAIN_ID", type=int, default=31337,
+           help="chain id of a new chain")
     p.set_defaults(func=cmd_node)

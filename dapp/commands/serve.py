@@ -14,14 +14,21 @@ MICROGRID_SESSION_IDLE_TIMEOUT.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from dapp.commands.common import env
-from dapp.errors import MicrogridError
+from dapp.commands.common import (
+    add_market_option,
+    add_meter_option,
+    add_rpc_option,
+    env,
+    kdf_n,
+    meter_specs,
+    option,
+    setup_logging,
+    stop_on_signal,
+)
 from dapp.wallet.keystore import GETH_SCRYPT_N
 
 if TYPE_CHECKING:
@@ -36,8 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dapp.web import create_app
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = {
         "RPC": args.rpc,
         "DATA_DIR": args.data_dir,
@@ -58,66 +64,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"warning: listening on {args.host}: the app is reachable from the network; put "
               "it behind a TLS reverse proxy", file=sys.stderr)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=server.serve_forever, name="web-server", daemon=True)
-    try:
-        ext.start_background()
-        if bridge is not None:
-            bridge.start()
-        thread.start()
-        finalizer = "on" if ext.finalizer.enabled else "off (no --finalizer account)"
-        print(f"serving on http://{args.host}:{server.port} (chain {args.rpc}, "
-              f"auto-finalize {finalizer})", flush=True)
-        stop.wait()
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-        server.server_close()
-        if bridge is not None:
-            bridge.stop()
-        ext.stop_background()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signal() as stop:
+        try:
+            ext.start_background()
+            if bridge is not None:
+                bridge.start()
+            thread.start()
+            finalizer = "on" if ext.finalizer.enabled else "off (no --finalizer account)"
+            print(f"serving on http://{args.host}:{server.port} (chain {args.rpc}, "
+                  f"auto-finalize {finalizer})", flush=True)
+            stop.wait()
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+            server.server_close()
+            if bridge is not None:
+                bridge.stop()
+            ext.stop_background()
     print("stopped", flush=True)
     return 0
 
 
-def _kdf_n(text: str) -> int:
-    """Parse --kdf-n / MICROGRID_KDF_N: a valid scrypt cost."""
-    from dapp.errors import WalletError
-    from dapp.wallet.keystore import check_scrypt_n
-
-    try:
-        return check_scrypt_n(int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    except WalletError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _meter_spec(text: str) -> tuple[str, str]:
-    """Parse --meter URL:ADDRESS."""
-    from hardware.bridge import parse_meter_spec
-
-    try:
-        return parse_meter_spec(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _bridge(args: argparse.Namespace, ext: Microgrid) -> Any:
     """The in-process meter bridge for --meter, attached to the app; None without meters."""
-    specs = args.meter
-    if not specs:
-        try:
-            specs = [_meter_spec(item) for item in (env("METERS") or "").split()]
-        except argparse.ArgumentTypeError as exc:
-            raise MicrogridError(f"MICROGRID_METERS: {exc}") from None
+    specs = meter_specs(args)
     if not specs:
         return None
     from dapp.wallet.keystore import read_passphrase
@@ -141,30 +112,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the wallet and marketplace pages, the JSON API (/api/v1, OpenAPI at "
         "/api/v1/openapi.json) and Socket.IO live updates over the chain at --rpc.",
     )
-    p.add_argument("--rpc", default=env("RPC", "http://127.0.0.1:8545"),
-                   help="node URL: http://, ws://, an IPC path or inprocess:// (MICROGRID_RPC)")
-    p.add_argument("--host", default=env("WEB_HOST", "127.0.0.1"),
-                   help="address to listen on (MICROGRID_WEB_HOST; default 127.0.0.1, this "
-                   "machine only)")
-    # String defaults go through `type`, so a bad variable is a usage error of this command only.
-    p.add_argument("--port", type=int, default=env("WEB_PORT", "3000"),
-                   help="port (MICROGRID_WEB_PORT; default 3000)")
-    p.add_argument("--market", default=env("MARKET"),
-                   help="EnergyMarket address; default: discovered on the chain (MICROGRID_MARKET)")
-    p.add_argument("--finalizer", default=env("FINALIZER"),
-                   help="keystore account that finalizes ended auctions (MICROGRID_FINALIZER); "
-                   "without it users finalize with a button")
-    p.add_argument("--finalizer-passphrase-file", default=env("FINALIZER_PASSPHRASE_FILE"),
-                   help="file holding the finalizer's passphrase "
-                   "(MICROGRID_FINALIZER_PASSPHRASE_FILE)")
-    p.add_argument("--kdf-n", type=_kdf_n, default=env("KDF_N", str(GETH_SCRYPT_N)),
-                   help="scrypt cost N of accounts created on the login page (MICROGRID_KDF_N; "
-                   "default geth's 262144)")
-    p.add_argument("--meter", action="append", type=_meter_spec, metavar="URL:ADDRESS",
-                   help="run the meter bridge here for this meter (port URL and device address "
-                   "in the keystore); repeat for more (MICROGRID_METERS)")
-    p.add_argument("--meter-passphrase-file",
-                   default=env("METER_PASSPHRASE_FILE", env("PASSPHRASE_FILE")),
-                   help="file whose first line unlocks the meter keys "
-                   "(MICROGRID_METER_PASSPHRASE_FILE)")
+    add_rpc_option(p)
+    option(p, "--host", env="WEB_HOST", default="127.0.0.1",
+           help="address to listen on (127.0.0.1: this machine only)")
+    option(p, "--port", env="WEB_PORT", type=int, default=3000, help="port")
+    add_market_option(p)
+    option(p, "--finalizer", env="FINALIZER",
+           help="keystore account that finalizes ended auctions; without it users finalize "
+           "with a button")
+    option(p, "--finalizer-passphrase-file", env="FINALIZER_PASSPHRASE_FILE",
+           help="file holding the finalizer's passphrase")
+    option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
+           shown_default=f"geth's {GETH_SCRYPT_N}",
+           help="scrypt cost N of accounts created on the login page")
+    add_meter_option(p, "run the meter bridge here for this meter (port URL and device address "
+                     "in the keystore); repeat for more")
+    option(p, "--meter-passphrase-file", env="METER_PASSPHRASE_FILE",
+           default=env("PASSPHRASE_FILE"), shown_default="MICROGRID_PASSPHRASE_FILE",
+           help="file whose first line unlocks the meter keys")
     p.set_defaults(func=cmd_serve)
