@@ -1,0 +1,44 @@
+"""The CLI's option helper: one variable per option, shown in the help with its default."""
+
+from __future__ import annotations
+
+import pytest
+
+from dapp.cli import build_parser, main
+
+
+def _help(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_help_names_each_variable_and_its_default(capsys):
+    text = _help(capsys, "node")
+    assert "(MICROGRID_NODE_PORT; default 8545)" in text
+    assert "(MICROGRID_BLOCK_TIME; default 1)" in text
+    text = _help(capsys, "meter", "register")
+    assert "(MICROGRID_REGISTER_KIND)" in text  # required, no default
+
+
+def test_a_variable_sets_the_default_and_a_flag_wins(monkeypatch):
+    monkeypatch.setenv("MICROGRID_NODE_PORT", "9545")
+    assert build_parser().parse_args(["node"]).port == 9545
+    assert build_parser().parse_args(["node", "--port", "7545"]).port == 7545
+
+
+def test_a_variable_makes_a_required_option_optional(monkeypatch):
+    monkeypatch.setenv("MICROGRID_METER_KIND", "supply")
+    assert build_parser().parse_args(["meter-emulator"]).kind == "supply"
+    monkeypatch.delenv("MICROGRID_METER_KIND")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["meter-emulator"])
+
+
+def test_a_malformed_variable_is_a_usage_error_of_its_command_only(monkeypatch, capsys):
+    monkeypatch.setenv("MICROGRID_NODE_PORT", "lots")
+    assert build_parser().parse_args(["account", "list"]).command == "account"
+    with pytest.raises(SystemExit) as info:
+        main(["node"])
+    assert info.value.code == 2
+    assert "--port" in capsys.readouterr().err
