@@ -18,6 +18,7 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from dapp.chain.contracts import CONTRACT_NAMES, _abi_type, load_artifact
+from dapp.chain.transports import rpc
 from dapp.chain.tx import Outbox
 
 # Human names for the contract functions a user sees in the pending list.
@@ -75,14 +76,14 @@ _SELECTORS = _selector_table()
 def node_pool(w3: Web3) -> list[dict[str, Any]] | None:
     """The node's pending transactions from txpool_content, or None if it has no such API."""
     try:
-        reply = w3.provider.make_request("txpool_content", [])
+        pool = rpc(w3, "txpool_content")
     except Exception:  # noqa: BLE001 - no pool API, or the node is down: outbox only
         return None
-    if "error" in reply or not isinstance(reply.get("result"), dict):
+    if not isinstance(pool, dict):
         return None
     txs = []
     for section in ("pending", "queued"):
-        for by_nonce in reply["result"].get(section, {}).values():
+        for by_nonce in pool.get(section, {}).values():
             txs.extend(by_nonce.values())
     return txs
 
