@@ -20,9 +20,10 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import Web3
+from web3.logs import DISCARD
 
 from dapp.chain import discovery
-from dapp.chain.contracts import load_artifact
+from dapp.chain.contracts import error_name, load_artifact
 from dapp.chain.deploy import Deployment, MarketParameters, deploy
 from dapp.chain.detection import NodeInfo, detect
 from dapp.chain.listener import EventListener
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 # A reading may complete up to MAX_TRADES_PER_READING trades (each closes, refunds, burns and
 # returns tokens); its cost depends on the next block's time, which an estimate cannot know.
 READING_GAS = 600_000
+# reportBatch: a fixed part and a bound per item (an item may settle up to the market's walk).
+BATCH_BASE_GAS = 100_000
+BATCH_ITEM_GAS = 300_000
 
 
 class LotStatus(enum.IntEnum):
@@ -69,15 +73,36 @@ class Lot:
 
 @dataclass(frozen=True)
 class Meter:
-    """A registered meter as the registry reports it."""
+    """A meter as the registry reports it."""
 
     address: str
     owner: str
     kind: str  # hardware.protocol.SUPPLY or LOAD
-    active: bool
+    status: str  # "offered", "active", "declined" or "deactivated"
     rated_power_w: int
     cumulative_wh: int
+    sequence: int
     read_at: int
+
+    @property
+    def active(self) -> bool:
+        """Accepted by its owner and not deactivated: its readings count."""
+        return self.status == "active"
+
+
+METER_STATUSES = ("none", "offered", "active", "declined", "deactivated")
+
+
+@dataclass(frozen=True)
+class ReadingOutcome:
+    """What the registry did with one forwarded reading (from the receipt's events)."""
+
+    meter: str
+    sequence: int
+    accepted: bool
+    reason: str | None = None  # the custom error's name when refused
+    energy_wh: int = 0
+    read_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,14 +303,20 @@ class ChainClient:
         }
 
     def meter(self, address: str) -> Meter | None:
-        """A registered meter, or None."""
+        """A registered (or offered) meter, or None."""
         address = to_checksum_address(address)
-        owner, kind, active, rated, cumulative, read_at = self._registry.functions.meterOf(
+        owner, kind, status, rated, energy, sequence, read_at = self._registry.functions.meterOf(
             address
         ).call()
         if owner == ZERO:
             return None
-        return Meter(address, owner, meter_kind(kind), active, rated, cumulative, read_at)
+        return Meter(address, owner, meter_kind(kind), METER_STATUSES[status], rated, energy,
+                     sequence, read_at)
+
+    @property
+    def chain_id(self) -> int:
+        """The chain's id (what meters sign for)."""
+        return self.info.chain_id
 
     def is_operator(self, address: str) -> bool:
         """Whether `address` may register meters."""
@@ -373,17 +404,49 @@ class ChainClient:
         return self._send(operator, self._registry, "registerMeter", args, "register meter",
                           concerns=[owner])
 
-    def report(self, meter: LocalAccount, cumulative_wh: int, owner: str | None = None) -> str:
-        """Send a meter reading from the meter's own key (fixed gas, see READING_GAS)."""
-        return self._send(meter, self._registry, "report", [cumulative_wh], "meter reading",
-                          gas=READING_GAS, concerns=[owner] if owner else None)
-
     def fund_dev_account(self, address: str, wei: int) -> None:
         """Set `address`'s balance to `wei` on a development node (anvil_setBalance)."""
         try:
             rpc(self._w3, "anvil_setBalance", [to_checksum_address(address), hex(wei)])
         except RPCError as exc:
             raise ChainError(f"cannot fund {address}: {exc.message}") from exc
+
+    def submit_readings(self, sender: LocalAccount, readings: list[Any]) -> str:
+        """Forward meters' signed readings from `sender`, who pays the gas.
+
+        One reading goes as `report` (estimated first, so a refused one raises
+        ContractReverted and sends nothing); several as one `reportBatch`, in which the registry
+        skips a bad item with `ReadingRejected` and takes the rest.
+        """
+        if len(readings) == 1:
+            r = readings[0]
+            args = [to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature)]
+            return self._send(sender, self._registry, "report", args, "meter reading")
+        items = [(to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature))
+                 for r in readings]
+        return self._send(sender, self._registry, "reportBatch", [items], "meter readings",
+                          gas=BATCH_BASE_GAS + BATCH_ITEM_GAS * len(items))
+
+    def reading_outcomes(self, tx_hash: str, timeout: float = 60.0
+                         ) -> dict[tuple[str, int], ReadingOutcome]:
+        """Wait for a readings transaction; (meter, sequence) -> what the registry did."""
+        receipt = self.sender.wait(tx_hash, timeout)
+        registry = self._registry
+        stamp = self.block_timestamp(int(receipt["blockNumber"]))
+        out: dict[tuple[str, int], ReadingOutcome] = {}
+        for event in registry.events.ReadingRecorded().process_receipt(receipt, errors=DISCARD):
+            a = event["args"]
+            key = (to_checksum_address(a["meter"]), int(a["sequence"]))
+            out[key] = ReadingOutcome(key[0], key[1], True, None, int(a["energyWh"]), stamp)
+        for event in registry.events.ReadingRejected().process_receipt(receipt, errors=DISCARD):
+            a = event["args"]
+            key = (to_checksum_address(a["meter"]), int(a["sequence"]))
+            out[key] = ReadingOutcome(key[0], key[1], False, self._error_name(a["reason"]))
+        return out
+
+    def _error_name(self, selector: bytes) -> str:
+        """The registry's custom error with this 4-byte selector (hex if unknown)."""
+        return error_name(selector) or "0x" + bytes(selector).hex()
 
     def wait(self, tx_hash: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (ContractReverted if it failed)."""

@@ -64,6 +64,12 @@ def _error_table() -> dict[bytes, tuple[str, list[str]]]:
     return table
 
 
+def error_name(selector: bytes) -> str | None:
+    """The name of the project's custom error with this 4-byte selector, if any."""
+    entry = _error_table().get(bytes(selector))
+    return entry[0] if entry else None
+
+
 def decode_revert(data: bytes | str | None) -> ContractReverted:
     """Turn raw revert data into a ContractReverted with the custom error's name and args."""
     if isinstance(data, str):
