@@ -1,8 +1,8 @@
 """The meter bridge: forwards meters' signed readings to the chain, sets relays from it."""
 
-from dapp.bridge.bridge import MeterBridge, reading_typed_data
+from dapp.bridge.bridge import MeterBridge
 from dapp.bridge.drivers import SignedReading, open_driver, register_driver
 from dapp.bridge.port import BridgeMeter, MeterState
 
 __all__ = ["BridgeMeter", "MeterBridge", "MeterState", "SignedReading", "open_driver",
-           "reading_typed_data", "register_driver"]
+           "register_driver"]

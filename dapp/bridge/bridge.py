@@ -30,8 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
@@ -43,6 +41,7 @@ from dapp.bridge.trades import TradeBook
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError
+from hardware.signing import Domain, recover_signer
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +236,11 @@ class MeterBridge:
         except ChainError:
             return True  # cannot tell now; the registry checks it anyway
         try:
-            message = encode_typed_data(full_message=reading_typed_data(
-                chain_id, registry, signed.meter, signed.energy_wh, signed.sequence))
-            return Account.recover_message(message, signature=signed.signature) == address
+            signer = recover_signer(Domain(chain_id, registry), signed.meter, signed.energy_wh,
+                                    signed.sequence, signed.signature)
         except Exception:  # a malformed signature is simply not the meter's
             return False
+        return signer == address
 
     def on_event(self, event: ChainEvent) -> None:
         """Handle one contract event (subscribe this to the process's EventListener).
@@ -301,30 +300,6 @@ class MeterBridge:
             except Exception:
                 log.exception("bridge: re-sync failed")
                 self._stopping.wait(delay)
-
-
-def reading_typed_data(chain_id: int, registry: str, meter: str, energy_wh: int,
-                       sequence: int) -> dict:
-    """The EIP-712 `Reading` a meter signs (hardware/PROTOCOL.md), as eth-account takes it."""
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Reading": [
-                {"name": "meter", "type": "address"},
-                {"name": "energyWh", "type": "uint64"},
-                {"name": "sequence", "type": "uint64"},
-            ],
-        },
-        "primaryType": "Reading",
-        "domain": {"name": "MeterRegistry", "version": "1", "chainId": chain_id,
-                   "verifyingContract": registry},
-        "message": {"meter": meter, "energyWh": energy_wh, "sequence": sequence},
-    }
 
 
 class _Pool:

@@ -173,9 +173,11 @@ class SerialProtocolDriver:
             return _identity(self._client.identify())
 
     def provision(self, chain_id: int, registry: str) -> DeviceIdentity:
-        """PROVISION, then ID again."""
+        """INSTALL (the domain, once), then ID again."""
+        from hardware.signing import Domain
+
         with _translated(self.name):
-            self._client.provision(chain_id, registry)
+            self._client.provision(Domain(chain_id, registry))
             return _identity(self._client.identify())
 
     def read(self) -> DeviceReading:
@@ -215,7 +217,8 @@ def _identity(identity: object) -> DeviceIdentity:
         rated_power_w=identity.rated_power_w,  # type: ignore[attr-defined]
         watchdog_s=identity.watchdog_s,  # type: ignore[attr-defined]
         firmware=identity.firmware,  # type: ignore[attr-defined]
-        domain=None if domain is None else (int(domain[0]), to_checksum_address(domain[1])),
+        domain=None if domain is None else (int(domain.chain_id),
+                                            to_checksum_address(domain.registry)),
     )
 
 
