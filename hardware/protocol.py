@@ -313,8 +313,10 @@ class Identity:
                 and provisioned in ("0", "1") and _UINT.fullmatch(chain_id)
                 and _REPLY_ADDRESS.fullmatch(registry)):
             raise MeterProtocolError(f"malformed ID reply: {text}")
-        if int(rated) < 1 or not 1 <= int(watchdog) <= 3600 or address == ZERO_ADDRESS:
+        if int(rated) < 1 or not 1 <= int(watchdog) <= 3600:
             raise MeterProtocolError(f"ID reply out of range: {text}")
+        if address == ZERO_ADDRESS:
+            raise MeterProtocolError(f"the meter has no key (address 0), it cannot sign: {text}")
         domain = None
         if provisioned == "1":
             if not 1 <= int(chain_id) <= UINT64_MAX:

@@ -434,3 +434,39 @@ def test_firmware_answers_thousands_of_random_lines_exactly_like_the_reference_p
             assert (reply.seq, reply.command, reply.ok) == (*want, True), line
             oks += 1
     assert oks > 1000  # the corpus reached the commands, not only the framing checks
+
+
+def install_lines(rng: random.Random, count: int) -> list[bytes]:
+    """INSTALL frames with a correct CRC: valid ones and near misses of every argument rule."""
+    registry = "0x" + "5fbdb2315678afecb367f032d93f642f64180aa3"
+    chains = ["1", "31337", str(2**64 - 1), str(2**64), "0", "031337", "", "12a", "9" * 21,
+              str(2**63)]
+    addresses = [registry, registry.upper(), "0X" + registry[2:], registry[:-1], registry + "0",
+                 registry[:5] + "G" + registry[6:], "", "0x" + "0" * 40]
+    out = []
+    for _ in range(count):
+        args = [rng.choice(chains), rng.choice(addresses)]
+        if rng.random() < 0.1:
+            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
+        body = ",".join([str(rng.randint(1, 65535)), "INSTALL", *args]).encode()
+        out.append(b"$" + body + b"*%04X" % crc16(body))
+    return out
+
+
+def test_firmware_parses_install_exactly_like_the_reference_parser(fresh):
+    accepted = None
+    for line in install_lines(random.Random(8), 400):
+        [reply_line] = fresh.line(line)
+        reply = parse_reply(reply_line)
+        try:
+            request = parse_request(line)
+        except MeterProtocolError as exc:
+            assert (reply.seq, reply.ok, reply.code) == (exc.seq, False, exc.code), line
+            continue
+        accepted = accepted or request.domain  # the first valid INSTALL fixes the domain
+        if request.domain == accepted:
+            assert reply.ok and reply.values == (str(accepted.chain_id),
+                                                 accepted.registry.lower()), line
+        else:
+            assert (reply.ok, reply.code) == (False, ErrorCode.ALREADY_PROVISIONED), line
+    assert accepted is not None
