@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from eth_account import Account
 from eth_keys import keys
+from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 DOMAIN_NAME = "MeterRegistry"
@@ -96,5 +97,8 @@ def recover_signer(domain: Domain, meter: str, energy_wh: int, sequence: int,
     if len(signature) != 65 or signature[64] not in (27, 28):
         raise ValueError("a signature is 65 bytes r || s || v with v 27 or 28")
     digest = reading_digest(domain, meter, energy_wh, sequence)
-    sig = keys.Signature(signature[:64] + bytes([signature[64] - 27]))
-    return sig.recover_public_key_from_msg_hash(digest).to_checksum_address()
+    try:
+        sig = keys.Signature(signature[:64] + bytes([signature[64] - 27]))
+        return sig.recover_public_key_from_msg_hash(digest).to_checksum_address()
+    except (BadSignature, ValidationError) as exc:  # r or s out of range, or no such point
+        raise ValueError(f"not a valid signature: {exc}") from exc

@@ -72,6 +72,16 @@ def test_a_signature_recovers_another_address_for_any_other_reading(change):
                          signature).verify(VECTOR_DOMAIN, VECTOR_METER)
 
 
+@pytest.mark.parametrize("signature", [bytes(64) + b"\x1b", b"\xff" * 64 + b"\x1c",
+                                       bytes(range(64)) + b"\x1b"])
+def test_a_forged_signature_verifies_as_nobody(signature):
+    reading = SignedReading(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
+                            signature)
+    assert reading.verify(VECTOR_DOMAIN, VECTOR_METER) is False
+    with pytest.raises(ValueError):
+        reading.signer(VECTOR_DOMAIN, VECTOR_METER)
+
+
 # --------------------------------------------------------------------------- the key file
 
 
