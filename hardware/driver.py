@@ -1,12 +1,14 @@
 """Host-side meter client: one request at a time over a pyserial port, with timeouts and retries.
 
     with MeterClient("socket://127.0.0.1:7001") as meter:   # or "/dev/ttyUSB0", a pty path, ...
-        meter.identify()              # -> Identity
+        meter.identify()              # -> Identity (with the meter's address and domain)
+        meter.provision(domain)       # -> Domain (once, at installation; idempotent)
         meter.set_relay(True)         # -> True (the state the meter reports)
-        meter.read()                  # -> Reading
+        reading = meter.read()        # -> SignedReading
+        reading.verify(domain, meter.identity.address)   # -> True unless forged or damaged
 
-Errors (all `dapp.errors.MeterError`): MeterTimeout (no answer; MeterDisconnected when the port is
-closed or gone), MeterProtocolError (garbled reply), MeterRefused (the meter answered ERR).
+Errors (all `hardware.protocol.MeterError`): MeterTimeout (no answer; MeterDisconnected when the
+port is closed or gone), MeterProtocolError (garbled reply), MeterRefused (the meter answered ERR).
 A call takes at most about (retries + 1) * timeout seconds; only timeouts and garbled replies are
 retried (every command is idempotent), each attempt with a fresh sequence number so that a late
 reply to an earlier attempt is recognised and discarded.
@@ -15,6 +17,7 @@ reply to an earlier attempt is recognised and discarded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -23,24 +26,30 @@ import time
 import serial
 
 from hardware.protocol import (
+    MAX_REPLY,
     MAX_SEQ,
     PROTOCOL_VERSION,
     Identity,
     LineBuffer,
     MeterDisconnected,
+    MeterError,
     MeterProtocolError,
     MeterRefused,
     MeterTimeout,
-    Reading,
     Reply,
     Request,
+    SignedReading,
+    parse_provision,
     parse_reply,
 )
+from hardware.signing import Domain
 
 __all__ = [
     "MeterClient",
     "Identity",
-    "Reading",
+    "SignedReading",
+    "Domain",
+    "MeterError",
     "MeterTimeout",
     "MeterDisconnected",
     "MeterProtocolError",
@@ -67,7 +76,7 @@ class MeterClient:
         self.baudrate = baudrate
         self._url = port_or_url if isinstance(port_or_url, str) else None
         self._lock = threading.Lock()
-        self._lines = LineBuffer()
+        self._lines = LineBuffer(MAX_REPLY)
         # A random start makes a reply left over from an earlier session unlikely to match.
         self._seq = random.randint(1, MAX_SEQ)  # noqa: S311 - not a secret
         self.identity: Identity | None = None
@@ -100,9 +109,25 @@ class MeterClient:
         self.identity = identity
         return identity
 
-    def read(self) -> Reading:
-        """Read the counters and instantaneous values (READ)."""
-        return Reading.from_fields(self._transact(Request(0, "READ")).values)
+    def read(self) -> SignedReading:
+        """Take a new signed reading (READ); MeterRefused code 8 while not provisioned.
+
+        The signature is not checked here: use `reading.verify(domain, identity.address)`.
+        """
+        return SignedReading.from_fields(self._transact(Request(0, "READ")).values)
+
+    def provision(self, domain: Domain) -> Domain:
+        """Give the meter its domain once (INSTALL); the same domain again is accepted.
+
+        A meter provisioned with another domain refuses: MeterRefused with code 7.
+        """
+        provisioned = parse_provision(self._transact(Request(0, "INSTALL",
+                                                             domain=domain)).values)
+        if provisioned != domain:
+            raise MeterProtocolError(f"{self.name}: INSTALL answered {provisioned}")
+        if self.identity is not None:
+            self.identity = dataclasses.replace(self.identity, domain=domain)
+        return provisioned
 
     def set_relay(self, on: bool) -> bool:
         """Close (`on=True`, power flows) or open the relay; return the state the meter reports."""
@@ -171,7 +196,7 @@ class MeterClient:
             for attempt in range(self.retries + 1):
                 seq = self._next_seq()
                 try:
-                    return self._attempt(Request(seq, request.command, request.relay))
+                    return self._attempt(dataclasses.replace(request, seq=seq))
                 except MeterDisconnected:
                     raise
                 except (MeterTimeout, MeterProtocolError) as exc:

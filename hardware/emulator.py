@@ -1,46 +1,58 @@
 """Meter emulator: the firmware's behaviour in Python, served over a pseudo-terminal or TCP.
 
-`EmulatedMeter` is the meter (protocol, counters, relay, watchdog) measuring a `Microgrid` (the
-physics of hardware/models.py on an optionally accelerated clock). `MeterServer` serves one meter
-on a pty (`/dev/pts/N`) or on TCP (`socket://127.0.0.1:PORT`) from a background thread, and can
-simulate faults: a silent meter, garbled replies, slow replies, an unplugged cable.
+`EmulatedMeter` is the meter (protocol, counters, relay, watchdog, signed readings) measuring a
+`Microgrid` (the physics of hardware/models.py on an optionally accelerated clock). Its
+`MeterState` is its EEPROM: a key file of its own (mode 0600) holding its secp256k1 key, the last
+signed counter and sequence, and its domain once provisioned; it is never shared with the host.
+`MeterServer` serves one meter on a pty (`/dev/pts/N`) or on TCP (`socket://127.0.0.1:PORT`) from
+a background thread, and can simulate faults: a silent meter, garbled replies, slow replies, an
+unplugged cable. `python -m hardware.emulator` serves one or several meters on one micro-grid.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import enum
 import errno
+import json
 import logging
 import math
 import os
 import queue
+import re
+import secrets
 import select
+import signal
 import socket
+import sys
 import threading
 import time
 import tty
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
-from hardware.models import Plant
+from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import (
     KINDS,
     ErrorCode,
     Identity,
     LineBuffer,
     MeterProtocolError,
-    Reading,
+    SignedReading,
     encode_error,
     encode_ok,
     parse_request,
+    provision_fields,
 )
+from hardware.signing import UINT64_MAX, Domain, meter_address, sign_reading
 
 log = logging.getLogger(__name__)
 
-FIRMWARE = "emulator-1.0"
+FIRMWARE = "emulator-2.0"
 TICK_S = 0.05  # the sample period: counters, watchdog and delayed replies advance this often
-REGISTRY_MAX_RATED_W = 65535  # MeterRegistry stores the rating as uint16
+
 
 # The same short texts as the firmware, so an ERR reply reads the same from both.
 ERROR_TEXT = {
@@ -50,7 +62,125 @@ ERROR_TEXT = {
     ErrorCode.UNKNOWN_COMMAND: "unknown command",
     ErrorCode.BAD_ARGUMENT: "bad argument",
     ErrorCode.SENSOR_FAULT: "sensor fault",
+    ErrorCode.ALREADY_PROVISIONED: "already provisioned",
+    ErrorCode.NOT_PROVISIONED: "not provisioned",
 }
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_METER_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+class MeterState:
+    """An emulated meter's EEPROM: its key, last signed counter and sequence, and its domain.
+
+    With a `path` it lives in a JSON file created with mode 0600 on first use (the key is made
+    then, as the firmware makes its key at first boot) and rewritten atomically before every
+    signed reading leaves the meter, so a kill at any moment never lets a sequence be reused or
+    a signed counter go back. Without a path (`ephemeral()`) it lives in memory only.
+    """
+
+    def __init__(self, private_key: bytes, *, energy_wh: int = 0, sequence: int = 0,
+                 domain: Domain | None = None, path: Path | None = None) -> None:
+        if len(private_key) != 32 or not 0 < int.from_bytes(private_key, "big") < _SECP256K1_N:
+            raise ValueError("not a secp256k1 private key")
+        if not (0 <= energy_wh <= UINT64_MAX and 0 <= sequence <= UINT64_MAX):
+            raise ValueError("counter or sequence out of range")
+        self._key = private_key
+        self.address = meter_address(private_key)
+        self.energy_wh = energy_wh  # the last counter signed (never signs below it)
+        self.sequence = sequence  # the last sequence signed (the next one is larger)
+        self.domain = domain
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"MeterState({self.address}, path={self.path})"  # never the key
+
+    @classmethod
+    def ephemeral(cls) -> MeterState:
+        """A new meter whose EEPROM is RAM: a fresh key, forgotten when the process ends."""
+        return cls(_new_key())
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> MeterState:
+        """Load the meter at `path`, or create it there (a new key, mode 0600) if it is absent."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls._load(path)
+        state = cls(_new_key(), path=path)
+        with os.fdopen(fd, "w") as out:
+            out.write(state._dump())
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("%s: new meter key %s", path, state.address)
+        return state
+
+    @classmethod
+    def in_directory(cls, directory: str | os.PathLike, name: str) -> MeterState:
+        """The meter `name` in a key directory (one file per meter, `NAME.key`; dir mode 0700)."""
+        if not _METER_NAME.fullmatch(name):
+            raise ValueError(f"bad meter name {name!r}")
+        directory = Path(directory)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cls.open(directory / f"{name}.key")
+
+    @classmethod
+    def _load(cls, path: Path) -> MeterState:
+        if path.stat().st_mode & 0o077:
+            raise ValueError(f"{path}: a meter key file must not be readable by others "
+                             "(chmod 600)")
+        try:
+            data = json.loads(path.read_text())
+            domain = (Domain(int(data["chain_id"]), str(data["registry"]))
+                      if data.get("chain_id") is not None else None)
+            return cls(bytes.fromhex(data["private_key"]), energy_wh=int(data["energy_wh"]),
+                       sequence=int(data["sequence"]), domain=domain, path=path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a meter key file: {exc}") from exc
+
+    def _dump(self) -> str:
+        return json.dumps({
+            "version": 1,
+            "address": self.address,
+            "private_key": self._key.hex(),
+            "energy_wh": self.energy_wh,
+            "sequence": self.sequence,
+            "chain_id": self.domain.chain_id if self.domain else None,
+            "registry": self.domain.registry if self.domain else None,
+        }, indent=1) + "\n"
+
+    def save(self) -> None:
+        """Write the state to its file atomically (no-op for an ephemeral meter)."""
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._dump())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+
+    def sign_next(self, energy_wh: int) -> tuple[int, int, bytes]:
+        """Sign the next reading: (counter, sequence, signature), persisted before it is returned.
+
+        The counter signed is never below the last one signed; the sequence grows by one.
+        """
+        if self.domain is None:
+            raise RuntimeError("not provisioned")
+        energy = max(energy_wh, self.energy_wh)
+        sequence = self.sequence + 1
+        signature = sign_reading(self._key, self.domain, energy, sequence)
+        self.energy_wh, self.sequence = energy, sequence
+        self.save()  # before the reading leaves the meter
+        return energy, sequence, signature
+
+
+def _new_key() -> bytes:
+    while True:
+        key = secrets.token_bytes(32)
+        if 0 < int.from_bytes(key, "big") < _SECP256K1_N:
+            return key
 
 
 class Microgrid:
@@ -84,11 +214,13 @@ class EmulatedMeter:
     its relay is closed. The watchdog opens the relay after `watchdog_s` wall-clock seconds with no
     valid command. With acceleration a, the counter advances a times faster than `power_w`
     suggests, so ID reports rated_power_w = ceil(rated * a): register the meter with that.
+    `state` is the meter's EEPROM (key, last signed counter and sequence, domain); the counter
+    resumes from the last one signed. Without it the meter gets a fresh in-memory key.
     """
 
     def __init__(self, kind: str, grid: Microgrid, *, meter_id: str | None = None,
                  rated_power_w: float | None = None, watchdog_s: int = 10,
-                 energy_offset_wh: int = 0) -> None:
+                 energy_offset_wh: int = 0, state: MeterState | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if not 1 <= watchdog_s <= 3600:
@@ -102,15 +234,13 @@ class EmulatedMeter:
             raise ValueError("a supply meter's rating must cover the PV peak power")
         if kind == "load" and rated_power_w < plant.load.peak_w:
             raise ValueError("a load meter's rating must cover the load profile's peak")
-        self.identity = Identity(
-            meter_id=meter_id or f"emu-{kind}",
-            firmware=FIRMWARE,
-            kind=kind,
-            rated_power_w=max(1, math.ceil(rated_power_w * grid.acceleration)),
-            watchdog_s=watchdog_s,
-        )
+        self.state = state or MeterState.ephemeral()
+        self.meter_id = meter_id or f"emu-{kind}"
+        self.rated_power_w = max(1, math.ceil(rated_power_w * grid.acceleration))
+        self.watchdog_s = watchdog_s
         Identity.from_fields(self.identity.fields())  # validates meter_id etc. early
-        self.energy_offset_wh = energy_offset_wh
+        # The physics restarts at 0 with the process; the counter resumes from the last signed.
+        self.energy_offset_wh = energy_offset_wh + self.state.energy_wh
         self.relay_closed = False  # a meter powers up with its relay open
         self.samples = 0
         self.watchdog_trips = 0
@@ -119,21 +249,44 @@ class EmulatedMeter:
 
     # ----------------------------------------------------------------- state
 
+    @property
+    def identity(self) -> Identity:
+        """What ID reports now (the domain appears once provisioned)."""
+        return Identity(meter_id=self.meter_id, firmware=FIRMWARE, kind=self.kind,
+                        rated_power_w=self.rated_power_w, watchdog_s=self.watchdog_s,
+                        address=self.state.address, domain=self.state.domain)
+
+    @property
+    def address(self) -> str:
+        """The meter's own address (from the key in its state)."""
+        return self.state.address
+
+    def provision(self, domain: Domain) -> bool:
+        """Set the domain once (INSTALL); True if now provisioned with exactly `domain`."""
+        with self.grid.lock:
+            if self.state.domain is None:
+                self.state.domain = domain
+                self.state.save()
+                log.info("%s: provisioned for chain %d, registry %s", self.meter_id,
+                         domain.chain_id, domain.registry)
+            return self.state.domain == domain
+
     def energy_wh(self) -> float:
         """The exact (fractional) energy counted so far."""
         plant = self.grid.sync()
         measured = plant.supply_wh if self.kind == "supply" else plant.load_wh
         return self.energy_offset_wh + measured
 
-    def reading(self) -> Reading:
-        """What READ reports now."""
+    def reading(self) -> SignedReading:
+        """What READ reports now: a new signed reading (the sequence grows; needs a domain)."""
         with self.grid.lock:
             energy = self.energy_wh()
             plant = self.grid.plant
             power = plant.supply_w if self.kind == "supply" else plant.load_w
             volts = plant.battery.voltage()
-            return Reading(math.floor(energy), power, volts, power / volts, self.relay_closed,
-                           self.samples)
+            signed_wh, sequence, signature = self.state.sign_next(math.floor(energy))
+            return SignedReading(signed_wh, power, volts, power / volts, self.relay_closed,
+                                 self.samples, sequence, signature)
 
     def set_relay(self, closed: bool) -> None:
         """Close or open the relay (idempotent); a load meter connects/disconnects the load."""
@@ -144,7 +297,7 @@ class EmulatedMeter:
                 if not closed:
                     plant.load_w = 0.0
             if closed != self.relay_closed:
-                log.info("%s: relay %s", self.identity.meter_id, "closed" if closed else "open")
+                log.info("%s: relay %s", self.meter_id, "closed" if closed else "open")
             self.relay_closed = closed
 
     def tick(self) -> None:
@@ -152,11 +305,10 @@ class EmulatedMeter:
         with self.grid.lock:
             self.grid.sync()
             self.samples = (self.samples + 1) % 2**32
-            if self.relay_closed and self.grid.clock() - self._last_valid >= \
-                    self.identity.watchdog_s:
+            if self.relay_closed and self.grid.clock() - self._last_valid >= self.watchdog_s:
                 self.watchdog_trips += 1
                 log.warning("%s: watchdog: no valid command for %d s, relay opened",
-                            self.identity.meter_id, self.identity.watchdog_s)
+                            self.meter_id, self.watchdog_s)
                 self.set_relay(False)
 
     # ----------------------------------------------------------------- protocol
@@ -173,10 +325,20 @@ class EmulatedMeter:
             if request.command == "ID":
                 reply = encode_ok(request.seq, "ID", self.identity.fields())
             elif request.command == "READ":
-                if not self.sensor_ok:
+                code = None
+                if self.state.domain is None:
+                    code = ErrorCode.NOT_PROVISIONED
+                elif not self.sensor_ok:
                     code = ErrorCode.SENSOR_FAULT
+                if code is not None:
                     return encode_error(request.seq, code, ERROR_TEXT[code])  # no watchdog feed
                 reply = encode_ok(request.seq, "READ", self.reading().fields())
+            elif request.command == "INSTALL":
+                assert request.domain is not None
+                if not self.provision(request.domain):
+                    code = ErrorCode.ALREADY_PROVISIONED
+                    return encode_error(request.seq, code, ERROR_TEXT[code])
+                reply = encode_ok(request.seq, "INSTALL", provision_fields(request.domain))
             elif request.command == "RELAY":
                 self.set_relay(bool(request.relay))
                 reply = encode_ok(request.seq, "RELAY", ("1" if self.relay_closed else "0",))
@@ -419,3 +581,84 @@ class MeterServer:
             log.warning("emulator: host is not reading; reply dropped")
         except OSError as exc:
             log.warning("emulator: write failed: %s", exc)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `python -m hardware.emulator`."""
+    p = argparse.ArgumentParser(
+        prog="python -m hardware.emulator",
+        description="Serve emulated meters (hardware/PROTOCOL.md) that share one micro-grid "
+        "(PV, lead-acid battery, load). Each meter keeps its own key file: its EEPROM.")
+    p.add_argument("--meter", action="append", metavar="KIND[:NAME]",
+                   help="a meter to serve, e.g. supply:house-1 (repeat for several on one grid; "
+                   "default: one supply meter emu-supply)")
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key-file", type=Path, metavar="PATH",
+                      help="the key file of the (single) meter; created with mode 0600 on first "
+                      "start, it holds the key, the counter, the sequence and the domain")
+    keys.add_argument("--key-dir", type=Path, metavar="DIR",
+                      help="a directory of key files, one per meter (NAME.key, mode 0600)")
+    p.add_argument("--tcp", type=int, default=0, metavar="PORT",
+                   help="TCP port of the first meter, the next meters on the following ports "
+                   "(default 0: any free port)")
+    p.add_argument("--pty", action="store_true", help="serve on pseudo-terminals instead")
+    p.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    p.add_argument("--watchdog", type=int, default=10, help="watchdog seconds (default 10)")
+    p.add_argument("--peak-power", type=float, default=800.0, help="PV peak W (default 800)")
+    p.add_argument("--battery-wh", type=float, default=2400.0, help="battery Wh (default 2400)")
+    p.add_argument("--load-profile", default="200", help="constant W or hour:W steps")
+    p.add_argument("--acceleration", type=float, default=1.0,
+                   help="simulated seconds per real second (default 1)")
+    p.add_argument("--start-hour", type=float, default=10.0, help="time of day at start")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the meters until SIGINT/SIGTERM, printing a line per meter (name, address, URL)."""
+    args = build_parser().parse_args(argv)
+    specs = []
+    for spec in args.meter or ["supply"]:
+        kind, _, name = spec.partition(":")
+        specs.append((kind, name or f"emu-{kind}"))
+    try:
+        if args.key_file is not None and len(specs) != 1:
+            raise ValueError("--key-file serves one meter; use --key-dir for several")
+        plant = Plant(pv=SolarArray(peak_w=args.peak_power),
+                      battery=LeadAcidBattery(capacity_wh=args.battery_wh),
+                      load=LoadProfile.parse(args.load_profile), time_s=args.start_hour * 3600)
+        grid = Microgrid(plant, acceleration=args.acceleration)
+        meters = []
+        for kind, name in specs:
+            state = (MeterState.open(args.key_file) if args.key_file is not None
+                     else MeterState.in_directory(args.key_dir, name))
+            meters.append(EmulatedMeter(kind, grid, meter_id=name, watchdog_s=args.watchdog,
+                                        state=state))
+    except (ValueError, OSError) as exc:
+        print(f"hardware.emulator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    servers = []
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        for i, meter in enumerate(meters):
+            port = args.tcp + i if args.tcp else 0
+            server = MeterServer(meter, transport="pty" if args.pty else "tcp", host=args.host,
+                                 port=port)
+            servers.append(server)
+            url = server.start()
+            print(f"{meter.kind} meter {meter.meter_id} {meter.address} on {url} "
+                  f"(rated {meter.rated_power_w} W)", flush=True)
+        stop.wait()
+    finally:
+        for server in servers:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ import pytest
 
 from dapp.cli import build_parser
 from hardware.driver import MeterClient
+from tests.hardware.conftest import VECTOR_DOMAIN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,16 +63,22 @@ def test_pty_emulator_from_environment(emulator):
                             "MICROGRID_PV_PEAK_POWER": "1200", "MICROGRID_START_HOUR": "12"})
     assert path.startswith("/dev/")
     with MeterClient(path, timeout=1.0) as meter:
-        assert meter.identify().rated_power_w == 1200
-        assert 1100 < meter.read().power_w <= 1200
+        identity = meter.identify()
+        assert identity.rated_power_w == 1200
+        meter.provision(VECTOR_DOMAIN)  # a meter signs nothing before it is installed
+        reading = meter.read()
+        assert 1100 < reading.power_w <= 1200
+        assert reading.verify(VECTOR_DOMAIN, identity.address)
 
 
 @pytest.mark.slow
 def test_registry_overflow_is_warned_about(emulator):
     proc, _ = emulator("--kind", "supply", "--tcp", "0", "--acceleration", "3600")
+    # The warning follows the first stdout line: wait for it before interrupting (no race).
+    lines = iter(proc.stderr.readline, "")
+    assert any("exceeds the registry's 65535 W" in line for line in lines)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=10)
-    assert "exceeds the registry's 65535 W" in proc.stderr.read()
+    assert proc.wait(timeout=10) == 0
 
 
 def test_bad_settings_are_reported_not_raised(capsys):

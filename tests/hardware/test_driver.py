@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 import serial
 
-from dapp.errors import MeterError
 from hardware.driver import (
+    Domain,
     MeterClient,
     MeterDisconnected,
+    MeterError,
     MeterProtocolError,
     MeterRefused,
     MeterTimeout,
 )
-from hardware.emulator import EmulatedMeter, Fault, MeterServer, Microgrid
+from hardware.emulator import EmulatedMeter, Fault, MeterServer, MeterState, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
-from hardware.protocol import ErrorCode
+from hardware.protocol import ErrorCode, crc16
+from tests.hardware.conftest import VECTOR_DOMAIN
 
 TRANSPORTS = ["tcp", "pty"]
 
@@ -29,11 +39,13 @@ def serve(request):
 
     def start(kind: str = "supply", transport: str = "tcp", *, hour: float = 12.0,
               acceleration: float = 1.0, watchdog_s: int = 10, battery_wh: float = 2400,
-              load_w: float = 400) -> MeterServer:
+              load_w: float = 400, provisioned: bool = True) -> MeterServer:
         plant = Plant(pv=SolarArray(peak_w=800), battery=LeadAcidBattery(capacity_wh=battery_wh),
                       load=LoadProfile.constant(load_w), time_s=hour * 3600)
         meter = EmulatedMeter(kind, Microgrid(plant, acceleration=acceleration),
-                              watchdog_s=watchdog_s)
+                              watchdog_s=watchdog_s, state=MeterState.ephemeral())
+        if provisioned:
+            meter.provision(VECTOR_DOMAIN)
         server = MeterServer(meter, transport=transport)
         started.append(server)
         server.start()
@@ -67,6 +79,7 @@ def test_identify_read_and_idempotent_relay(serve, connect, transport):
     identity = meter.identify()
     assert (identity.meter_id, identity.kind, identity.rated_power_w, identity.watchdog_s) == \
         ("emu-load", "load", 400, 7)
+    assert (identity.address, identity.domain) == (server.meter.address, VECTOR_DOMAIN)
     assert meter.identity == identity
 
     before = meter.read()
@@ -231,3 +244,215 @@ def test_load_meter_counts_only_while_closed_and_drains_the_battery(serve, conne
     time.sleep(0.3)
     assert meter.read().energy_wh == opened.energy_wh
     assert meter.read().power_w == 0
+
+
+# --------------------------------------------------------------------------- signed readings
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_install_once_then_every_reading_verifies_against_the_id_address(serve, connect,
+                                                                          transport):
+    server = serve("supply", transport, acceleration=600, provisioned=False)
+    meter = connect(server.url, timeout=0.5)
+    identity = meter.identify()
+    assert identity.provisioned is False
+    with pytest.raises(MeterRefused) as info:
+        meter.read()
+    assert info.value.code == ErrorCode.NOT_PROVISIONED
+    assert meter.provision(VECTOR_DOMAIN) == VECTOR_DOMAIN
+    assert meter.provision(VECTOR_DOMAIN) == VECTOR_DOMAIN  # idempotent
+    assert meter.identity.domain == VECTOR_DOMAIN == meter.identify().domain
+    with pytest.raises(MeterRefused) as info:
+        meter.provision(Domain(1, VECTOR_DOMAIN.registry))
+    assert info.value.code == ErrorCode.ALREADY_PROVISIONED
+    readings = []
+    for _ in range(3):
+        readings.append(meter.read())
+        time.sleep(0.1)
+    assert all(r.signer(VECTOR_DOMAIN, identity.address) == identity.address for r in readings)
+    assert [r.sequence for r in readings] == [1, 2, 3]
+    assert readings[0].energy_wh <= readings[1].energy_wh <= readings[2].energy_wh
+    assert readings[2].energy_wh > readings[0].energy_wh  # noon sun at 600x
+
+
+class Tamperer:
+    """A man in the middle on TCP: rewrites the counter digits of every READ reply.
+
+    With `fix_crc` it also recomputes the CRC, so only the signature can tell.
+    """
+
+    def __init__(self, upstream_port: int, *, fix_crc: bool) -> None:
+        self.upstream_port = upstream_port
+        self.fix_crc = fix_crc
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.rewritten = 0
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = [self.listener]
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._sockets += [client, upstream]
+        for args in ((client, upstream, False), (upstream, client, True)):
+            thread = threading.Thread(target=self._pump, args=args, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, tamper: bool) -> None:
+        pending = b""
+        while True:
+            try:
+                data = source.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            if not tamper:
+                sink.sendall(data)
+                continue
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                sink.sendall(self._rewrite(line) + b"\n")
+
+    def _rewrite(self, line: bytes) -> bytes:
+        body, _, crc = line[1:].rpartition(b"*")
+        fields = body.split(b",")
+        if fields[1:3] != [b"OK", b"READ"]:
+            return line
+        fields[3] = str(int(fields[3]) + 500).encode()  # 500 Wh the meter never measured
+        self.rewritten += 1
+        body = b",".join(fields)
+        return b"$" + body + b"*" + (b"%04X" % crc16(body) if self.fix_crc else crc)
+
+    def close(self) -> None:
+        """Close every socket of the proxy."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def tamperer():
+    """Factory: a digit-rewriting proxy in front of a TCP meter; closed after the test."""
+    made: list[Tamperer] = []
+
+    def make(server: MeterServer, *, fix_crc: bool) -> Tamperer:
+        proxy = Tamperer(server.port, fix_crc=fix_crc)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def test_a_man_in_the_middle_who_keeps_the_crc_is_caught_by_the_crc(serve, connect, tamperer):
+    server = serve("supply", "tcp")
+    proxy = tamperer(server, fix_crc=False)
+    meter = connect(f"socket://127.0.0.1:{proxy.port}", timeout=0.5, retries=1)
+    address = meter.identify().address  # ID passes unchanged
+    with pytest.raises(MeterProtocolError, match="bad checksum"):
+        meter.read()
+    assert proxy.rewritten == 2  # both attempts were rewritten and both refused
+    assert server.meter.state.sequence == 2  # the meter did sign two readings, never delivered
+    assert address == server.meter.address
+
+
+def test_a_man_in_the_middle_who_fixes_the_crc_is_caught_by_the_signature(serve, connect,
+                                                                           tamperer):
+    server = serve("supply", "tcp")
+    honest = connect(server.url, timeout=0.5)
+    address = honest.identify().address
+    genuine = honest.read()
+    honest.close()
+    proxy = tamperer(server, fix_crc=True)
+    meter = connect(f"socket://127.0.0.1:{proxy.port}", timeout=0.5)
+    forged = meter.read()  # framing and CRC are fine now
+    assert proxy.rewritten == 1
+    assert forged.energy_wh >= genuine.energy_wh + 500
+    assert forged.signer(VECTOR_DOMAIN, address) != address
+    assert forged.verify(VECTOR_DOMAIN, address) is False
+    assert genuine.verify(VECTOR_DOMAIN, address) is True
+
+
+# --------------------------------------------------------------------------- the emulator process
+
+
+def start_emulator(*args: str) -> tuple[subprocess.Popen, list[tuple[str, str, str]]]:
+    """Run `python -m hardware.emulator ARGS`; return it and its (name, address, URL) lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "hardware.emulator", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    meters = []
+    count = max(1, args.count("--meter"))
+    for _ in range(count):
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"\w+ meter (\S+) (0x[0-9a-fA-F]{40}) on (\S+) .*\n", line)
+        assert match, line + proc.stderr.read()
+        meters.append(match.groups())
+    return proc, meters
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Stop the emulator process (SIGKILL: a power cut) and close its pipes."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_killed_and_restarted_emulator_continues_its_counter_and_sequence(tmp_path):
+    key_file = tmp_path / "meter.key"
+    args = ("--key-file", str(key_file), "--meter", "supply:roof-1", "--acceleration", "600",
+            "--start-hour", "11")
+    proc, [(name, address, url)] = start_emulator(*args)
+    try:
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        with MeterClient(url, timeout=1.0) as meter:
+            assert meter.identify().address == address and name == "roof-1"
+            meter.provision(VECTOR_DOMAIN)
+            before = [meter.read() for _ in range(3)]
+    finally:
+        stop(proc)  # kill -9: no chance to save anything more
+    proc, [(_, address_again, url)] = start_emulator(*args)
+    try:
+        assert address_again == address
+        with MeterClient(url, timeout=1.0) as meter:
+            identity = meter.identify()
+            assert (identity.address, identity.domain) == (address, VECTOR_DOMAIN)
+            after = meter.read()
+    finally:
+        stop(proc, signal.SIGTERM)
+    assert after.sequence == before[-1].sequence + 1  # never reused
+    assert after.energy_wh >= before[-1].energy_wh > 0  # never below what was signed
+    assert all(r.verify(VECTOR_DOMAIN, address) for r in (*before, after))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_one_emulator_serves_several_meters_each_with_its_own_key(tmp_path):
+    proc, meters = start_emulator("--key-dir", str(tmp_path / "keys"), "--meter",
+                                  "supply:roof-1", "--meter", "load:house-1", "--meter",
+                                  "load:house-2")
+    try:
+        assert [m[0] for m in meters] == ["roof-1", "house-1", "house-2"]
+        assert len({m[1] for m in meters}) == 3
+        for _, address, url in meters:
+            with MeterClient(url, timeout=1.0) as meter:
+                meter.provision(VECTOR_DOMAIN)
+                assert meter.read().verify(VECTOR_DOMAIN, address)
+        assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == \
+            ["house-1.key", "house-2.key", "roof-1.key"]
+    finally:
+        stop(proc, signal.SIGTERM)
+    assert proc.returncode == 0

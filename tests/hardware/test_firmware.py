@@ -1,7 +1,9 @@
 """The firmware sketch, compiled with g++ against small Arduino shims and driven frame by frame.
 
 The harness (hardware/firmware/host/harness.cpp) simulates millis(), the relay pin, a fake INA226
-on I2C and the EEPROM; these tests check the sketch against PROTOCOL.md through the Python parser.
+on I2C and the EEPROM, and backs the sketch's signing interface with libsecp256k1; these tests
+check the sketch against PROTOCOL.md through the Python parser, and its Keccak-256 and EIP-712
+message building against eth-account.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from eth_account import Account
+from eth_utils import keccak
 
 from hardware.emulator import ERROR_TEXT
 from hardware.protocol import (
@@ -20,13 +24,23 @@ from hardware.protocol import (
     Identity,
     LineBuffer,
     MeterProtocolError,
-    Reading,
     Request,
+    SignedReading,
     crc16,
     encode_error,
     encode_frame,
     parse_reply,
     parse_request,
+)
+from hardware.signing import Domain
+from tests.hardware.conftest import (
+    VECTOR_DOMAIN,
+    VECTOR_ENERGY_WH,
+    VECTOR_KEY,
+    VECTOR_SEQUENCE,
+    documented_vector,
+    eth_account_signature,
+    require_in_ci,
 )
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "hardware" / "firmware"
@@ -41,10 +55,13 @@ def binary(tmp_path_factory) -> Path:
     """The harness built into a temporary directory (with sanitizers when they work here)."""
     gxx = shutil.which("g++")
     if gxx is None:
-        pytest.skip("g++ is not installed")
+        require_in_ci("g++ is not installed")
+    headers = [Path(d) / "secp256k1_recovery.h" for d in ("/usr/include", "/usr/local/include")]
+    if not any(h.exists() for h in headers):
+        require_in_ci("libsecp256k1 headers are missing (apt-get install libsecp256k1-dev)")
     out = tmp_path_factory.mktemp("firmware") / "meter-harness"
     sources = ["-I", str(FIRMWARE / "host"), "-I", str(FIRMWARE / "meter"),
-               str(FIRMWARE / "host" / "harness.cpp"), "-o", str(out)]
+               str(FIRMWARE / "host" / "harness.cpp"), "-o", str(out), "-lsecp256k1"]
     build = subprocess.run([gxx, *WARNINGS, *SANITIZERS, *sources], capture_output=True,
                            text=True)
     if build.returncode != 0 and "sanitize" in build.stderr:
@@ -86,6 +103,22 @@ class Harness:
         """Let simulated time pass, running loop() every 10 ms."""
         assert self.directive(f"#advance {ms}") == "#ok"
 
+    def read(self) -> SignedReading:
+        """A READ, decoded (it must succeed)."""
+        _, reply = self.ask("READ")
+        assert reply.ok, reply
+        return SignedReading.from_fields(reply.values)
+
+    def identity(self) -> Identity:
+        """An ID, decoded."""
+        return Identity.from_fields(self.ask("ID")[1].values)
+
+    def install(self, domain: Domain):
+        """Send INSTALL; return the decoded reply."""
+        self._seq += 1
+        [reply] = self.line(Request(self._seq, "INSTALL", domain=domain).encode()[:-1])
+        return parse_reply(reply)
+
     def relay_pin(self) -> int:
         """The relay output: 1 energised (closed), 0 open."""
         return int(self.directive("#pin").split()[1])
@@ -108,8 +141,8 @@ class Harness:
 
 
 @pytest.fixture
-def fw(binary):
-    """A freshly booted meter with the sensor reading 24 V, 10 A (240 W)."""
+def fresh(binary):
+    """A meter booted for the first time (it makes its key), not provisioned, sensor 24 V 10 A."""
     harness = Harness(binary)
     harness.directive("#sensor 24000 10000")
     harness.advance(200)
@@ -117,29 +150,132 @@ def fw(binary):
     assert harness.close() == 0
 
 
-def test_identify_follows_the_protocol(fw):
-    seq, reply = fw.ask("ID")
+@pytest.fixture
+def fw(fresh):
+    """A freshly booted meter, provisioned for the test vector's domain, reading 240 W."""
+    assert fresh.install(VECTOR_DOMAIN).ok
+    return fresh
+
+
+def test_identify_follows_the_protocol(fresh):
+    seq, reply = fresh.ask("ID")
     assert (reply.seq, reply.ok, reply.command) == (seq, True, "ID")
-    assert Identity.from_fields(reply.values) == Identity("meter-01", "1.0.0", "supply", 1000, 10)
+    identity = Identity.from_fields(reply.values)
+    assert identity == Identity("meter-01", "2.0.0", "supply", 1000, 10, identity.address)
+    assert identity.provisioned is False and identity.protocol == 2
+    assert fresh.directive("#reboot") == "#ok"
+    assert fresh.identity().address == identity.address  # the key is kept in EEPROM
+    assert fresh.directive("#wipe") == "#ok"
+    assert fresh.identity().address != identity.address  # an erased meter is a new meter
+
+
+def test_the_test_vector_comes_out_of_a_real_read(fw):
+    fw.directive("#setkey " + VECTOR_KEY.hex())
+    fw.directive(f"#setcounter {VECTOR_ENERGY_WH} {VECTOR_SEQUENCE - 1}")
+    fw.directive("#sensor 0 0")
+    fw.advance(200)
+    assert fw.identity() == Identity("meter-01", "2.0.0", "supply", 1000, 10,
+                                     Account.from_key(VECTOR_KEY).address, VECTOR_DOMAIN)
+    reading = fw.read()
+    assert (reading.energy_wh, reading.sequence) == (VECTOR_ENERGY_WH, VECTOR_SEQUENCE)
+    _, expected = eth_account_signature(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH,
+                                        VECTOR_SEQUENCE)
+    assert reading.signature == expected
+    assert "0x" + reading.signature.hex() == documented_vector()["signature"]
+
+
+def test_readings_signed_by_the_sketch_verify_for_random_counters_and_sequences(fresh, binary):
+    rng = random.Random(65)
+    fresh.directive("#sensor 0 0")
+    for _ in range(12):
+        domain = Domain(rng.randint(1, 2**64 - 1), "0x" + rng.randbytes(20).hex())
+        energy, last = rng.randint(0, 2**32 - 2), rng.randint(0, 2**32 - 300)
+        fresh.directive("#wipe")  # a new meter, a new key, for each domain
+        fresh.directive(f"#setcounter {energy} {last}")
+        fresh.advance(100)
+        assert fresh.install(domain).ok
+        address = fresh.identity().address
+        reading = fresh.read()
+        assert (reading.energy_wh, reading.sequence) == (energy, last + 1)
+        assert reading.signer(domain, address) == address
+        # Recovered the way a contract or eth-account does it, from the digest alone:
+        assert Account._recover_hash(reading.digest(domain, address),
+                                     signature=reading.signature) == address
+        assert int.from_bytes(reading.signature[32:64], "big") <= 2**255  # low s
+        assert reading.verify(Domain(domain.chain_id % (2**64 - 1) + 1, domain.registry),
+                              address) is False  # another chain: another signer
+
+
+def test_sketch_keccak_matches_ethereum_keccak(fresh):
+    rng = random.Random(256)
+    for length in [0, 1, 55, 64, 135, 136, 137, 200, 272, 300]:
+        data = rng.randbytes(length)
+        assert fresh.directive("#keccak " + data.hex()) == "#keccak 0x" + keccak(data).hex()
+
+
+def test_a_signed_reading_costs_two_keccak_permutations_and_one_signature(fw):
+    fw.read()  # the first one also hashes the Reading type string once
+    before = [int(x) for x in fw.directive("#stats").split()[1:]]
+    for _ in range(5):
+        fw.read()
+    after = [int(x) for x in fw.directive("#stats").split()[1:]]
+    assert (after[0] - before[0], after[1] - before[1]) == (2 * 5, 5)
+
+
+def test_read_is_refused_until_installed_and_install_is_once(fresh):
+    seq, reply = fresh.ask("READ")
+    assert (reply.seq, reply.ok, reply.code) == (seq, False, ErrorCode.NOT_PROVISIONED)
+    reply = fresh.install(VECTOR_DOMAIN)
+    assert reply.values == ("31337", VECTOR_DOMAIN.registry.lower())
+    assert fresh.install(VECTOR_DOMAIN).ok  # the same values again: OK, idempotent
+    for other in (Domain(1, VECTOR_DOMAIN.registry), Domain(31337, "0x" + "ab" * 20)):
+        refused = fresh.install(other)
+        assert (refused.ok, refused.code) == (False, ErrorCode.ALREADY_PROVISIONED)
+    fresh.directive("#reboot")
+    assert fresh.identity().domain == VECTOR_DOMAIN  # kept in EEPROM
+    assert not fresh.install(Domain(7, VECTOR_DOMAIN.registry)).ok
+    fresh.advance(100)
+    assert fresh.read().verify(VECTOR_DOMAIN, fresh.identity().address)
+
+
+def test_the_key_never_leaves_the_meter(fw):
+    fw.directive("#setkey " + VECTOR_KEY.hex())
+    fw.advance(100)
+    out = b"".join(fw.line(Request(i, cmd).encode()[:-1])[0]
+                   for i, cmd in enumerate(("ID", "READ", "HB", "READ", "ID"), start=1))
+    out += b"".join(b"".join(fw.line(line)) for line in fuzz_lines(random.Random(3), 300))
+    assert VECTOR_KEY.hex().encode() not in out.lower()
+
+
+def test_sequence_grows_and_a_power_cut_skips_numbers_but_never_reuses_one(fw):
+    sequences = [fw.read().sequence for _ in range(5)]
+    assert sequences == list(range(sequences[0], sequences[0] + 5))
+    for _ in range(3):
+        fw.directive("#reboot")  # a power cut
+        fw.advance(100)
+        after = fw.read().sequence
+        assert after > sequences[-1]
+        sequences.append(after)
+    assert int(fw.directive("#eeprom").split()[1]) < 20  # reserved 256 at a time, not each
 
 
 def test_read_converts_the_sensor_registers(fw):
     _, reply = fw.ask("READ")
-    reading = Reading.from_fields(reply.values)
+    reading = SignedReading.from_fields(reply.values)
     assert (reading.power_w, reading.voltage_v, reading.current_a) == (240.0, 24.0, 10.0)
     assert reading.relay_closed is False and reading.samples == 2  # 200 ms at 100 ms a sample
     fw.directive("#sensor 12340 -1500")
     fw.advance(100)
-    reading = Reading.from_fields(fw.ask("READ")[1].values)
+    reading = fw.read()
     assert (reading.power_w, reading.voltage_v, reading.current_a) == (-18.5, 12.34, -1.5)
 
 
 def test_energy_counts_forward_power_only(fw):
     fw.advance(3_600_000)  # one hour at 240 W
-    assert Reading.from_fields(fw.ask("READ")[1].values).energy_wh == 240
+    assert fw.read().energy_wh == 240
     fw.directive("#sensor 24000 -10000")  # current flowing backwards is not counted
     fw.advance(600_000)
-    assert Reading.from_fields(fw.ask("READ")[1].values).energy_wh == 240
+    assert fw.read().energy_wh == 240
 
 
 def test_relay_commands_are_idempotent(fw):
@@ -151,7 +287,7 @@ def test_relay_commands_are_idempotent(fw):
     for _ in range(2):
         assert fw.ask("RELAY", False)[1].values == ("0",)
         assert fw.relay_pin() == 0
-    assert Reading.from_fields(fw.ask("READ")[1].values).relay_closed is False
+    assert fw.read().relay_closed is False
 
 
 def error(seq: int, code: ErrorCode) -> bytes:
@@ -192,7 +328,7 @@ def test_watchdog_opens_the_relay_after_exactly_n_seconds_of_silence(fw):
     assert fw.relay_pin() == 1
     fw.advance(10)
     assert fw.relay_pin() == 0
-    assert Reading.from_fields(fw.ask("READ")[1].values).relay_closed is False
+    assert fw.read().relay_closed is False
 
 
 def test_garbage_does_not_feed_the_watchdog(fw):
@@ -219,19 +355,24 @@ def test_sensor_fault_refuses_read_and_lets_the_watchdog_act(fw):
     assert fw.ask("READ")[1].ok
 
 
-def test_counter_survives_a_reset_at_most_10_wh_lower_with_little_eeprom_wear(fw):
+def test_counter_survives_a_reset_never_below_what_was_signed_with_little_eeprom_wear(fw):
     fw.directive("#sensor 24500 10000")  # 245 W
     fw.ask("RELAY", True)
+    writes = int(fw.directive("#eeprom").split()[1])
     fw.advance(3_600_000)
-    before = Reading.from_fields(fw.ask("READ")[1].values)
-    assert before.energy_wh == 245
-    assert int(fw.directive("#eeprom").split()[1]) == 24  # one write per 10 Wh
+    assert int(fw.directive("#eeprom").split()[1]) - writes == 24  # one write per 10 Wh
+    before = fw.read()
+    assert before.energy_wh == 245  # signed: saved before it was signed
+    fw.advance(3600 * 1000 * 8 // 245)  # 8 Wh more, measured but not yet saved or signed
     assert fw.directive("#reboot") == "#ok"
     assert fw.relay_pin() == 0  # open after a reset
     fw.advance(100)
-    after = Reading.from_fields(fw.ask("READ")[1].values)
-    assert before.energy_wh - 10 <= after.energy_wh <= before.energy_wh
+    after = fw.read()
+    assert after.energy_wh == before.energy_wh  # the unsigned 8 Wh are lost, never invented
+    assert after.sequence > before.sequence
     assert after.samples < before.samples and after.relay_closed is False
+    fw.advance(3_600_000)
+    assert 245 + 245 - 1 <= fw.read().energy_wh <= 245 + 245
 
 
 def expected_reply(line: bytes) -> bytes | tuple[int, str] | None:
@@ -293,3 +434,39 @@ def test_firmware_answers_thousands_of_random_lines_exactly_like_the_reference_p
             assert (reply.seq, reply.command, reply.ok) == (*want, True), line
             oks += 1
     assert oks > 1000  # the corpus reached the commands, not only the framing checks
+
+
+def install_lines(rng: random.Random, count: int) -> list[bytes]:
+    """INSTALL frames with a correct CRC: valid ones and near misses of every argument rule."""
+    registry = "0x" + "5fbdb2315678afecb367f032d93f642f64180aa3"
+    chains = ["1", "31337", str(2**64 - 1), str(2**64), "0", "031337", "", "12a", "9" * 21,
+              str(2**63)]
+    addresses = [registry, registry.upper(), "0X" + registry[2:], registry[:-1], registry + "0",
+                 registry[:5] + "G" + registry[6:], "", "0x" + "0" * 40]
+    out = []
+    for _ in range(count):
+        args = [rng.choice(chains), rng.choice(addresses)]
+        if rng.random() < 0.1:
+            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
+        body = ",".join([str(rng.randint(1, 65535)), "INSTALL", *args]).encode()
+        out.append(b"$" + body + b"*%04X" % crc16(body))
+    return out
+
+
+def test_firmware_parses_install_exactly_like_the_reference_parser(fresh):
+    accepted = None
+    for line in install_lines(random.Random(8), 400):
+        [reply_line] = fresh.line(line)
+        reply = parse_reply(reply_line)
+        try:
+            request = parse_request(line)
+        except MeterProtocolError as exc:
+            assert (reply.seq, reply.ok, reply.code) == (exc.seq, False, exc.code), line
+            continue
+        accepted = accepted or request.domain  # the first valid INSTALL fixes the domain
+        if request.domain == accepted:
+            assert reply.ok and reply.values == (str(accepted.chain_id),
+                                                 accepted.registry.lower()), line
+        else:
+            assert (reply.ok, reply.code) == (False, ErrorCode.ALREADY_PROVISIONED), line
+    assert accepted is not None

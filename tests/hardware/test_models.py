@@ -8,7 +8,15 @@ import pytest
 
 from hardware.emulator import EmulatedMeter, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
-from hardware.protocol import ErrorCode, Identity, Reading, Request, encode_frame, parse_reply
+from hardware.protocol import (
+    ErrorCode,
+    Identity,
+    Request,
+    SignedReading,
+    encode_frame,
+    parse_reply,
+)
+from tests.hardware.conftest import VECTOR_DOMAIN
 
 
 class FakeClock:
@@ -112,14 +120,17 @@ def test_load_draws_only_while_connected_and_drains_the_battery():
 
 
 def make_meter(kind: str, *, acceleration: float = 1.0, hour: float = 12.0,
-               battery_wh: float = 2400, **kwargs):
-    """An EmulatedMeter on a fresh plant with a hand-moved clock."""
+               battery_wh: float = 2400, provisioned: bool = True, **kwargs):
+    """An EmulatedMeter (provisioned unless told) on a fresh plant with a hand-moved clock."""
     clock = FakeClock()
     plant = Plant(pv=SolarArray(peak_w=800),
                   battery=LeadAcidBattery(capacity_wh=battery_wh, soc=0.6),
                   load=LoadProfile.constant(400), time_s=hour * 3600)
     grid = Microgrid(plant, acceleration=acceleration, clock=clock)
-    return EmulatedMeter(kind, grid, **kwargs), clock
+    meter = EmulatedMeter(kind, grid, **kwargs)
+    if provisioned:
+        assert meter.provision(VECTOR_DOMAIN)
+    return meter, clock
 
 
 def ask(meter: EmulatedMeter, request: Request):
@@ -128,9 +139,14 @@ def ask(meter: EmulatedMeter, request: Request):
 
 
 def test_identify_reports_the_rating_times_the_acceleration():
-    meter, _ = make_meter("supply", acceleration=60, meter_id="roof-1", watchdog_s=7)
+    meter, _ = make_meter("supply", acceleration=60, meter_id="roof-1", watchdog_s=7,
+                          provisioned=False)
     identity = Identity.from_fields(ask(meter, Request(1, "ID")).values)
-    assert identity == Identity("roof-1", "emulator-1.0", "supply", 800 * 60, 7)
+    assert identity == Identity("roof-1", "emulator-2.0", "supply", 800 * 60, 7, meter.address)
+    assert identity.provisioned is False
+    assert ask(meter, Request(2, "INSTALL", domain=VECTOR_DOMAIN)).ok
+    identity = Identity.from_fields(ask(meter, Request(3, "ID")).values)
+    assert identity.domain == VECTOR_DOMAIN and identity.address == meter.address
 
 
 def test_a_rating_below_the_peak_power_is_refused():
@@ -143,12 +159,12 @@ def test_a_rating_below_the_peak_power_is_refused():
 def test_supply_counter_follows_the_sun_within_the_rated_power():
     meter, clock = make_meter("supply", acceleration=60, hour=4.0, battery_wh=50_000)
     rated = meter.identity.rated_power_w
-    last = Reading.from_fields(ask(meter, Request(1, "READ")).values)
+    last = SignedReading.from_fields(ask(meter, Request(1, "READ")).values)
     gains = []
     for i in range(2, 2 + 24 * 6):  # ten simulated minutes per 10 s step, a whole day
         clock.now += 10
         meter.tick()
-        reading = Reading.from_fields(ask(meter, Request(i, "READ")).values)
+        reading = SignedReading.from_fields(ask(meter, Request(i, "READ")).values)
         gain = reading.energy_wh - last.energy_wh
         assert 0 <= gain <= rated * 10 / 3600 + 1  # what the registry will check
         gains.append((meter.grid.plant.hour, gain))

@@ -8,23 +8,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dapp.errors import MeterError
 from hardware.protocol import (
     MAX_LINE,
+    MAX_REPLY,
     ErrorCode,
     Identity,
     LineBuffer,
+    MeterError,
     MeterProtocolError,
-    Reading,
     Request,
+    SignedReading,
     crc16,
     decode_frame,
     encode_error,
     encode_frame,
     encode_ok,
+    parse_provision,
     parse_reply,
     parse_request,
 )
+from hardware.signing import Domain
+from tests.hardware.conftest import VECTOR_DOMAIN
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -34,7 +38,10 @@ VALID_REQUESTS = [
     Request(7, "RELAY", True),
     Request(65535, "RELAY", False),
     Request(300, "HB"),
+    Request(9, "INSTALL", domain=VECTOR_DOMAIN),
+    Request(65535, "INSTALL", domain=Domain(2**64 - 1, "0x" + "ff" * 20)),
 ]
+REGISTRY = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
 
 
 def frame(body: str) -> bytes:
@@ -91,6 +98,15 @@ def test_requests_round_trip_with_lf_or_crlf(request_):
         (frame("17,RELAY,1,1"), ErrorCode.BAD_ARGUMENT, 17),
         (frame("17,READ,1"), ErrorCode.BAD_ARGUMENT, 17),
         (b"$" + b"1" * MAX_LINE, ErrorCode.LINE_TOO_LONG, 0),
+        (frame(f"17,INSTALL,31337,{REGISTRY}"[:-1]), ErrorCode.BAD_ARGUMENT, 17),  # 39 digits
+        (frame(f"17,INSTALL,31337,{REGISTRY.upper()[2:]}"), ErrorCode.BAD_ARGUMENT, 17),
+        (frame(f"17,INSTALL,31337,{REGISTRY[:10].upper()}{REGISTRY[10:]}"),
+         ErrorCode.BAD_ARGUMENT, 17),  # upper case: one spelling per address
+        (frame(f"17,INSTALL,0,{REGISTRY}"), ErrorCode.BAD_ARGUMENT, 17),  # no chain 0
+        (frame(f"17,INSTALL,031337,{REGISTRY}"), ErrorCode.BAD_ARGUMENT, 17),
+        (frame(f"17,INSTALL,{2**64},{REGISTRY}"), ErrorCode.BAD_ARGUMENT, 17),
+        (frame("17,INSTALL,31337"), ErrorCode.BAD_ARGUMENT, 17),
+        (frame(f"17,INSTALL,31337,{REGISTRY},1"), ErrorCode.BAD_ARGUMENT, 17),
     ],
 )
 def test_bad_requests_get_the_documented_error_code(line, code, seq):
@@ -223,47 +239,75 @@ def test_thousands_of_damaged_relay_open_frames_never_close_the_relay():
 # --------------------------------------------------------------------------- replies
 
 
+SIGNATURE = bytes(range(64)) + b"\x1b"
+ADDRESS = "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"
+
+
 def test_replies_round_trip_and_requests_are_not_replies():
-    reading = Reading(1234, 812.4, 24.63, 32.984, True, 99)
-    reply = parse_reply(encode_ok(9, "READ", reading.fields()))
-    assert (reply.seq, reply.ok, reply.command) == (9, True, "READ")
-    assert Reading.from_fields(reply.values) == reading
-    identity = Identity("meter-01", "1.0.0", "load", 1500, 10)
-    assert Identity.from_fields(parse_reply(encode_ok(3, "ID", identity.fields())).values) \
-        == identity
+    reading = SignedReading(1234, 812.4, 24.63, 32.984, True, 99, 2**64 - 1, SIGNATURE)
+    line = encode_ok(65535, "READ", reading.fields())
+    assert MAX_LINE < len(line) - 1 <= MAX_REPLY  # longer than a request may be
+    reply = parse_reply(line)
+    assert (reply.seq, reply.ok, reply.command) == (65535, True, "READ")
+    assert SignedReading.from_fields(reply.values) == reading
+    for identity in (Identity("meter-01", "1.0.0", "load", 1500, 10, ADDRESS),
+                     Identity("m" * 32, "f" * 32, "supply", 65535, 3600, ADDRESS,
+                              Domain(2**64 - 1, "0x" + "ab" * 20))):
+        line = encode_ok(65535, "ID", identity.fields())
+        assert len(line) - 1 <= MAX_REPLY
+        assert Identity.from_fields(parse_reply(line).values) == identity
+    assert parse_provision(parse_reply(encode_ok(4, "INSTALL", ("31337", REGISTRY))).values) \
+        == VECTOR_DOMAIN
     err = parse_reply(encode_error(0, ErrorCode.BAD_CHECKSUM, "bad checksum"))
     assert (err.seq, err.ok, err.code, err.message) == (0, False, 1, "bad checksum")
     with pytest.raises(MeterProtocolError, match="not a reply"):
         parse_reply(Request(9, "RELAY", True).encode())  # an echo of our own request
 
 
+SIG = "0x" + SIGNATURE.hex()
+
+
 @pytest.mark.parametrize(
     "values",
     [
-        ("1234", "812.4", "24.63", "32.984", "1"),  # a field missing
-        ("-5", "812.4", "24.63", "32.984", "1", "99"),  # negative counter
-        ("1234", "8e2", "24.63", "32.984", "1", "99"),
-        ("1234", "812.4", "24.63", "32.984", "2", "99"),  # relay neither 0 nor 1
-        ("1234", "812.4", "", "32.984", "1", "99"),
-        ("01234", "812.4", "24.63", "32.984", "1", "99"),
+        ("1234", "812.4", "24.63", "32.984", "1", "99", "5"),  # a field missing
+        ("-5", "812.4", "24.63", "32.984", "1", "99", "5", SIG),  # negative counter
+        ("1234", "8e2", "24.63", "32.984", "1", "99", "5", SIG),
+        ("1234", "812.4", "24.63", "32.984", "2", "99", "5", SIG),  # relay neither 0 nor 1
+        ("1234", "812.4", "", "32.984", "1", "99", "5", SIG),
+        ("01234", "812.4", "24.63", "32.984", "1", "99", "5", SIG),
+        ("1234", "812.4", "24.63", "32.984", "1", "99", "05", SIG),
+        ("1234", "812.4", "24.63", "32.984", "1", "99", str(2**64), SIG),  # not a uint64
+        ("1234", "812.4", "24.63", "32.984", "1", "99", "5", SIG[:-2] + "1d"),  # v = 29
+        ("1234", "812.4", "24.63", "32.984", "1", "99", "5", SIG[:-4] + "1b"),  # 64 bytes
+        ("1234", "812.4", "24.63", "32.984", "1", "99", "5", SIG.upper()),
     ],
 )
 def test_malformed_read_values_are_protocol_errors(values):
     with pytest.raises(MeterProtocolError):
-        Reading.from_fields(values)
+        SignedReading.from_fields(values)
+
+
+GOOD_ID = ("m", "1", "supply", "100", "10", "2", ADDRESS.lower(), "1", "31337", REGISTRY)
 
 
 @pytest.mark.parametrize(
     "values",
     [
-        ("m", "1", "battery", "100", "10", "1"),  # unknown kind
-        ("m", "1", "supply", "0", "10", "1"),  # zero rating
-        ("m", "1", "supply", "100", "0", "1"),  # watchdog off is not allowed
-        ("m e", "1", "supply", "100", "10", "1"),
-        ("m", "1", "supply", "100", "10"),
+        ("m", "1", "battery", *GOOD_ID[3:]),  # unknown kind
+        (*GOOD_ID[:3], "0", *GOOD_ID[4:]),  # zero rating
+        (*GOOD_ID[:4], "0", *GOOD_ID[5:]),  # watchdog off is not allowed
+        ("m e", *GOOD_ID[1:]),
+        GOOD_ID[:-1],
+        (*GOOD_ID[:6], ADDRESS, *GOOD_ID[7:]),  # upper case in the address
+        (*GOOD_ID[:6], "0x" + "0" * 40, *GOOD_ID[7:]),  # no key: no identity
+        (*GOOD_ID[:7], "0", *GOOD_ID[8:]),  # a domain without being provisioned
+        (*GOOD_ID[:8], "0", GOOD_ID[9]),  # provisioned for chain 0
+        (*GOOD_ID[:7], "2", *GOOD_ID[8:]),
     ],
 )
 def test_malformed_identity_values_are_protocol_errors(values):
+    Identity.from_fields(GOOD_ID)  # the unchanged reply parses
     with pytest.raises(MeterProtocolError):
         Identity.from_fields(values)
 

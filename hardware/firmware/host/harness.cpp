@@ -1,7 +1,8 @@
-// Host harness: builds meter.ino with the shims in this directory and drives it from stdin.
+// Host harness: builds meter.ino (with its Keccak-256 and EIP-712 code) with the shims in this
+// directory and the signing interface on libsecp256k1, and drives it from stdin.
 //
 //   g++ -std=c++17 -Wall -Wextra -Werror -Ihardware/firmware/host -Ihardware/firmware/meter
-//       -o meter-harness hardware/firmware/host/harness.cpp
+//       -o meter-harness hardware/firmware/host/harness.cpp -lsecp256k1
 //
 // Each stdin line is either a frame for the meter (sent with a LF; the meter's output follows,
 // then "#end") or a directive (answered with one "#..." line):
@@ -12,11 +13,20 @@
 //   #pin               print "#pin 0|1": the relay output
 //   #eeprom            print "#eeprom WRITES"
 //   #reboot            run setup() again (RAM state restarts, EEPROM is kept)
+//   #wipe              erase the whole EEPROM and reboot: a new meter (a new key at first boot)
+//   #setkey HEX        store this private key as if made at first boot, then reboot
+//   #setcounter WH SEQ erase counter and sequence slots, store WH and SEQ (the last sequence
+//                      used), then reboot: the next reading is WH at sequence SEQ + 1
+//   #keccak HEX        print "#keccak DIGEST" computed by the sketch's Keccak-256
+//   #stats             print "#stats PERMUTATIONS SIGNATURES" since the harness started
 #include <iostream>
 #include <string>
 
 #include "Arduino.h"
+#include "eip712.cpp"
+#include "keccak256.cpp"
 #include "meter.ino"
+#include "meter_sign_secp256k1.cpp"
 
 static void flushOutput() {
   std::cout << Serial.tx;
@@ -71,6 +81,37 @@ int main() {
     } else if (input == "#reboot") {
       setup();
       std::cout << "#ok" << std::endl;
+    } else if (input == "#wipe") {
+      memset(EEPROM.bytes, 0xFF, sizeof EEPROM.bytes);
+      setup();
+      std::cout << "#ok" << std::endl;
+    } else if (input.rfind("#setkey ", 0) == 0) {
+      std::string key = fromHex(input.substr(8));
+      KeyRecord record;
+      record.magic = KEY_MAGIC;
+      memcpy(record.privateKey, key.data(), key.size() < 32 ? key.size() : 32);
+      record.crc = crcBytes(record.privateKey, 32);
+      EEPROM.put(EE_KEY, record);
+      setup();
+      std::cout << "#ok" << std::endl;
+    } else if (input.rfind("#setcounter ", 0) == 0) {
+      unsigned long wh = 0, sequence = 0;
+      sscanf(input.c_str() + 12, "%lu %lu", &wh, &sequence);
+      memset(EEPROM.bytes + EE_COUNTER, 0xFF, 4 * EEPROM_SLOTS);
+      memset(EEPROM.bytes + EE_SEQUENCE, 0xFF, 4 * SEQUENCE_SLOTS);
+      EEPROM.put(EE_COUNTER, (uint32_t)wh);
+      EEPROM.put(EE_SEQUENCE, (uint32_t)sequence);
+      setup();
+      std::cout << "#ok" << std::endl;
+    } else if (input.rfind("#keccak ", 0) == 0 || input == "#keccak") {
+      std::string data = input.size() > 8 ? fromHex(input.substr(8)) : std::string();
+      uint8_t digest[32];
+      keccak256((const uint8_t *)data.data(), data.size(), digest);
+      char hex[67];
+      appendHex(hex, digest, 32);
+      std::cout << "#keccak " << hex << std::endl;
+    } else if (input == "#stats") {
+      std::cout << "#stats " << keccakPermutations << " " << harnessSignatures << std::endl;
     } else {
       feed(input + "\n");
     }
