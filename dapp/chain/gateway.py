@@ -36,7 +36,7 @@ from typing import Any
 import requests
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from dapp import __version__
 
@@ -292,6 +292,13 @@ class Gateway:
         return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per request (a busy client makes thousands; refusals are logged)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Skip the access log."""
+
+
 def serve(gateway: Gateway, host: str, port: int) -> BaseWSGIServer:
     """A threaded werkzeug server for `gateway` on host:port (call serve_forever)."""
-    return make_server(host, port, gateway.app(), threaded=True)
+    return make_server(host, port, gateway.app(), threaded=True, request_handler=_QuietHandler)
