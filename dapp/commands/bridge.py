@@ -76,7 +76,8 @@ def _chain(args: argparse.Namespace, subdir: str):
 
     # Own subdirectory: a web server on the same data directory keeps its own outbox and
     # listener cursor, and two processes must not rewrite the same files.
-    return ChainClient(args.rpc, Path(args.data_dir) / subdir, market=args.market)
+    return ChainClient(args.rpc, Path(args.data_dir) / subdir, market=args.market,
+                       operator=args.operator)
 
 
 def cmd_meter_register(args: argparse.Namespace) -> int:
@@ -236,3 +237,6 @@ def _chain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--market", default=env("MARKET"),
                    help="EnergyMarket address; found automatically if not given "
                    "(MICROGRID_MARKET)")
+    p.add_argument("--operator", default=env("OPERATOR"),
+                   help="take only a deployment this grid operator account runs, when the "
+                   "chain holds several (MICROGRID_OPERATOR)")

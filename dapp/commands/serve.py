@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "RPC": args.rpc,
         "DATA_DIR": args.data_dir,
         "MARKET": args.market,
+        "OPERATOR": args.operator,
         "KDF_N": args.kdf_n,
         "FINALIZER_ADDRESS": args.finalizer,
         "FINALIZER_PASSPHRASE_FILE": args.finalizer_passphrase_file,
@@ -151,6 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="port (MICROGRID_WEB_PORT; default 3000)")
     p.add_argument("--market", default=env("MARKET"),
                    help="EnergyMarket address; default: discovered on the chain (MICROGRID_MARKET)")
+    p.add_argument("--operator", default=env("OPERATOR"),
+                   help="take only a deployment this grid operator account runs, when the "
+                   "chain holds several (MICROGRID_OPERATOR)")
     p.add_argument("--finalizer", default=env("FINALIZER"),
                    help="keystore account that finalizes ended auctions (MICROGRID_FINALIZER); "
                    "without it users finalize with a button")

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "RPC": "http://127.0.0.1:8545",
     "DATA_DIR": "data",
     "MARKET": None,
+    "OPERATOR": None,
     "RPC_TIMEOUT": 10.0,
     "KDF_N": GETH_SCRYPT_N,
     "SESSION_IDLE_TIMEOUT": 1800,
@@ -117,6 +118,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secret_key(data_dir)
 
     client = ChainClient(app.config["RPC"], data_dir, market=app.config["MARKET"] or None,
+                         operator=app.config["OPERATOR"] or None,
                          timeout=float(app.config["RPC_TIMEOUT"]))
     keystore = Keystore(data_dir / "keystore", scrypt_n=int(app.config["KDF_N"]))
     socketio = make_socketio()
