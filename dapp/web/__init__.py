@@ -27,6 +27,7 @@ from dapp.errors import WalletError
 from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
+from dapp.web import hosts
 from dapp.web.extensions import Microgrid, make_socketio
 from dapp.web.security import CSRFError, check_csrf, csrf_token, current_user
 
@@ -147,6 +148,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     sockets.register_handlers(socketio, ext)
     _register_hooks(app, ext)
+    hosts.init_app(app)  # Host allow-list, proxies, TLS cookie, who may add accounts
     return app
 
 
