@@ -5,9 +5,11 @@ from __future__ import annotations
 import html
 
 import pytest
+import requests
+import socketio
 
 from dapp.web.hosts import allowed_hosts
-from tests.web.conftest import PASSPHRASE, Browser
+from tests.web.conftest import PASSPHRASE, Browser, LiveServer
 
 FOREIGN = ["evil.example", "evil.example:3000", "localhost.evil.example", "127.0.0.1.nip.io",
            "", "loc alhost", "[::2]:3000", "x" * 300]
@@ -136,3 +138,19 @@ def test_accounts_from_the_network_when_allowed_and_limited_per_client(make_app,
                         headers={"X-CSRF-Token": token}, json={"passphrase": "x"})
     assert reply.status_code == 429
     assert "Too many new accounts from here; wait" in reply.get_json()["error"]
+
+
+def test_a_live_server_refuses_a_foreign_host_for_pages_api_and_socketio(make_app, world):
+    live = LiveServer(make_app(START_BACKGROUND=True)).start()
+    try:
+        for path in ("/", "/api/v1/accounts", "/socket.io/?EIO=4&transport=polling"):
+            reply = requests.get(live.url + path, headers={"Host": "evil.example"}, timeout=5)
+            assert reply.status_code == 400, path
+            assert "does not answer to the name" in reply.text
+        assert requests.get(live.url + "/api/v1/accounts", timeout=5).status_code == 200
+        client = socketio.Client(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            client.connect(live.url, transports=["polling"], wait_timeout=5,
+                           headers={"Host": "evil.example", "Origin": "http://evil.example"})
+    finally:
+        live.stop()
