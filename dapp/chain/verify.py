@@ -21,12 +21,13 @@ escrow, so a joining server checks a candidate before it trades on it:
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from eth_abi import encode as abi_encode
-from eth_utils import event_abi_to_log_topic, to_canonical_address, to_checksum_address
+from eth_utils import event_abi_to_log_topic, keccak, to_canonical_address, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 
@@ -152,11 +153,38 @@ def is_operator(w3: Web3, deployment: Deployment, account: str) -> bool:
         return False
 
 
+# Deployments that passed, by (chain id, market, hash of the market's code): the outcome depends
+# only on the three contracts' code and the operator, so a hit re-reads just those.
+_passed: dict[tuple[int, str, bytes], tuple[Deployment, bytes, bytes]] = {}
+_passed_lock = threading.Lock()
+
+
+def _code_hash(w3: Web3, address: str) -> bytes:
+    return keccak(bytes(w3.eth.get_code(to_checksum_address(address))))
+
+
 def check(w3: Web3, market: str, block: int, scan: Callable[..., list[dict]]) -> Deployment:
     """The verified Deployment whose market is `market`; DeploymentRejected says what is wrong."""
     market = to_checksum_address(market)
     if not has_code(w3, market):
         raise DeploymentRejected(f"no contract at {market} on this chain")
+    key = (int(w3.eth.chain_id), market, _code_hash(w3, market))
+    with _passed_lock:
+        hit = _passed.get(key)
+    if hit is not None:
+        dep, token_hash, registry_hash = hit
+        if (_code_hash(w3, dep.token) == token_hash
+                and _code_hash(w3, dep.registry) == registry_hash
+                and (first_operator(w3, dep.registry, scan) or "") == dep.operator):
+            return replace(dep, block=block)
+    dep = _check(w3, market, block, scan)
+    with _passed_lock:
+        _passed[key] = (dep, _code_hash(w3, dep.token), _code_hash(w3, dep.registry))
+    return dep
+
+
+def _check(w3: Web3, market: str, block: int, scan: Callable[..., list[dict]]) -> Deployment:
+    """check() without the memo."""
     reported = views(w3, ROLES["market"], market)
     addresses = {"market": market}
     for role in ("token", "registry"):
