@@ -111,6 +111,7 @@ class ChainClient:
         data_dir: Path,
         *,
         market: str | None = None,
+        operator: str | None = None,
         timeout: float = 10.0,
         w3: Web3 | None = None,
     ) -> None:
@@ -121,6 +122,7 @@ class ChainClient:
         self.sender = TxSender(self._w3, self.data_dir / "outbox.json")
         self.pending = PendingView(self._w3, self.sender.outbox)
         self._market_address = market
+        self._operator = operator
         self._deployment: Deployment | None = None
         self._info: NodeInfo | None = None
         self._mining: MiningControl | None = None
@@ -161,7 +163,8 @@ class ChainClient:
         with self._lock:
             if self._deployment is None:
                 self._deployment = discovery.resolve(
-                    self._w3, self.data_dir / "deployment.json", self._market_address
+                    self._w3, self.data_dir / "deployment.json", self._market_address,
+                    self._operator,
                 )
             return self._deployment
 

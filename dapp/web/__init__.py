@@ -27,6 +27,7 @@ from dapp.errors import WalletError
 from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
+from dapp.web import hosts
 from dapp.web.extensions import Microgrid, make_socketio
 from dapp.web.security import CSRFError, check_csrf, csrf_token, current_user
 
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "RPC": "http://127.0.0.1:8545",
     "DATA_DIR": "data",
     "MARKET": None,
+    "OPERATOR": None,
     "RPC_TIMEOUT": 10.0,
     "KDF_N": GETH_SCRYPT_N,
     "SESSION_IDLE_TIMEOUT": 1800,
@@ -117,6 +119,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secret_key(data_dir)
 
     client = ChainClient(app.config["RPC"], data_dir, market=app.config["MARKET"] or None,
+                         operator=app.config["OPERATOR"] or None,
                          timeout=float(app.config["RPC_TIMEOUT"]))
     keystore = Keystore(data_dir / "keystore", scrypt_n=int(app.config["KDF_N"]))
     socketio = make_socketio()
@@ -145,6 +148,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     sockets.register_handlers(socketio, ext)
     _register_hooks(app, ext)
+    hosts.init_app(app)  # Host allow-list, proxies, TLS cookie, who may add accounts
     return app
 
 

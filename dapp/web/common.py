@@ -54,7 +54,7 @@ def login_required(view: F) -> F:
 
 
 def client_key() -> str:
-    """Who is calling, for rate limits (the peer address; this app is not behind a proxy)."""
+    """Who is calling, for rate limits (the peer; behind TRUSTED_PROXIES, the forwarded client)."""
     return request.remote_addr or "unknown"
 
 
