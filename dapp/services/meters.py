@@ -5,10 +5,9 @@ meter's live values (generation, relay); without it the wallet and the market sa
 The generation/consumption chart comes from the chain itself: every `ReadingRecorded` event the
 listener delivers is kept (de-duplicated on transaction hash and log index) for a few hours.
 
-Bridge meter states may be dataclasses, objects or dicts. Fields read (first name found wins):
-address|meter|meter_address, owner, kind ("supply"/"load"), online (default True),
-relay_closed|relay (bool), energy_wh|cumulative_wh, power_w, last_error|detail|error|status
-(hardware.bridge.MeterState has all of these).
+The bridge reports each meter as a `hardware.bridge.MeterState`; `view_of` turns it into the
+`MeterView` the pages show (fields read: address, owner, kind, online, relay_closed, energy_wh,
+power_w, last_error).
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ class Bridge(Protocol):
 
 
 @dataclass(frozen=True)
-class MeterState:
-    """One meter as the bridge reports it, normalized."""
+class MeterView:
+    """One meter as the pages show it (from the bridge's live state)."""
 
     address: str | None
     owner: str | None
@@ -68,44 +67,27 @@ class MeterState:
         }
 
 
-def _field(item: Any, *names: str) -> Any:
-    """The first of `names` that `item` has, as attribute or key; None if none."""
-    for name in names:
-        if isinstance(item, dict):
-            if name in item:
-                return item[name]
-        elif hasattr(item, name):
-            return getattr(item, name)
-    return None
-
-
 def _same(a: str | None, b: str | None) -> bool:
     """Addresses equal ignoring case."""
     return bool(a) and bool(b) and str(a).lower() == str(b).lower()
 
 
-def normalize_state(item: Any) -> MeterState:
-    """A bridge's meter state (dataclass, object or dict) as a MeterState."""
-    kind = _field(item, "kind")
-    kind = getattr(kind, "value", kind)
-    kind = str(kind).lower() if kind is not None else None
-    relay = _field(item, "relay_closed", "relay")
-    energy = _field(item, "energy_wh", "cumulative_wh")
-    power = _field(item, "power_w")
-    online = _field(item, "online")
-    return MeterState(
-        address=_field(item, "address", "meter", "meter_address"),
-        owner=_field(item, "owner"),
-        kind=kind,
-        online=True if online is None else bool(online),
+def view_of(state: Any) -> MeterView:
+    """A bridge's meter state (hardware.bridge.MeterState) as the pages show it."""
+    relay, energy, power = state.relay_closed, state.energy_wh, state.power_w
+    return MeterView(
+        address=state.address,
+        owner=state.owner,
+        kind=None if state.kind is None else str(state.kind).lower(),
+        online=bool(state.online),
         relay_closed=None if relay is None else bool(relay),
         energy_wh=None if energy is None else int(energy),
         power_w=None if power is None else float(power),
-        detail=str(_field(item, "last_error", "detail", "error", "status") or ""),
+        detail=str(state.last_error or ""),
     )
 
 
-def relay_text(meter: MeterState | None) -> str:
+def relay_text(meter: MeterView | None) -> str:
     """"closed", "open", "offline", "unknown" or "no meter"."""
     if meter is None:
         return "no meter"
@@ -138,26 +120,22 @@ class MeterBoard:
         self._readings: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._block_times: OrderedDict[int, int] = OrderedDict()
+        self._relays: dict[str | None, str] = {}  # meter -> its relay as the cards last showed it
 
     # -- bridge ---------------------------------------------------------------------------------
 
-    @property
-    def has_bridge(self) -> bool:
-        """Whether live meter data is available."""
-        return self.bridge is not None
-
-    def states(self) -> list[MeterState]:
+    def states(self) -> list[MeterView]:
         """Every meter the bridge reports (empty without a bridge or if the bridge failed)."""
         if self.bridge is None:
             return []
         try:
-            return [normalize_state(item) for item in self.bridge.state()]
+            return [view_of(item) for item in self.bridge.state()]
         except Exception:
             log.exception("meter bridge: state() failed")
             return []
 
-    def meter_of(self, owner: str, kind: str, states: list[MeterState] | None = None
-                 ) -> MeterState | None:
+    def meter_of(self, owner: str, kind: str, states: list[MeterView] | None = None
+                 ) -> MeterView | None:
         """The owner's meter of `kind` as the bridge reports it, or None."""
         for meter in self.states() if states is None else states:
             if _same(meter.owner, owner) and meter.kind == kind:
@@ -177,11 +155,20 @@ class MeterBoard:
             text += f" ({meter.power_w:.0f} W now)"
         return {"meter": True, "text": text, "energy_kwh": energy, "power_w": meter.power_w}
 
-    def relay(self, owner: str | None, kind: str, states: list[MeterState] | None = None) -> str:
+    def relay(self, owner: str | None, kind: str, states: list[MeterView] | None = None) -> str:
         """The relay state of the owner's meter of `kind` (see relay_text)."""
         if not owner or self.bridge is None:
             return "no meter"
         return relay_text(self.meter_of(owner, kind, states))
+
+    def relay_moved(self, state: Any) -> tuple[str | None, bool]:
+        """A bridge change: (the meter's owner, whether its relay as the cards show it moved)."""
+        view = view_of(state)
+        shown = relay_text(view)
+        with self._lock:
+            moved = self._relays.get(view.address) != shown
+            self._relays[view.address] = shown
+        return view.owner, moved
 
     def meter_addresses(self, owner: str) -> list[str]:
         """Meters known to belong to `owner` (from the bridge and from registry events)."""

@@ -27,7 +27,7 @@ from dapp.errors import WalletError
 from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
-from dapp.web.extensions import Microgrid, make_socketio
+from dapp.web.extensions import AppState, make_socketio
 from dapp.web.security import CSRFError, check_csrf, csrf_token, current_user
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     keystore = Keystore(data_dir / "keystore", scrypt_n=int(app.config["KDF_N"]))
     socketio = make_socketio()
     socketio.init_app(app)
-    ext = Microgrid(
+    ext = AppState(
         client,
         keystore,
         socketio=socketio,
@@ -134,8 +134,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         listener_interval=float(app.config["LISTENER_INTERVAL"]),
     )
     app.extensions["microgrid"] = ext
-    if app.config.get("BRIDGE") is not None:
-        ext.attach_bridge(app.config["BRIDGE"])
 
     from dapp.web import api, auth, market, sockets, wallet
 
@@ -152,14 +150,14 @@ def _is_api() -> bool:
     return request.blueprint == "api" or request.path.startswith("/api/")
 
 
-def _register_hooks(app: Flask, ext: Microgrid) -> None:
+def _register_hooks(app: Flask, ext: AppState) -> None:
     """CSRF, background start, template globals, vendor files and error pages."""
     app.jinja_env.filters["short"] = short_address
     app.jinja_env.filters["duration"] = format_duration
 
     @app.before_request
     def _before() -> None:
-        if app.config["START_BACKGROUND"] and not ext.hub.running:
+        if app.config["START_BACKGROUND"] and not ext.running:
             ext.start_background()
         check_csrf()
 

@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from dapp.services.amounts import parse_address
 from dapp.services.errors import InvalidInput, LoginFailed, TooManyAttempts
 from dapp.services.wallet import check_passphrase
-from dapp.web.extensions import Microgrid
+from dapp.web.extensions import AppState
 from dapp.web.security import CurrentUser, current_user, start_session
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def microgrid() -> Microgrid:
+def app_state() -> AppState:
     """The current app's state."""
     return current_app.extensions["microgrid"]
 
@@ -60,7 +60,7 @@ def client_key() -> str:
 
 def check_client_limit() -> None:
     """Count one costly request (key derivation) for this client; TooManyAttempts if over."""
-    ext = microgrid()
+    ext = app_state()
     wait = ext.login_per_client.retry_after(client_key())
     if wait:
         raise TooManyAttempts(_wait_sentence(wait), wait)
@@ -73,7 +73,7 @@ def _wait_sentence(wait: float) -> str:
 
 def log_in(address_text: object, passphrase: object) -> CurrentUser:
     """Rate-limit, decrypt the key, start the session; LoginFailed/TooManyAttempts otherwise."""
-    ext = microgrid()
+    ext = app_state()
     address = parse_address(address_text, "the account")
     passphrase = check_passphrase(passphrase)
     wait = max(ext.login_per_account.retry_after(address),
@@ -94,7 +94,7 @@ def log_in(address_text: object, passphrase: object) -> CurrentUser:
 
 def acted(result: dict[str, str], kind: str, market: bool = False) -> None:
     """After an action: watch its transaction and push the sender's pending list."""
-    ext = microgrid()
+    ext = app_state()
     ext.hub.watch(g.user.address, result["tx_hash"], kind)
     if market:
         ext.hub.touch_market()

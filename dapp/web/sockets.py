@@ -15,14 +15,14 @@ from typing import Any
 from flask import request
 from flask_socketio import SocketIO, disconnect, emit, join_room
 
-from dapp.web.extensions import Microgrid
+from dapp.web.extensions import AppState
 from dapp.web.live import MARKET_ROOM, user_room
 from dapp.web.security import current_user
 
 NOT_LOGGED_IN = "Log in first: this connection needs a logged-in session."
 
 
-def register_handlers(socketio: SocketIO, ext: Microgrid) -> None:
+def register_handlers(socketio: SocketIO, ext: AppState) -> None:
     """Attach the connect/disconnect/refresh handlers to this app's SocketIO."""
 
     @socketio.on("connect")

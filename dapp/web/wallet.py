@@ -6,7 +6,7 @@ from flask import Blueprint, flash, g, redirect, render_template, request, url_f
 from flask.typing import ResponseReturnValue
 
 from dapp.services.errors import InvalidInput, UserError
-from dapp.web.common import acted, form_values, login_required, microgrid
+from dapp.web.common import acted, app_state, form_values, login_required
 
 bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
@@ -14,7 +14,7 @@ bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 def render_wallet(status: int = 200, error: str | None = None,
                   send: dict[str, str] | None = None) -> ResponseReturnValue:
     """The wallet page, optionally with an error and the Send form refilled."""
-    ext = microgrid()
+    ext = app_state()
     return render_template(
         "wallet/wallet.html",
         summary=ext.wallet.summary(g.user.address),
@@ -40,7 +40,7 @@ def page() -> ResponseReturnValue:
 @login_required
 def send() -> ResponseReturnValue:
     """Send Ether in two steps: a confirmation page, then the transaction."""
-    ext = microgrid()
+    ext = app_state()
     values = form_values(request.form, "to", "amount")
     try:
         if request.form.get("confirm") != "yes":
@@ -58,7 +58,7 @@ def send() -> ResponseReturnValue:
 def withdraw() -> ResponseReturnValue:
     """Withdraw all market credit."""
     try:
-        result = microgrid().wallet.withdraw(g.user.account)
+        result = app_state().wallet.withdraw(g.user.account)
     except UserError as exc:
         return render_wallet(exc.status, exc.message)
     acted(result, "withdrawal")
@@ -69,7 +69,7 @@ def withdraw() -> ResponseReturnValue:
 @login_required
 def mining() -> ResponseReturnValue:
     """Start or stop mining."""
-    ext = microgrid()
+    ext = app_state()
     action = request.form.get("action", "")
     try:
         if action == "start":
