@@ -28,7 +28,7 @@ from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
 from dapp.web.extensions import AppState, make_socketio
-from dapp.web.security import CSRFError, check_csrf, csrf_token, current_user
+from dapp.web.security import CSRF_CONFIG, CSRFError, csrf, csrf_token, current_user
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
     )
     app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping(CSRF_CONFIG)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("MICROGRID")
     if test_config:
@@ -119,6 +120,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     client = ChainClient(app.config["RPC"], data_dir, market=app.config["MARKET"] or None,
                          timeout=float(app.config["RPC_TIMEOUT"]))
     keystore = Keystore(data_dir / "keystore", scrypt_n=int(app.config["KDF_N"]))
+    csrf.init_app(app)
     socketio = make_socketio()
     socketio.init_app(app)
     ext = AppState(
@@ -159,7 +161,6 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
     def _before() -> None:
         if app.config["START_BACKGROUND"] and not ext.running:
             ext.start_background()
-        check_csrf()
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
