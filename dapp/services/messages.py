@@ -7,6 +7,7 @@ same thing, so a page and the chain cannot word one refusal differently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
@@ -182,6 +183,50 @@ def withdrawn_notice(amount_wei: int) -> str:
 def transaction_failed_notice(kind: str, reason: str) -> str:
     """To the sender: a transaction sent from the pages failed when mined."""
     return f"Your {kind} failed: {reason}"
+
+
+# -- the web app: requests, sessions, forms ----------------------------------------------------
+
+CSRF_REFUSED = ("The request came without a valid security (CSRF) token, so nothing was "
+                "changed. Reload the page and try again.")
+HTTP_ERRORS = {
+    404: "There is no such page.",
+    405: "That address does not take this kind of request.",
+    413: "That upload is too large.",
+}
+REQUEST_REFUSED = "The request was refused."
+SERVER_ERROR = "Something went wrong on the server. Please try again."
+API_LOGIN_FIRST = "Log in first (POST /api/v1/session)."
+SOCKET_LOGIN_FIRST = "Log in first: this connection needs a logged-in session."
+LOGGED_OUT = "You are logged out; your key was removed from the server's memory."
+JSON_OBJECT_EXPECTED = "Send a JSON object as the request body."
+MINING_ACTION_API = "Set 'action' to \"start\" or \"stop\"."
+MINING_ACTION_FORM = "Choose whether to start or stop mining."
+
+
+def too_many_attempts(wait_seconds: float) -> str:
+    """A login, account creation or import over the rate limit."""
+    return f"Too many attempts; wait {math.ceil(wait_seconds)} seconds and try again."
+
+
+def account_ready(address: str, imported: bool = False) -> str:
+    """An account was created or imported."""
+    return f"Account {address} {'imported' if imported else 'created'}. Log in with its passphrase."
+
+
+def field_not_text(name: str) -> str:
+    """A JSON field that is a list, an object or a boolean."""
+    return f"The field {name!r} must be text or a number."
+
+
+def transaction_pending(message: str, tx_hash: str) -> str:
+    """After an action from a page: what was sent, and that it is pending."""
+    return f"{message} Transaction {tx_hash} is pending."
+
+
+def mining_switched(mining: bool, detail: str) -> str:
+    """After Start/Stop mining on the wallet page."""
+    return f"Mining {'started' if mining else 'stopped'}: {detail}."
 
 
 # -- contract reverts ---------------------------------------------------------------------------

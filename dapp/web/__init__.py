@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from dapp.chain.client import ChainClient
 from dapp.errors import WalletError
+from dapp.services import messages
 from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
@@ -193,8 +194,7 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> ResponseReturnValue:
-        message = ("The request came without a valid security (CSRF) token, so nothing was "
-                   "changed. Reload the page and try again.")
+        message = messages.CSRF_REFUSED
         if _is_api():
             return jsonify({"error": message}), 400
         return render_template("error.html", title="Request refused", message=message), 400
@@ -208,12 +208,8 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
-        messages = {
-            404: "There is no such page.",
-            405: "That address does not take this kind of request.",
-            413: "That upload is too large.",
-        }
-        message = messages.get(exc.code or 0, exc.description or "The request was refused.")
+        message = messages.HTTP_ERRORS.get(exc.code or 0,
+                                           exc.description or messages.REQUEST_REFUSED)
         if _is_api():
             return jsonify({"error": message}), exc.code or 400
         return render_template("error.html", title=exc.name, message=message), exc.code or 400
@@ -221,7 +217,7 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        message = "Something went wrong on the server. Please try again."
+        message = messages.SERVER_ERROR
         if _is_api():
             return jsonify({"error": message}), 500
         return render_template("error.html", title="Server error", message=message), 500

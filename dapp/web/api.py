@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
 from dapp.web.common import acted, app_state, check_client_limit, json_error, log_in, login_required
 from dapp.web.openapi import openapi_document
@@ -42,7 +43,7 @@ def body() -> dict[str, Any]:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise InvalidInput("Send a JSON object as the request body.")
+            raise InvalidInput(messages.JSON_OBJECT_EXPECTED)
         return data
     return request.form.to_dict()
 
@@ -53,7 +54,7 @@ def _text(data: dict[str, Any], name: str, default: str = "") -> Any:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidInput(f"The field {name!r} must be text or a number.", name)
+        raise InvalidInput(messages.field_not_text(name), name)
     return value
 
 
@@ -212,7 +213,7 @@ def set_mining() -> ResponseReturnValue:
     elif action == "stop":
         status = ext.wallet.stop_mining()
     else:
-        raise InvalidInput("Set 'action' to \"start\" or \"stop\".", "action")
+        raise InvalidInput(messages.MINING_ACTION_API, "action")
     ext.hub.touch_market()
     return jsonify(status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import UserError
 from dapp.web.common import app_state, check_client_limit, form_values, log_in
 from dapp.web.security import current_user, end_session
@@ -53,7 +54,7 @@ def logout() -> ResponseReturnValue:
     session_id = end_session()
     if session_id:
         app_state().hub.end_session(session_id)
-    flash("You are logged out; your key was removed from the server's memory.", "ok")
+    flash(messages.LOGGED_OUT, "ok")
     return redirect(url_for("auth.login_page"), 303)
 
 
@@ -69,7 +70,7 @@ def create_account() -> ResponseReturnValue:
         )
     except UserError as exc:
         return render_login(exc.status, exc.message, "create", values)
-    flash(f"Account {address} created. Log in with its passphrase.", "ok")
+    flash(messages.account_ready(address), "ok")
     return redirect(url_for("auth.login_page", account=address), 303)
 
 
@@ -86,5 +87,5 @@ def import_account() -> ResponseReturnValue:
         )
     except UserError as exc:
         return render_login(exc.status, exc.message, "import", values)
-    flash(f"Account {address} imported. Log in with its passphrase.", "ok")
+    flash(messages.account_ready(address, imported=True), "ok")
     return redirect(url_for("auth.login_page", account=address), 303)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.amounts import parse_address
 from dapp.services.errors import InvalidInput, LoginFailed, TooManyAttempts
 from dapp.services.wallet import check_passphrase
@@ -45,7 +45,7 @@ def login_required(view: F) -> F:
         user = current_user()
         if user is None:
             if request.blueprint == "api":
-                return json_error(401, "Log in first (POST /api/v1/session).")
+                return json_error(401, messages.API_LOGIN_FIRST)
             return redirect(url_for("auth.login_page"), 303)
         g.user = user
         return view(*args, **kwargs)
@@ -63,12 +63,8 @@ def check_client_limit() -> None:
     ext = app_state()
     wait = ext.login_per_client.retry_after(client_key())
     if wait:
-        raise TooManyAttempts(_wait_sentence(wait), wait)
+        raise TooManyAttempts(messages.too_many_attempts(wait), wait)
     ext.login_per_client.hit(client_key())
-
-
-def _wait_sentence(wait: float) -> str:
-    return f"Too many attempts; wait {math.ceil(wait)} seconds and try again."
 
 
 def log_in(address_text: object, passphrase: object) -> CurrentUser:
@@ -79,7 +75,7 @@ def log_in(address_text: object, passphrase: object) -> CurrentUser:
     wait = max(ext.login_per_account.retry_after(address),
                ext.login_per_client.retry_after(client_key()))
     if wait:
-        raise TooManyAttempts(_wait_sentence(wait), wait)
+        raise TooManyAttempts(messages.too_many_attempts(wait), wait)
     ext.login_per_account.hit(address)
     ext.login_per_client.hit(client_key())
     try:

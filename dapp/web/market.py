@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import UserError
 from dapp.web.common import acted, app_state, form_values, login_required
 
@@ -35,7 +36,7 @@ def render_market(status: int = 200, error: str | None = None,
 
 
 def _done(result: dict[str, str]) -> ResponseReturnValue:
-    flash(f"{result['message']} Transaction {result['tx_hash']} is pending.", "ok")
+    flash(messages.transaction_pending(result["message"], result["tx_hash"]), "ok")
     return redirect(url_for("market.page"), 303)
 
 

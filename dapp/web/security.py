@@ -44,9 +44,9 @@ def csrf_token() -> str:
 class RateLimiter:
     """At most `limit` attempts per `window` seconds per key (a moving window in memory)."""
 
-    def __init__(self, limit: int, window: float, storage: MemoryStorage | None = None) -> None:
+    def __init__(self, limit: int, window: float) -> None:
         self._item = RateLimitItemPerSecond(limit, max(1, round(window)))
-        self._windows = MovingWindowRateLimiter(storage or MemoryStorage())
+        self._windows = MovingWindowRateLimiter(MemoryStorage())
 
     def retry_after(self, key: str) -> float:
         """0 if `key` may go on now, else the seconds until it may."""

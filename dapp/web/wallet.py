@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
 from dapp.web.common import acted, app_state, form_values, login_required
 
@@ -25,7 +26,7 @@ def render_wallet(status: int = 200, error: str | None = None,
 
 
 def _done(message: str, tx_hash: str) -> ResponseReturnValue:
-    flash(f"{message} Transaction {tx_hash} is pending.", "ok")
+    flash(messages.transaction_pending(message, tx_hash), "ok")
     return redirect(url_for("wallet.page"), 303)
 
 
@@ -77,9 +78,9 @@ def mining() -> ResponseReturnValue:
         elif action == "stop":
             status = ext.wallet.stop_mining()
         else:
-            raise InvalidInput("Choose whether to start or stop mining.")
+            raise InvalidInput(messages.MINING_ACTION_FORM)
     except UserError as exc:
         return render_wallet(exc.status, exc.message)
     ext.hub.touch_market()
-    flash(f"Mining {'started' if status['mining'] else 'stopped'}: {status['detail']}.", "ok")
+    flash(messages.mining_switched(status["mining"], status["detail"]), "ok")
     return redirect(url_for("wallet.page"), 303)
