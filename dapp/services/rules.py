@@ -12,7 +12,7 @@ now stay true when it is mined.
 
 from __future__ import annotations
 
-from dapp.services.amounts import WH_PER_KWH  # prices are per kWh, lots counted in Wh
+WH_PER_KWH = 1000  # prices are per kWh; lots, deliveries and tokens are counted in Wh
 
 
 def deposit_wei(energy_wh: int, price_per_kwh: int) -> int:
