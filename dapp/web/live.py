@@ -44,7 +44,7 @@ def user_room(address: str) -> str:
 
 
 class LiveHub:
-    """Routes chain events and new blocks to Socket.IO rooms; runs the auto-finalizer."""
+    """Routes chain events and new blocks to Socket.IO rooms; calls `on_block` on each new block."""
 
     def __init__(self, socketio: SocketIO, *, client: ChainClient, wallet: WalletService,
                  market: MarketService, keys: UnlockedKeys,
