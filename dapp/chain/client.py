@@ -270,6 +270,11 @@ class ChainClient:
         """Wei a bid of `price_per_kwh` on `lot_id` must send."""
         return int(self._market.functions.depositFor(lot_id, price_per_kwh).call())
 
+    def oldest_open_trade(self, buyer: str) -> int:
+        """The id of `buyer`'s oldest open trade, the one deliveries go to (0 when none)."""
+        oldest, _ = self.market.functions.openTradesOf(to_checksum_address(buyer)).call()
+        return int(oldest)
+
     def market_parameters(self) -> dict[str, int]:
         """minDuration, maxDuration, minIncrementPerKWh, deliveryTimeout."""
         _, _, min_d, max_d, inc, timeout = self._market.functions.parameters().call()

@@ -35,7 +35,7 @@ from dapp.commands.common import (
 from dapp.wallet.keystore import GETH_SCRYPT_N
 
 if TYPE_CHECKING:
-    from dapp.web.extensions import Microgrid
+    from dapp.web.extensions import AppState
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bridge(args: argparse.Namespace, ext: Microgrid) -> Any:
+def _bridge(args: argparse.Namespace, ext: AppState) -> Any:
     """The in-process meter bridge for --meter, attached to the app; None without meters."""
     specs = meter_specs(args)
     if not specs:
@@ -109,7 +109,7 @@ def _bridge(args: argparse.Namespace, ext: Microgrid) -> Any:
     passphrase = read_passphrase(args.meter_passphrase_file, "Passphrase of the meter keys: ")
     meters = [BridgeMeter(url, ext.keystore.unlock(address, passphrase))
               for url, address in specs]
-    bridge = MeterBridge(ext.client, meters, on_change=ext.hub.meter_changed)
+    bridge = MeterBridge(ext.client, meters, on_change=ext.meter_changed)
     ext.attach_bridge(bridge)
     for meter in meters:
         print(f"bridging {meter.address} on {meter.url}", flush=True)
