@@ -23,6 +23,7 @@ from dapp import atomic
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient
 from dapp.chain.deploy import MarketParameters
+from dapp.chain.discovery import AmbiguousDeployment
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
@@ -186,6 +187,8 @@ class DemoSetup:
         try:
             dep = self.client.deployment
             self.out(f"      found the market at {dep.market}")
+        except AmbiguousDeployment:
+            raise  # several valid deployments: the user chooses, the demo adds no other
         except ChainError:
             params = MarketParameters(min_duration=self.settings.min_duration,
                                       delivery_timeout=self.settings.delivery_timeout)

@@ -13,6 +13,7 @@ binary running and holding the port.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -82,6 +83,16 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and any loopback IP address (127.x.y.z, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _json_ok(path: Path) -> bool:
     """True if `path` holds complete JSON (anvil refuses to start on a truncated state file)."""
     try:
@@ -107,7 +118,9 @@ class ManagedAnvil:
     """anvil as a child process, its chain persisted in `data_dir`/chain.
 
     block_time None: anvil mines each transaction at once (automine); otherwise a block every
-    `block_time` seconds. state_interval 0: the state is written on stop only.
+    `block_time` seconds. state_interval 0: the state is written on stop only. anvil listens
+    on a loopback address only (it serves anvil_*/evm_* to whoever connects: other machines use
+    the gateway, dapp/chain/gateway.py) and starts with no development accounts.
     """
 
     def __init__(
@@ -125,6 +138,12 @@ class ManagedAnvil:
             raise ValueError("block_time must be positive (or None for automine)")
         if state_interval < 0:
             raise ValueError("state_interval must be >= 0")
+        if not is_loopback(host):
+            raise MicrogridError(
+                f"the node listens on loopback only, not on {host}: anvil answers development "
+                "methods (anvil_setBalance, evm_*) to anyone who connects. Share the chain with "
+                "other machines through the gateway (--gateway-host / MICROGRID_GATEWAY_HOST)"
+            )
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -186,6 +205,8 @@ class ManagedAnvil:
             "--port", str(self.port),
             "--chain-id", str(self.chain_id),
             "--state", str(self.state_file),
+            # No pre-funded, unlocked development accounts: their keys are public.
+            "--accounts", "0",
         ]  # fmt: skip
         if self.state_interval:
             cmd += ["--state-interval", str(self.state_interval)]

@@ -136,6 +136,7 @@ class ChainClient:
         data_dir: Path,
         *,
         market: str | None = None,
+        operator: str | None = None,
         timeout: float = 10.0,
         w3: Web3 | None = None,
     ) -> None:
@@ -146,6 +147,7 @@ class ChainClient:
         self.sender = TxSender(self._w3, self.data_dir / "outbox.json")
         self.pending = PendingView(self._w3, self.sender.outbox)
         self._market_address = market
+        self._operator = operator
         self._deployment: Deployment | None = None
         self._info: NodeInfo | None = None
         self._mining: MiningControl | None = None
@@ -186,7 +188,8 @@ class ChainClient:
         with self._lock:
             if self._deployment is None:
                 self._deployment = discovery.resolve(
-                    self._w3, self.data_dir / "deployment.json", self._market_address
+                    self._w3, self.data_dir / "deployment.json", self._market_address,
+                    self._operator,
                 )
             return self._deployment
 
@@ -291,6 +294,11 @@ class ChainClient:
     def deposit_for(self, lot_id: int, price_per_kwh: int) -> int:
         """Wei a bid of `price_per_kwh` on `lot_id` must send."""
         return int(self._market.functions.depositFor(lot_id, price_per_kwh).call())
+
+    def oldest_open_trade(self, buyer: str) -> int:
+        """The id of `buyer`'s oldest open trade, the one deliveries go to (0 when none)."""
+        oldest, _ = self.market.functions.openTradesOf(to_checksum_address(buyer)).call()
+        return int(oldest)
 
     def market_parameters(self) -> dict[str, int]:
         """minDuration, maxDuration, minIncrementPerKWh, deliveryTimeout."""

@@ -126,6 +126,8 @@ def detect(w3: Web3) -> NodeInfo:
             )
     elif client == "geth":
         mining, reason = _geth_mining(w3, version, latest)
+    elif client == "microgridgateway":
+        reason = "the chain is shared through a gateway: mining is set on the node's machine"
     else:
         reason = f"{client} {version}: this app knows no way to start or stop its mining"
     return NodeInfo(

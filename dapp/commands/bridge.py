@@ -39,7 +39,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     meters = [BridgeMeter(url, keystore.unlock(address, passphrase)) for url, address in specs]
     # Own state directory: a web server on the same data directory keeps its own outbox and
     # listener cursor, and two processes must not rewrite the same files.
-    chain = ChainClient(args.rpc, Path(args.data_dir) / "bridge", market=args.market)
+    chain = ChainClient(args.rpc, Path(args.data_dir) / "bridge", market=args.market,
+                        operator=args.operator)
     _ = chain.deployment  # fail here, clearly, if no contracts are found on this chain
     bridge = MeterBridge(
         chain, meters,

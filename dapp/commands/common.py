@@ -75,9 +75,12 @@ def add_rpc_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_market_option(parser: argparse.ArgumentParser) -> None:
-    """--market: the EnergyMarket address, discovered on the chain when not given."""
+    """--market and --operator: which deployment, discovered on the chain when not given."""
     option(parser, "--market", env="MARKET",
            help="EnergyMarket address; found automatically if not given")
+    option(parser, "--operator", env="OPERATOR",
+           help="take only a deployment this grid operator account runs, when the chain "
+           "holds several")
 
 
 def kdf_n(text: str) -> int:

@@ -51,7 +51,8 @@ def cmd_meter_register(args: argparse.Namespace) -> int:
     operator = keystore.unlock(args.sender, passphrase)
     # Own state directory: a web server or bridge on the same data directory keeps its own
     # outbox and listener cursor, and two processes must not rewrite the same files.
-    chain = ChainClient(args.rpc, Path(args.data_dir) / "cli", market=args.market)
+    chain = ChainClient(args.rpc, Path(args.data_dir) / "cli", market=args.market,
+                        operator=args.operator)
     existing = chain.meter(meter)
     if existing is not None:
         if (existing.owner, existing.kind, existing.rated_power_w) != (

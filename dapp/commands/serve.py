@@ -6,7 +6,10 @@ Settings: --rpc (MICROGRID_RPC), --host (MICROGRID_WEB_HOST, default 127.0.0.1),
 keystore account that finalizes ended auctions), --kdf-n (MICROGRID_KDF_N, scrypt cost of accounts
 created on the login page), --meter URL:ADDRESS (repeatable; MICROGRID_METERS, space-separated)
 and --meter-passphrase-file (MICROGRID_METER_PASSPHRASE_FILE): run the meter bridge in this
-process, so the pages show live generation and relays. Everything else the app reads from
+process, so the pages show live generation and relays. --operator (MICROGRID_OPERATOR),
+--allowed-host (MICROGRID_ALLOWED_HOSTS), --trusted-proxies (MICROGRID_TRUSTED_PROXIES),
+--behind-tls (MICROGRID_BEHIND_TLS) and --accounts-from-network
+(MICROGRID_ACCOUNTS_FROM_NETWORK): see dapp/web/hosts.py. Everything else the app reads from
 MICROGRID_* variables (see dapp/web/__init__.py), e.g. MICROGRID_SECRET_KEY and
 MICROGRID_SESSION_IDLE_TIMEOUT.
 """
@@ -32,7 +35,7 @@ from dapp.commands.common import (
 from dapp.wallet.keystore import GETH_SCRYPT_N
 
 if TYPE_CHECKING:
-    from dapp.web.extensions import Microgrid
+    from dapp.web.extensions import AppState
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -48,6 +51,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "RPC": args.rpc,
         "DATA_DIR": args.data_dir,
         "MARKET": args.market,
+        "BIND_HOST": args.host,
+        # getattr: `microgrid demo` calls this with a Namespace of its own, without these.
+        "OPERATOR": getattr(args, "operator", None),
+        "ALLOWED_HOSTS": getattr(args, "allowed_host", None),
+        "BEHIND_TLS": True if getattr(args, "behind_tls", False) else None,
+        "TRUSTED_PROXIES": getattr(args, "trusted_proxies", None),
+        "ACCOUNTS_FROM_NETWORK": True if getattr(args, "accounts_from_network", False) else None,
         "KDF_N": args.kdf_n,
         "FINALIZER_ADDRESS": args.finalizer,
         "FINALIZER_PASSPHRASE_FILE": args.finalizer_passphrase_file,
@@ -62,8 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if args.host not in LOCAL_HOSTS:
+        hosts = ", ".join(app.config["ALLOWED_HOSTS_EFFECTIVE"])
         print(f"warning: listening on {args.host}: the app is reachable from the network; put "
-              "it behind a TLS reverse proxy", file=sys.stderr)
+              f"it behind a TLS reverse proxy. It answers to the names {hosts} "
+              "(add more with --allowed-host)", file=sys.stderr)
     thread = threading.Thread(target=server.serve_forever, name="web-server", daemon=True)
     with stop_on_signal() as stop:
         try:
@@ -86,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bridge(args: argparse.Namespace, ext: Microgrid) -> Any:
+def _bridge(args: argparse.Namespace, ext: AppState) -> Any:
     """The in-process meter bridge for --meter, attached to the app; None without meters."""
     specs = meter_specs(args)
     if not specs:
@@ -97,7 +109,7 @@ def _bridge(args: argparse.Namespace, ext: Microgrid) -> Any:
     passphrase = read_passphrase(args.meter_passphrase_file, "Passphrase of the meter keys: ")
     meters = [BridgeMeter(url, ext.keystore.unlock(address, passphrase))
               for url, address in specs]
-    bridge = MeterBridge(ext.client, meters, on_change=ext.hub.meter_changed)
+    bridge = MeterBridge(ext.client, meters, on_change=ext.meter_changed)
     ext.attach_bridge(bridge)
     for meter in meters:
         print(f"bridging {meter.address} on {meter.url}", flush=True)
@@ -117,6 +129,19 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="address to listen on (127.0.0.1: this machine only)")
     option(p, "--port", env="WEB_PORT", type=int, default=3000, help="port")
     add_market_option(p)
+    # These two are read by the app's config from the environment when no flag is given.
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a name (or .domain) this server answers to besides the loopback names "
+                   "and --host; repeatable (MICROGRID_ALLOWED_HOSTS, space-separated)")
+    p.add_argument("--trusted-proxies", type=int, default=None, metavar="N",
+                   help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to "
+                   "believe (MICROGRID_TRUSTED_PROXIES; default 0)")
+    p.add_argument("--behind-tls", action="store_true",
+                   help="the app is served over https by a proxy: mark the session cookie "
+                   "Secure (MICROGRID_BEHIND_TLS)")
+    p.add_argument("--accounts-from-network", action="store_true",
+                   help="let other machines create and import accounts on the login page "
+                   "(MICROGRID_ACCOUNTS_FROM_NETWORK; default: this machine only)")
     option(p, "--finalizer", env="FINALIZER",
            help="keystore account that finalizes ended auctions; without it users finalize "
            "with a button")

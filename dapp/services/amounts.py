@@ -15,9 +15,9 @@ from decimal import Context, Decimal, localcontext
 
 from dapp.errors import WalletError
 from dapp.services.errors import InvalidInput
+from dapp.services.rules import WH_PER_KWH
 from dapp.wallet.keystore import checksum_address
 
-WH_PER_KWH = 1000
 WEI_PER_ETHER = 10**18
 # EnergyMarket stores lots in 48 bits (Wh) and prices in 96 bits (wei per kWh).
 MAX_ENERGY_WH = 2**48 - 1

@@ -19,8 +19,8 @@ from eth_account.signers.local import LocalAccount
 from dapp.chain.client import ChainClient, Lot, LotStatus
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.services import messages, rules
 from dapp.services.amounts import (
-    format_duration,
     format_ether,
     format_kwh,
     format_time,
@@ -124,8 +124,9 @@ class MarketService:
             listings = [self._listing(lot, now, params) for lot in lots
                         if lot.status == LotStatus.LISTED]
             states = self.meters.states()
-            trades = [self._trade(lot, now, params, states) for lot in lots
-                      if lot.status == LotStatus.OPEN]
+            open_lots = {lot.id: lot for lot in lots if lot.status == LotStatus.OPEN}
+            trades = [self._trade(lot, now, params, states, self._oldest_activity(lot, open_lots))
+                      for lot in open_lots.values()]
         except ChainError as exc:
             return {"available": False, "message": chain_error_sentence(exc),
                     "listings": [], "trades": [], "cleared": [], "chain_time": None,
@@ -160,8 +161,7 @@ class MarketService:
     def _listing(self, lot: Lot, now: int, params: dict[str, int]) -> dict[str, Any]:
         start = self.start_price(lot)
         has_bid = lot.buyer is not None
-        minimum = lot.price_per_kwh + params["min_increment_per_kwh"] if has_bid \
-            else lot.price_per_kwh
+        minimum = rules.min_next_bid(lot.price_per_kwh, has_bid, params["min_increment_per_kwh"])
         return {
             "id": lot.id,
             "seller": self._party(lot.seller),
@@ -177,11 +177,21 @@ class MarketService:
             "deadline": lot.deadline,
             "deadline_text": format_time(lot.deadline),
             "ends_in": max(0, lot.deadline - now),
-            "ended": now >= lot.deadline,
+            "ended": rules.auction_ended(now, lot.deadline),
         }
 
-    def _trade(self, lot: Lot, now: int, params: dict[str, int], states: list) -> dict[str, Any]:
-        timeout_at = lot.last_delivery_at + params["delivery_timeout"]
+    def _oldest_activity(self, lot: Lot, known: dict[int, Lot] | None = None) -> int | None:
+        """The last delivery to the buyer's oldest open trade, if `lot` is queued behind it."""
+        oldest_id = self.client.oldest_open_trade(lot.buyer or "")
+        if oldest_id in (0, lot.id):
+            return None
+        oldest = (known or {}).get(oldest_id) or self.client.lot(oldest_id)
+        return oldest.last_delivery_at
+
+    def _trade(self, lot: Lot, now: int, params: dict[str, int], states: list,
+               oldest_activity: int | None) -> dict[str, Any]:
+        timeout_at = rules.seller_close_at(lot.last_delivery_at, params["delivery_timeout"],
+                                           oldest_activity)
         return {
             "id": lot.id,
             "seller": self._party(lot.seller),
@@ -198,14 +208,14 @@ class MarketService:
             "relay": self.meters.relay(lot.buyer, LOAD, states),
             "seller_relay": self.meters.relay(lot.seller, SUPPLY, states),
             "seller_can_close_at": timeout_at,
-            "seller_can_close": now >= timeout_at,
+            "seller_can_close": rules.seller_can_close(now, timeout_at),
         }
 
     def due(self) -> list[Lot]:
         """Listings whose deadline has passed by the latest block's clock (ready to finalize)."""
         now = self.client.latest_timestamp()
         return [lot for lot in self.lots()
-                if lot.status == LotStatus.LISTED and lot.deadline <= now]
+                if lot.status == LotStatus.LISTED and rules.auction_ended(now, lot.deadline)]
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -218,28 +228,18 @@ class MarketService:
         seconds = parse_duration(duration, duration_unit)
         params = self._read(self.parameters)
         low, high = params["min_duration"], params["max_duration"]
-        if not low <= seconds <= high:
-            raise InvalidInput(
-                f"An auction must last between {format_duration(low)} and "
-                f"{format_duration(high)}; {format_duration(seconds)} is not allowed."
-            )
+        if not rules.duration_allowed(seconds, low, high):
+            raise InvalidInput(messages.duration_out_of_range(seconds, low, high))
         balance = self._read(lambda: self.client.token_balance(account.address))
         if wh > balance:
-            raise ActionRefused(
-                f"You have only {format_kwh(balance)} kWh of energy tokens; you cannot sell "
-                f"{format_kwh(wh)} kWh."
-            )
+            raise ActionRefused(messages.not_enough_tokens(balance, wh))
         tx_hash = self._act(lambda: self.client.sell(account, wh, wei, seconds))
-        return {
-            "tx_hash": tx_hash,
-            "message": f"Listing {format_kwh(wh)} kWh from {format_ether(wei)} ETH per kWh for "
-                       f"{format_duration(seconds)}.",
-        }
+        return {"tx_hash": tx_hash, "message": messages.listing_sent(wh, wei, seconds)}
 
     def _open_lot(self, lot_id: int) -> Lot:
         lot = self._read(lambda: self.client.lot(lot_id))
         if lot.status == LotStatus.NONE:
-            raise InvalidInput(f"There is no listing #{lot_id}.")
+            raise InvalidInput(messages.no_such_listing(lot_id))
         return lot
 
     def bid(self, account: LocalAccount, lot_id: object, price: object,
@@ -249,67 +249,52 @@ class MarketService:
         wei = parse_price(price, price_unit)
         lot = self._open_lot(lot_id)
         if lot.status != LotStatus.LISTED:
-            raise ActionRefused(f"Listing #{lot_id} is no longer open for bids.")
+            raise ActionRefused(messages.listing_closed_for_bids(lot_id))
         if _eq(lot.seller, account.address):
-            raise ActionRefused("You cannot bid on your own listing.")
+            raise ActionRefused(messages.SELLER_CANNOT_BID)
         now = self._read(self.client.latest_timestamp)
-        if now >= lot.deadline:
-            raise ActionRefused(
-                f"The auction for listing #{lot_id} has ended; it takes no more bids."
-            )
+        if rules.auction_ended(now, lot.deadline):
+            raise ActionRefused(messages.auction_ended(lot_id))
         params = self._read(self.parameters)
-        minimum = lot.price_per_kwh if lot.buyer is None \
-            else lot.price_per_kwh + params["min_increment_per_kwh"]
+        minimum = rules.min_next_bid(lot.price_per_kwh, lot.buyer is not None,
+                                     params["min_increment_per_kwh"])
         if wei < minimum:
-            raise ActionRefused(
-                f"Bid at least {format_ether(minimum)} ETH per kWh on listing #{lot_id}."
-            )
-        deposit = (lot.energy_wh * wei + 999) // 1000  # EnergyMarket._deposit, rounded up
+            raise ActionRefused(messages.bid_below_minimum(lot_id, minimum))
+        deposit = rules.deposit_wei(lot.energy_wh, wei)
         balance = self._read(lambda: self.client.ether_balance(account.address))
         if deposit >= balance:
-            raise ActionRefused(
-                f"This bid needs a deposit of {format_ether(deposit)} ETH for the whole lot "
-                f"({format_kwh(lot.energy_wh)} kWh) plus the fee; you have "
-                f"{format_ether(balance)} ETH."
-            )
+            raise ActionRefused(messages.deposit_exceeds_balance(deposit, lot.energy_wh, balance))
         tx_hash = self._act(lambda: self.client.bid(account, lot_id, wei))
-        return {
-            "tx_hash": tx_hash,
-            "message": f"Bidding {format_ether(wei)} ETH per kWh on listing #{lot_id} "
-                       f"(deposit {format_ether(deposit)} ETH).",
-        }
+        return {"tx_hash": tx_hash, "message": messages.bid_sent(wei, lot_id, deposit)}
 
     def close(self, account: LocalAccount, trade_id: object) -> dict[str, str]:
         """Close an open trade: the buyer any time, the seller after the delivery timeout."""
         trade_id = parse_lot_id(trade_id)
         lot = self._open_lot(trade_id)
         if lot.status != LotStatus.OPEN:
-            raise ActionRefused(f"Trade #{trade_id} is not open.")
+            raise ActionRefused(messages.trade_not_open(trade_id))
         if not (_eq(account.address, lot.buyer) or _eq(account.address, lot.seller)):
-            raise ActionRefused(f"Only the buyer or the seller of trade #{trade_id} can close it.")
+            raise ActionRefused(messages.not_trade_party(trade_id))
         if not _eq(account.address, lot.buyer):
-            timeout_at = lot.last_delivery_at + self._read(self.parameters)["delivery_timeout"]
-            if self._read(self.client.latest_timestamp) < timeout_at:
-                raise ActionRefused(
-                    f"As the seller you can close trade #{trade_id} only when no delivery has "
-                    f"come for a while: from {format_time(timeout_at)}."
-                )
+            timeout_at = rules.seller_close_at(
+                lot.last_delivery_at, self._read(self.parameters)["delivery_timeout"],
+                self._read(lambda: self._oldest_activity(lot)),
+            )
+            if not rules.seller_can_close(self._read(self.client.latest_timestamp), timeout_at):
+                raise ActionRefused(messages.seller_close_too_early(trade_id, timeout_at))
         tx_hash = self._act(lambda: self.client.close_connection(account, trade_id))
-        return {"tx_hash": tx_hash, "message": f"Closing the connection of trade #{trade_id}."}
+        return {"tx_hash": tx_hash, "message": messages.close_sent(trade_id)}
 
     def finalize(self, account: LocalAccount, lot_id: object) -> dict[str, str]:
         """End an auction whose deadline has passed (anyone may)."""
         lot_id = parse_lot_id(lot_id)
         lot = self._open_lot(lot_id)
         if lot.status != LotStatus.LISTED:
-            raise ActionRefused(f"Listing #{lot_id} has already been finalized.")
-        if self._read(self.client.latest_timestamp) < lot.deadline:
-            raise ActionRefused(
-                f"The auction for listing #{lot_id} has not ended yet "
-                f"(it ends at {format_time(lot.deadline)})."
-            )
+            raise ActionRefused(messages.already_finalized(lot_id))
+        if not rules.auction_ended(self._read(self.client.latest_timestamp), lot.deadline):
+            raise ActionRefused(messages.auction_not_ended(lot_id, lot.deadline))
         tx_hash = self._act(lambda: self.client.finalize(account, lot_id))
-        return {"tx_hash": tx_hash, "message": f"Finalizing listing #{lot_id}."}
+        return {"tx_hash": tx_hash, "message": messages.finalize_sent(lot_id)}
 
     @staticmethod
     def _read(read: Callable[[], Any]) -> Any:

@@ -1,7 +1,13 @@
-"""Contract reverts and chain failures as sentences for people (never hex, never error names)."""
+"""Every sentence the app says to people: refusals, confirmations, notices, reverts, failures.
+
+Sentences are never hex and never error names. The market's pre-checks (services/market.py), the
+live notices (web/live.py) and the contract's reverts use the same functions where they say the
+same thing, so a page and the chain cannot word one refusal differently.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
@@ -30,27 +36,218 @@ def _kwh(value: object) -> str:
     return f"{format_kwh(int(value))} kWh"  # type: ignore[arg-type]
 
 
+# -- the market: refusals (pre-checks and reverts) --------------------------------------------
+
+
+def duration_out_of_range(seconds: int, low: int, high: int) -> str:
+    """An auction's duration outside the deployment's bounds."""
+    return (f"An auction must last between {format_duration(low)} and "
+            f"{format_duration(high)}; {format_duration(seconds)} is not allowed.")
+
+
+def not_enough_tokens(balance_wh: int, wanted_wh: int) -> str:
+    """Selling more energy tokens than the account holds."""
+    return (f"You have only {format_kwh(balance_wh)} kWh of energy tokens; you cannot sell "
+            f"{format_kwh(wanted_wh)} kWh.")
+
+
+def no_such_listing(lot_id: int) -> str:
+    """A lot id nobody listed."""
+    return f"There is no listing #{lot_id}."
+
+
+def listing_closed_for_bids(lot_id: int) -> str:
+    """A bid on a lot that is no longer listed."""
+    return f"Listing #{lot_id} is no longer open for bids."
+
+
+SELLER_CANNOT_BID = "You cannot bid on your own listing."
+
+
+def auction_ended(lot_id: object) -> str:
+    """A bid after the deadline."""
+    return f"The auction for listing #{lot_id} has ended; it takes no more bids."
+
+
+def auction_not_ended(lot_id: object, deadline: int) -> str:
+    """A finalize before the deadline."""
+    return (f"The auction for listing #{lot_id} has not ended yet "
+            f"(it ends at {format_time(deadline)}).")
+
+
+def bid_below_minimum(lot_id: int, minimum_wei: int) -> str:
+    """A bid below the start price or the highest bid plus the increment (pre-check)."""
+    return f"Bid at least {format_ether(minimum_wei)} ETH per kWh on listing #{lot_id}."
+
+
+def deposit_exceeds_balance(deposit_wei: int, energy_wh: int, balance_wei: int) -> str:
+    """A bid whose deposit (plus the fee) the bidder cannot pay."""
+    return (f"This bid needs a deposit of {format_ether(deposit_wei)} ETH for the whole lot "
+            f"({format_kwh(energy_wh)} kWh) plus the fee; you have "
+            f"{format_ether(balance_wei)} ETH.")
+
+
+def trade_not_open(trade_id: object) -> str:
+    """Closing a lot that is not an open trade."""
+    return f"Trade #{trade_id} is not open."
+
+
+def not_trade_party(trade_id: object) -> str:
+    """Closing someone else's trade."""
+    return f"Only the buyer or the seller of trade #{trade_id} can close it."
+
+
+def seller_close_too_early(trade_id: int, close_at: int) -> str:
+    """The seller closing before the delivery timeout (pre-check)."""
+    return (f"As the seller you can close trade #{trade_id} only when no delivery has "
+            f"come for a while: from {format_time(close_at)}.")
+
+
+def already_finalized(lot_id: int) -> str:
+    """Finalizing a lot that is no longer listed."""
+    return f"Listing #{lot_id} has already been finalized."
+
+
+# -- the market: what was sent ----------------------------------------------------------------
+
+
+def listing_sent(energy_wh: int, price_wei: int, seconds: int) -> str:
+    """A listing is on its way."""
+    return (f"Listing {format_kwh(energy_wh)} kWh from {format_ether(price_wei)} ETH per kWh for "
+            f"{format_duration(seconds)}.")
+
+
+def bid_sent(price_wei: int, lot_id: int, deposit_wei: int) -> str:
+    """A bid is on its way."""
+    return (f"Bidding {format_ether(price_wei)} ETH per kWh on listing #{lot_id} "
+            f"(deposit {format_ether(deposit_wei)} ETH).")
+
+
+def close_sent(trade_id: int) -> str:
+    """A close is on its way."""
+    return f"Closing the connection of trade #{trade_id}."
+
+
+def finalize_sent(lot_id: int) -> str:
+    """A finalize is on its way."""
+    return f"Finalizing listing #{lot_id}."
+
+
+# -- live notices (pushed to the people an event concerns) -------------------------------------
+
+
+def new_bid_notice(lot_id: object, price_wei: int) -> str:
+    """To the seller: someone bid."""
+    return f"New bid on your listing #{lot_id}: {format_ether(price_wei)} ETH per kWh."
+
+
+def bid_in_notice(lot_id: object, price_wei: int) -> str:
+    """To the bidder: the bid is mined."""
+    return f"Your bid of {format_ether(price_wei)} ETH per kWh on listing #{lot_id} is in."
+
+
+def credited_notice(amount_wei: int, lot_id: object) -> str:
+    """To the account credited (outbid deposit, refund)."""
+    return (f"{format_ether(amount_wei)} ETH was credited to you "
+            f"(lot #{lot_id}); withdraw it from your wallet.")
+
+
+def expired_notice(lot_id: object, energy_wh: int) -> str:
+    """To the seller: no bids."""
+    return (f"Listing #{lot_id} ended without bids; your "
+            f"{format_kwh(energy_wh)} kWh are back.")
+
+
+def sold_notice(trade_id: object, price_wei: int) -> str:
+    """To the seller: the auction ended with a buyer."""
+    return (f"Listing #{trade_id} sold at {format_ether(price_wei)} ETH per kWh; the trade "
+            "is open.")
+
+
+def won_notice(trade_id: object, price_wei: int) -> str:
+    """To the buyer: the auction ended in their favour."""
+    return (f"You won listing #{trade_id} at {format_ether(price_wei)} ETH per kWh; the "
+            "trade is open.")
+
+
+def trade_closed_notice(trade_id: object, delivered_wh: int) -> str:
+    """To both parties: the trade closed."""
+    return f"Trade #{trade_id} closed after {format_kwh(delivered_wh)} kWh delivered."
+
+
+def withdrawn_notice(amount_wei: int) -> str:
+    """To the account that withdrew."""
+    return f"{format_ether(amount_wei)} ETH withdrawn to your account."
+
+
+def transaction_failed_notice(kind: str, reason: str) -> str:
+    """To the sender: a transaction sent from the pages failed when mined."""
+    return f"Your {kind} failed: {reason}"
+
+
+# -- the web app: requests, sessions, forms ----------------------------------------------------
+
+CSRF_REFUSED = ("The request came without a valid security (CSRF) token, so nothing was "
+                "changed. Reload the page and try again.")
+HTTP_ERRORS = {
+    404: "There is no such page.",
+    405: "That address does not take this kind of request.",
+    413: "That upload is too large.",
+}
+REQUEST_REFUSED = "The request was refused."
+SERVER_ERROR = "Something went wrong on the server. Please try again."
+API_LOGIN_FIRST = "Log in first (POST /api/v1/session)."
+SOCKET_LOGIN_FIRST = "Log in first: this connection needs a logged-in session."
+LOGGED_OUT = "You are logged out; your key was removed from the server's memory."
+JSON_OBJECT_EXPECTED = "Send a JSON object as the request body."
+MINING_ACTION_API = "Set 'action' to \"start\" or \"stop\"."
+MINING_ACTION_FORM = "Choose whether to start or stop mining."
+
+
+def too_many_attempts(wait_seconds: float) -> str:
+    """A login, account creation or import over the rate limit."""
+    return f"Too many attempts; wait {math.ceil(wait_seconds)} seconds and try again."
+
+
+def account_ready(address: str, imported: bool = False) -> str:
+    """An account was created or imported."""
+    return f"Account {address} {'imported' if imported else 'created'}. Log in with its passphrase."
+
+
+def field_not_text(name: str) -> str:
+    """A JSON field that is a list, an object or a boolean."""
+    return f"The field {name!r} must be text or a number."
+
+
+def transaction_pending(message: str, tx_hash: str) -> str:
+    """After an action from a page: what was sent, and that it is pending."""
+    return f"{message} Transaction {tx_hash} is pending."
+
+
+def mining_switched(mining: bool, detail: str) -> str:
+    """After Start/Stop mining on the wallet page."""
+    return f"Mining {'started' if mining else 'stopped'}: {detail}."
+
+
+# -- contract reverts ---------------------------------------------------------------------------
+
 _SENTENCES: dict[str, Callable[[Args], str]] = {
     # EnergyMarket
     "MarketEnergyOutOfRange": lambda a: (
         f"A lot must hold more than 0 and at most {format_kwh(MAX_ENERGY_WH)} kWh."
     ),
     "MarketPriceOutOfRange": lambda a: "That price is out of range: it must be above zero.",
-    "MarketDurationOutOfRange": lambda a: (
-        f"An auction must last between {format_duration(_arg(a, 1))} and "
-        f"{format_duration(_arg(a, 2))}; {format_duration(_arg(a, 0))} is not allowed."
+    "MarketDurationOutOfRange": lambda a: duration_out_of_range(
+        int(_arg(a, 0)), int(_arg(a, 1)), int(_arg(a, 2))  # type: ignore[call-overload]
     ),
     "MarketListingNotOpen": lambda a: (
         f"Listing #{_arg(a, 0)} is not open for bids (it has ended or does not exist)."
     ),
-    "MarketAuctionEnded": lambda a: (
-        f"The auction for listing #{_arg(a, 0)} has ended; it takes no more bids."
+    "MarketAuctionEnded": lambda a: auction_ended(_arg(a, 0)),
+    "MarketAuctionNotEnded": lambda a: auction_not_ended(
+        _arg(a, 0), int(_arg(a, 1))  # type: ignore[call-overload]
     ),
-    "MarketAuctionNotEnded": lambda a: (
-        f"The auction for listing #{_arg(a, 0)} has not ended yet "
-        f"(it ends at {format_time(_arg(a, 1))})."
-    ),
-    "MarketSellerCannotBid": lambda a: "You cannot bid on your own listing.",
+    "MarketSellerCannotBid": lambda a: SELLER_CANNOT_BID,
     "MarketBidTooLow": lambda a: (
         f"Your bid of {_eth(_arg(a, 1))} per kWh is too low: bid at least "
         f"{_eth(_arg(a, 0))} per kWh."
@@ -58,10 +255,8 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
     "MarketDepositMismatch": lambda a: (
         f"The deposit sent ({_eth(_arg(a, 1))}) is not the {_eth(_arg(a, 0))} this bid needs."
     ),
-    "MarketTradeNotOpen": lambda a: f"Trade #{_arg(a, 0)} is not open.",
-    "MarketNotTradeParty": lambda a: (
-        f"Only the buyer or the seller of trade #{_arg(a, 0)} can close it."
-    ),
+    "MarketTradeNotOpen": lambda a: trade_not_open(_arg(a, 0)),
+    "MarketNotTradeParty": lambda a: not_trade_party(_arg(a, 0)),
     "MarketDeliveryNotTimedOut": lambda a: (
         f"As the seller you can close trade #{_arg(a, 0)} only after deliveries stop; "
         f"wait until {format_time(_arg(a, 1))}."

@@ -5,8 +5,9 @@ meter's live values (generation, relay); without it the wallet and the market sa
 The generation/consumption chart comes from the chain itself: every `ReadingRecorded` event the
 listener delivers is kept (de-duplicated on transaction hash and log index) for a few hours.
 
-A bridge's meter states are read by the fields of hardware.bridge.MeterState: address, owner,
-kind (SUPPLY/LOAD), online, relay_closed, energy_wh, power_w and last_error.
+The bridge reports each meter as a `hardware.bridge.MeterState`; `view_of` turns it into the
+`MeterView` the pages show (fields read: address, owner, kind, online, relay_closed, energy_wh,
+power_w, last_error).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Bridge(Protocol):
 
 
 @dataclass(frozen=True)
-class MeterState:
-    """One meter as the bridge reports it, normalized."""
+class MeterView:
+    """One meter as the pages show it (from the bridge's live state)."""
 
     address: str | None
     owner: str | None
@@ -69,25 +70,22 @@ def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and str(a).lower() == str(b).lower()
 
 
-def normalize_state(item: Any) -> MeterState:
-    """A bridge's meter state (hardware.bridge.MeterState) as a MeterState."""
-    kind = getattr(item, "kind", None)
-    relay = getattr(item, "relay_closed", None)
-    energy = getattr(item, "energy_wh", None)
-    power = getattr(item, "power_w", None)
-    return MeterState(
-        address=getattr(item, "address", None),
-        owner=getattr(item, "owner", None),
-        kind=None if kind is None else str(kind),
-        online=bool(getattr(item, "online", True)),
+def view_of(state: Any) -> MeterView:
+    """A bridge's meter state (hardware.bridge.MeterState) as the pages show it."""
+    relay, energy, power = state.relay_closed, state.energy_wh, state.power_w
+    return MeterView(
+        address=state.address,
+        owner=state.owner,
+        kind=None if state.kind is None else str(state.kind).lower(),
+        online=bool(state.online),
         relay_closed=None if relay is None else bool(relay),
         energy_wh=None if energy is None else int(energy),
         power_w=None if power is None else float(power),
-        detail=str(getattr(item, "last_error", None) or ""),
+        detail=str(state.last_error or ""),
     )
 
 
-def relay_text(meter: MeterState | None) -> str:
+def relay_text(meter: MeterView | None) -> str:
     """"closed", "open", "offline", "unknown" or "no meter"."""
     if meter is None:
         return "no meter"
@@ -120,21 +118,22 @@ class MeterBoard:
         self._readings: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._block_times: OrderedDict[int, int] = OrderedDict()
+        self._relays: dict[str | None, str] = {}  # meter -> its relay as the cards last showed it
 
     # -- bridge ---------------------------------------------------------------------------------
 
-    def states(self) -> list[MeterState]:
+    def states(self) -> list[MeterView]:
         """Every meter the bridge reports (empty without a bridge or if the bridge failed)."""
         if self.bridge is None:
             return []
         try:
-            return [normalize_state(item) for item in self.bridge.state()]
+            return [view_of(item) for item in self.bridge.state()]
         except Exception:
             log.exception("meter bridge: state() failed")
             return []
 
-    def meter_of(self, owner: str, kind: str, states: list[MeterState] | None = None
-                 ) -> MeterState | None:
+    def meter_of(self, owner: str, kind: str, states: list[MeterView] | None = None
+                 ) -> MeterView | None:
         """The owner's meter of `kind` as the bridge reports it, or None."""
         for meter in self.states() if states is None else states:
             if _same(meter.owner, owner) and meter.kind == kind:
@@ -154,11 +153,20 @@ class MeterBoard:
             text += f" ({meter.power_w:.0f} W now)"
         return {"meter": True, "text": text, "energy_kwh": energy, "power_w": meter.power_w}
 
-    def relay(self, owner: str | None, kind: str, states: list[MeterState] | None = None) -> str:
+    def relay(self, owner: str | None, kind: str, states: list[MeterView] | None = None) -> str:
         """The relay state of the owner's meter of `kind` (see relay_text)."""
         if not owner or self.bridge is None:
             return "no meter"
         return relay_text(self.meter_of(owner, kind, states))
+
+    def relay_moved(self, state: Any) -> tuple[str | None, bool]:
+        """A bridge change: (the meter's owner, whether its relay as the cards show it moved)."""
+        view = view_of(state)
+        shown = relay_text(view)
+        with self._lock:
+            moved = self._relays.get(view.address) != shown
+            self._relays[view.address] = shown
+        return view.owner, moved
 
     def meter_addresses(self, owner: str) -> list[str]:
         """Meters known to belong to `owner` (from the bridge and from registry events)."""

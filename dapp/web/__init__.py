@@ -24,11 +24,13 @@ from werkzeug.exceptions import HTTPException
 
 from dapp.chain.client import ChainClient
 from dapp.errors import WalletError
+from dapp.services import messages
 from dapp.services.amounts import format_duration, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
-from dapp.web.extensions import Microgrid, make_socketio
-from dapp.web.security import CSRFError, check_csrf, csrf_token, current_user
+from dapp.web import hosts
+from dapp.web.extensions import AppState, make_socketio
+from dapp.web.security import CSRF_CONFIG, CSRFError, csrf, csrf_token, current_user
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "RPC": "http://127.0.0.1:8545",
     "DATA_DIR": "data",
     "MARKET": None,
+    "OPERATOR": None,
     "RPC_TIMEOUT": 10.0,
     "KDF_N": GETH_SCRYPT_N,
     "SESSION_IDLE_TIMEOUT": 1800,
@@ -108,6 +111,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
     )
     app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping(CSRF_CONFIG)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("MICROGRID")
     if test_config:
@@ -117,11 +121,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secret_key(data_dir)
 
     client = ChainClient(app.config["RPC"], data_dir, market=app.config["MARKET"] or None,
+                         operator=app.config["OPERATOR"] or None,
                          timeout=float(app.config["RPC_TIMEOUT"]))
     keystore = Keystore(data_dir / "keystore", scrypt_n=int(app.config["KDF_N"]))
+    csrf.init_app(app)
     socketio = make_socketio()
     socketio.init_app(app)
-    ext = Microgrid(
+    ext = AppState(
         client,
         keystore,
         socketio=socketio,
@@ -134,8 +140,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         listener_interval=float(app.config["LISTENER_INTERVAL"]),
     )
     app.extensions["microgrid"] = ext
-    if app.config.get("BRIDGE") is not None:
-        ext.attach_bridge(app.config["BRIDGE"])
 
     from dapp.web import api, auth, market, sockets, wallet
 
@@ -145,6 +149,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     sockets.register_handlers(socketio, ext)
     _register_hooks(app, ext)
+    hosts.init_app(app)  # Host allow-list, proxies, TLS cookie, who may add accounts
     return app
 
 
@@ -152,16 +157,15 @@ def _is_api() -> bool:
     return request.blueprint == "api" or request.path.startswith("/api/")
 
 
-def _register_hooks(app: Flask, ext: Microgrid) -> None:
+def _register_hooks(app: Flask, ext: AppState) -> None:
     """CSRF, background start, template globals, vendor files and error pages."""
     app.jinja_env.filters["short"] = short_address
     app.jinja_env.filters["duration"] = format_duration
 
     @app.before_request
     def _before() -> None:
-        if app.config["START_BACKGROUND"] and not ext.hub.running:
+        if app.config["START_BACKGROUND"] and not ext.running:
             ext.start_background()
-        check_csrf()
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
@@ -194,8 +198,7 @@ def _register_hooks(app: Flask, ext: Microgrid) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> ResponseReturnValue:
-        message = ("The request came without a valid security (CSRF) token, so nothing was "
-                   "changed. Reload the page and try again.")
+        message = messages.CSRF_REFUSED
         if _is_api():
             return jsonify({"error": message}), 400
         return render_template("error.html", title="Request refused", message=message), 400
@@ -209,12 +212,8 @@ def _register_hooks(app: Flask, ext: Microgrid) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
-        messages = {
-            404: "There is no such page.",
-            405: "That address does not take this kind of request.",
-            413: "That upload is too large.",
-        }
-        message = messages.get(exc.code or 0, exc.description or "The request was refused.")
+        message = messages.HTTP_ERRORS.get(exc.code or 0,
+                                           exc.description or messages.REQUEST_REFUSED)
         if _is_api():
             return jsonify({"error": message}), exc.code or 400
         return render_template("error.html", title=exc.name, message=message), exc.code or 400
@@ -222,7 +221,7 @@ def _register_hooks(app: Flask, ext: Microgrid) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        message = "Something went wrong on the server. Please try again."
+        message = messages.SERVER_ERROR
         if _is_api():
             return jsonify({"error": message}), 500
         return render_template("error.html", title="Server error", message=message), 500

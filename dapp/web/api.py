@@ -18,8 +18,9 @@ from typing import Any
 from flask import Blueprint, g, jsonify, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
-from dapp.web.common import acted, check_client_limit, json_error, log_in, login_required, microgrid
+from dapp.web.common import acted, app_state, check_client_limit, json_error, log_in, login_required
 from dapp.web.openapi import openapi_document
 from dapp.web.security import csrf_token, current_user, end_session
 
@@ -42,7 +43,7 @@ def body() -> dict[str, Any]:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise InvalidInput("Send a JSON object as the request body.")
+            raise InvalidInput(messages.JSON_OBJECT_EXPECTED)
         return data
     return request.form.to_dict()
 
@@ -53,7 +54,7 @@ def _text(data: dict[str, Any], name: str, default: str = "") -> Any:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidInput(f"The field {name!r} must be text or a number.", name)
+        raise InvalidInput(messages.field_not_text(name), name)
     return value
 
 
@@ -105,14 +106,14 @@ def session_logout() -> ResponseReturnValue:
     """Log out: the key is forgotten."""
     session_id = end_session()
     if session_id:
-        microgrid().hub.end_session(session_id)
+        app_state().hub.end_session(session_id)
     return jsonify({"logged_in": False})
 
 
 @bp.get("/accounts")
 def accounts() -> ResponseReturnValue:
     """The accounts of this server's keystore."""
-    return jsonify({"accounts": microgrid().wallet.accounts()})
+    return jsonify({"accounts": app_state().wallet.accounts()})
 
 
 @bp.post("/accounts")
@@ -121,7 +122,7 @@ def create_account() -> ResponseReturnValue:
     data = body()
     check_client_limit()
     passphrase = data.get("passphrase", "")
-    address = microgrid().wallet.create_account(
+    address = app_state().wallet.create_account(
         passphrase, data.get("confirm", passphrase), data.get("label")
     )
     return jsonify({"address": address}), 201
@@ -146,7 +147,7 @@ def import_account() -> ResponseReturnValue:
                 content = keystore.encode()
         else:
             content = b""
-    address = microgrid().wallet.import_account(content, data.get("passphrase", ""),
+    address = app_state().wallet.import_account(content, data.get("passphrase", ""),
                                                 data.get("label"))
     return jsonify({"address": address}), 201
 
@@ -157,21 +158,21 @@ def import_account() -> ResponseReturnValue:
 @bp.get("/chain")
 def chain() -> ResponseReturnValue:
     """Whether the chain answers, its latest block and the mining state."""
-    return jsonify(microgrid().wallet.chain_status())
+    return jsonify(app_state().wallet.chain_status())
 
 
 @bp.get("/wallet")
 @login_required
 def wallet() -> ResponseReturnValue:
     """Balances, credit, pending transactions, generation and its history."""
-    return jsonify(microgrid().wallet.summary(g.user.address))
+    return jsonify(app_state().wallet.summary(g.user.address))
 
 
 @bp.get("/wallet/pending")
 @login_required
 def pending() -> ResponseReturnValue:
     """Unmined transactions of the account and its meters."""
-    summary = microgrid().wallet.summary(g.user.address)
+    summary = app_state().wallet.summary(g.user.address)
     if not summary["available"]:
         return json_error(503, summary["message"])
     return jsonify({"pending": summary["pending"]})
@@ -182,7 +183,7 @@ def pending() -> ResponseReturnValue:
 def send() -> ResponseReturnValue:
     """Send Ether (`to`, `amount` in ether as text)."""
     data = body()
-    result = microgrid().wallet.send_ether(g.user.account, _text(data, "to"),
+    result = app_state().wallet.send_ether(g.user.account, _text(data, "to"),
                                            _text(data, "amount"))
     return _action(result, "Ether transfer")
 
@@ -191,14 +192,14 @@ def send() -> ResponseReturnValue:
 @login_required
 def withdraw() -> ResponseReturnValue:
     """Withdraw all market credit."""
-    return _action(microgrid().wallet.withdraw(g.user.account), "withdrawal")
+    return _action(app_state().wallet.withdraw(g.user.account), "withdrawal")
 
 
 @bp.get("/mining")
 @login_required
 def mining() -> ResponseReturnValue:
     """The mining state."""
-    return jsonify(microgrid().wallet.mining_status())
+    return jsonify(app_state().wallet.mining_status())
 
 
 @bp.post("/mining")
@@ -206,13 +207,13 @@ def mining() -> ResponseReturnValue:
 def set_mining() -> ResponseReturnValue:
     """Start or stop mining (`action`: "start" or "stop")."""
     action = _text(body(), "action")
-    ext = microgrid()
+    ext = app_state()
     if action == "start":
         status = ext.wallet.start_mining()
     elif action == "stop":
         status = ext.wallet.stop_mining()
     else:
-        raise InvalidInput("Set 'action' to \"start\" or \"stop\".", "action")
+        raise InvalidInput(messages.MINING_ACTION_API, "action")
     ext.hub.touch_market()
     return jsonify(status)
 
@@ -224,7 +225,7 @@ def set_mining() -> ResponseReturnValue:
 @login_required
 def market() -> ResponseReturnValue:
     """Open listings, open trades and cleared prices."""
-    return jsonify(microgrid().market.snapshot())
+    return jsonify(app_state().market.snapshot())
 
 
 @bp.post("/market/listings")
@@ -232,7 +233,7 @@ def market() -> ResponseReturnValue:
 def sell() -> ResponseReturnValue:
     """List energy (`energy` kWh, `price` per kWh, `price_unit`, `duration`, `duration_unit`)."""
     data = body()
-    result = microgrid().market.sell(
+    result = app_state().market.sell(
         g.user.account, _text(data, "energy"), _text(data, "price"),
         _text(data, "price_unit", "ether"), _text(data, "duration"),
         _text(data, "duration_unit", "minutes"),
@@ -245,7 +246,7 @@ def sell() -> ResponseReturnValue:
 def bid(lot_id: str) -> ResponseReturnValue:
     """Bid on a listing (`price` per kWh, `price_unit`)."""
     data = body()
-    result = microgrid().market.bid(g.user.account, lot_id, _text(data, "price"),
+    result = app_state().market.bid(g.user.account, lot_id, _text(data, "price"),
                                     _text(data, "price_unit", "ether"))
     return _action(result, "bid", market=True)
 
@@ -254,12 +255,12 @@ def bid(lot_id: str) -> ResponseReturnValue:
 @login_required
 def finalize(lot_id: str) -> ResponseReturnValue:
     """End an auction whose deadline has passed."""
-    return _action(microgrid().market.finalize(g.user.account, lot_id), "finalize", market=True)
+    return _action(app_state().market.finalize(g.user.account, lot_id), "finalize", market=True)
 
 
 @bp.post("/market/trades/<trade_id>/close")
 @login_required
 def close(trade_id: str) -> ResponseReturnValue:
     """Close the connection of an open trade."""
-    result = microgrid().market.close(g.user.account, trade_id)
+    result = app_state().market.close(g.user.account, trade_id)
     return _action(result, "close connection", market=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import UserError
-from dapp.web.common import check_client_limit, form_values, log_in, microgrid
+from dapp.web.common import app_state, check_client_limit, form_values, log_in
 from dapp.web.security import current_user, end_session
 
 bp = Blueprint("auth", __name__)
@@ -19,7 +20,7 @@ def render_login(status: int = 200, error: str | None = None, form: str | None =
     expired = bool(session.pop("expired", False))
     return render_template(
         "auth/login.html",
-        accounts=microgrid().wallet.accounts(),
+        accounts=app_state().wallet.accounts(),
         error=error,
         error_form=form,
         values=values or {},
@@ -52,8 +53,8 @@ def logout() -> ResponseReturnValue:
     """Forget the key and the session; back to the login page."""
     session_id = end_session()
     if session_id:
-        microgrid().hub.end_session(session_id)
-    flash("You are logged out; your key was removed from the server's memory.", "ok")
+        app_state().hub.end_session(session_id)
+    flash(messages.LOGGED_OUT, "ok")
     return redirect(url_for("auth.login_page"), 303)
 
 
@@ -63,13 +64,13 @@ def create_account() -> ResponseReturnValue:
     values = form_values(request.form, "label")
     try:
         check_client_limit()
-        address = microgrid().wallet.create_account(
+        address = app_state().wallet.create_account(
             request.form.get("passphrase", ""), request.form.get("confirm", ""),
             request.form.get("label", ""),
         )
     except UserError as exc:
         return render_login(exc.status, exc.message, "create", values)
-    flash(f"Account {address} created. Log in with its passphrase.", "ok")
+    flash(messages.account_ready(address), "ok")
     return redirect(url_for("auth.login_page", account=address), 303)
 
 
@@ -81,10 +82,10 @@ def import_account() -> ResponseReturnValue:
     try:
         check_client_limit()
         content = upload.read(64 * 1024 + 1) if upload is not None else b""
-        address = microgrid().wallet.import_account(
+        address = app_state().wallet.import_account(
             content, request.form.get("passphrase", ""), request.form.get("label", "")
         )
     except UserError as exc:
         return render_login(exc.status, exc.message, "import", values)
-    flash(f"Account {address} imported. Log in with its passphrase.", "ok")
+    flash(messages.account_ready(address, imported=True), "ok")
     return redirect(url_for("auth.login_page", account=address), 303)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -11,10 +10,11 @@ from typing import Any, TypeVar
 from flask import current_app, g, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.amounts import parse_address
 from dapp.services.errors import InvalidInput, LoginFailed, TooManyAttempts
 from dapp.services.wallet import check_passphrase
-from dapp.web.extensions import Microgrid
+from dapp.web.extensions import AppState
 from dapp.web.security import CurrentUser, current_user, start_session
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def microgrid() -> Microgrid:
+def app_state() -> AppState:
     """The current app's state."""
     return current_app.extensions["microgrid"]
 
@@ -45,7 +45,7 @@ def login_required(view: F) -> F:
         user = current_user()
         if user is None:
             if request.blueprint == "api":
-                return json_error(401, "Log in first (POST /api/v1/session).")
+                return json_error(401, messages.API_LOGIN_FIRST)
             return redirect(url_for("auth.login_page"), 303)
         g.user = user
         return view(*args, **kwargs)
@@ -54,32 +54,28 @@ def login_required(view: F) -> F:
 
 
 def client_key() -> str:
-    """Who is calling, for rate limits (the peer address; this app is not behind a proxy)."""
+    """Who is calling, for rate limits (the peer; behind TRUSTED_PROXIES, the forwarded client)."""
     return request.remote_addr or "unknown"
 
 
 def check_client_limit() -> None:
     """Count one costly request (key derivation) for this client; TooManyAttempts if over."""
-    ext = microgrid()
+    ext = app_state()
     wait = ext.login_per_client.retry_after(client_key())
     if wait:
-        raise TooManyAttempts(_wait_sentence(wait), wait)
+        raise TooManyAttempts(messages.too_many_attempts(wait), wait)
     ext.login_per_client.hit(client_key())
-
-
-def _wait_sentence(wait: float) -> str:
-    return f"Too many attempts; wait {math.ceil(wait)} seconds and try again."
 
 
 def log_in(address_text: object, passphrase: object) -> CurrentUser:
     """Rate-limit, decrypt the key, start the session; LoginFailed/TooManyAttempts otherwise."""
-    ext = microgrid()
+    ext = app_state()
     address = parse_address(address_text, "the account")
     passphrase = check_passphrase(passphrase)
     wait = max(ext.login_per_account.retry_after(address),
                ext.login_per_client.retry_after(client_key()))
     if wait:
-        raise TooManyAttempts(_wait_sentence(wait), wait)
+        raise TooManyAttempts(messages.too_many_attempts(wait), wait)
     ext.login_per_account.hit(address)
     ext.login_per_client.hit(client_key())
     try:
@@ -94,7 +90,7 @@ def log_in(address_text: object, passphrase: object) -> CurrentUser:
 
 def acted(result: dict[str, str], kind: str, market: bool = False) -> None:
     """After an action: watch its transaction and push the sender's pending list."""
-    ext = microgrid()
+    ext = app_state()
     ext.hub.watch(g.user.address, result["tx_hash"], kind)
     if market:
         ext.hub.touch_market()

@@ -1,21 +1,27 @@
 """The app's own state, kept in ``app.extensions["microgrid"]``.
 
-`Microgrid` holds what one app needs: the chain client, the keystore, the unlocked keys, the
-services, the login limiters and the live hub. Flask-SocketIO (threading mode: web3 and pyserial
-block) is made per app by `make_socketio`, not once at module level: a SocketIO object keeps one
-server, so two apps in one process (the tests make many) would otherwise share it.
+`AppState` holds what one app needs: the chain client, the keystore, the unlocked keys, the
+services, the login limiters, the live hub, and the background tasks (the event listener and
+the hub's ticker). Flask-SocketIO (threading mode: web3 and pyserial block) is made per app by
+`make_socketio`, not once at module level: a SocketIO object keeps one server, so two apps in
+one process (the tests make many) would otherwise share it.
 
-Hook for other parts (e.g. the meter bridge)::
+Every consumer of chain events subscribes to the process's one `EventListener` (its own
+subscriber list is the only one): the meter board, the market service and the live hub from
+the start, the meter bridge through `attach_bridge`, others through `subscribe`::
 
-    ext = app.extensions["microgrid"]
-    unsubscribe = ext.subscribe(callback)   # callback(ChainEvent) for every contract event
-    ext.attach_bridge(bridge)               # bridge.on_event(ChainEvent) + bridge.state()
+    state = app.extensions["microgrid"]
+    unsubscribe = state.subscribe(callback)   # callback(ChainEvent) for every contract event
+    state.attach_bridge(bridge)               # bridge.on_event(ChainEvent) + bridge.state()
+    MeterBridge(..., on_change=state.meter_changed)
 
-Both are fed by the one EventListener of the process, started with `start_background()`.
+The listener exists once the deployment is known (the chain may be down at start); callbacks
+subscribed before that wait here and are handed to it, in order, when the listener task starts.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -25,15 +31,18 @@ from eth_account.signers.local import LocalAccount
 from flask_socketio import SocketIO
 
 from dapp.chain.client import ChainClient
-from dapp.chain.listener import ChainEvent
+from dapp.chain.listener import ChainEvent, EventListener
+from dapp.errors import ChainError
 from dapp.services.market import AutoFinalizer, MarketService
 from dapp.services.meters import Bridge, MeterBoard
 from dapp.services.wallet import WalletService
 from dapp.wallet.keystore import Keystore, UnlockedKeys
+from dapp.web.live import LiveHub
 from dapp.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
 
+Subscriber = Callable[[ChainEvent], None]
 
 
 def make_socketio() -> SocketIO:
@@ -41,7 +50,7 @@ def make_socketio() -> SocketIO:
     return SocketIO(async_mode="threading", cors_allowed_origins=None)
 
 
-class Microgrid:
+class AppState:
     """Per-app state: chain client, keystore, unlocked keys, services, limiters, live hub."""
 
     def __init__(
@@ -58,8 +67,6 @@ class Microgrid:
         live_interval: float = 0.5,
         listener_interval: float = 1.0,
     ) -> None:
-        from dapp.web.live import LiveHub
-
         self.client = client
         self.keystore = keystore
         self.keys = UnlockedKeys(idle_timeout)
@@ -69,43 +76,117 @@ class Microgrid:
         self.finalizer = AutoFinalizer(self.market, finalizer)
         self.login_per_account = RateLimiter(login_limit_per_account, login_limit_window)
         self.login_per_client = RateLimiter(login_limit_per_client, login_limit_window)
-        self._subscribers: dict[int, Callable[[ChainEvent], None]] = {}
-        self._next_subscriber = 0
-        self._lock = threading.Lock()
         self.socketio = socketio
-        self.hub = LiveHub(self, socketio, interval=live_interval,
-                           listener_interval=listener_interval)
+        self.hub = LiveHub(socketio, client=client, wallet=self.wallet, market=self.market,
+                           keys=self.keys, on_block=self.finalizer.run_once,
+                           interval=live_interval)
+        self.listener_interval = listener_interval
+        self._lock = threading.Lock()
+        self._listener: EventListener | None = None
+        self._waiting: dict[int, Subscriber] = {}  # until the listener exists
+        self._unsubscribe: dict[int, Callable[[], None]] = {}  # handed to the listener
+        self._ids = itertools.count()
+        self._stop: threading.Event | None = None
+        self._tasks: list[Any] = []
+        # The services first: what the hub pushes for an event reads what they learnt from it.
+        for callback in (self.meters.on_event, self.market.on_event, self.hub.on_event):
+            self.subscribe(callback)
 
-    def subscribe(self, callback: Callable[[ChainEvent], None]) -> Callable[[], None]:
+    # -- chain events ---------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call `callback` with every contract event the listener delivers; returns unsubscribe."""
         with self._lock:
-            token = self._next_subscriber
-            self._next_subscriber += 1
-            self._subscribers[token] = callback
+            token = next(self._ids)
+            if self._listener is None:
+                self._waiting[token] = callback
+            else:
+                self._unsubscribe[token] = self._listener.subscribe(callback)
 
         def unsubscribe() -> None:
             with self._lock:
-                self._subscribers.pop(token, None)
+                self._waiting.pop(token, None)
+                handed = self._unsubscribe.pop(token, None)
+            if handed is not None:
+                handed()
 
         return unsubscribe
 
-    def subscribers(self) -> list[Callable[[ChainEvent], None]]:
-        """The current external subscribers."""
+    def _adopt(self, listener: EventListener) -> None:
+        """Hand the waiting callbacks to the listener, in the order they subscribed."""
         with self._lock:
-            return list(self._subscribers.values())
+            if self._listener is not None:
+                return  # a restart: they are subscribed already
+            self._listener = listener
+            for token, callback in sorted(self._waiting.items()):
+                self._unsubscribe[token] = listener.subscribe(callback)
+            self._waiting.clear()
 
     def attach_bridge(self, bridge: Bridge) -> None:
         """Use `bridge` for live meter state and feed it every chain event."""
         self.meters.bridge = bridge
         self.subscribe(bridge.on_event)
 
+    def meter_changed(self, state: Any) -> None:
+        """Bridge `on_change` hook: a meter's live state moved (generation, relay)."""
+        owner, relay_moved = self.meters.relay_moved(state)
+        self.hub.touch_user(owner)
+        if relay_moved:  # the cards show relays; generation alone moves only the owner's wallet
+            self.hub.touch_market()
+
+    # -- background tasks -----------------------------------------------------------------------
+
     def start_background(self) -> None:
-        """Start the listener and the live ticker (once per app; later calls do nothing)."""
-        self.hub.start()
+        """Start the listener and the live ticker (once; later calls do nothing)."""
+        with self._lock:
+            if self._stop is not None:
+                return
+            self._stop = stop = threading.Event()
+        self.hub.begin()
+        self._tasks = [
+            self.socketio.start_background_task(self._listen, stop),
+            self.socketio.start_background_task(self.hub.run, stop),
+        ]
 
     def stop_background(self, timeout: float = 5.0) -> None:
         """Stop the listener and the ticker and wait for them."""
-        self.hub.stop(timeout)
+        with self._lock:
+            stop, self._stop = self._stop, None
+        if stop is None:
+            return
+        stop.set()
+        for task in self._tasks:
+            task.join(timeout)
+        self._tasks = []
+
+    @property
+    def running(self) -> bool:
+        """Whether the background tasks were started and not stopped."""
+        return self._stop is not None
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Resolve the deployment (retrying), then run the one event listener."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.client.deployment  # noqa: B018 - resolves and caches the deployment
+                listener = self.client.listener
+                break
+            except ChainError as exc:
+                log.warning("live: no deployment yet (%s); retrying in %.1f s", exc, delay)
+            except Exception:
+                log.exception("live: resolving the deployment failed")
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            return
+        self._adopt(listener)
+        try:
+            count = self.meters.backfill()
+            log.info("live: %d recent meter readings loaded", count)
+        except Exception as exc:  # noqa: BLE001 - the chart starts empty instead
+            log.warning("live: meter history not loaded: %s", exc)
+        listener.run(stop, interval=self.listener_interval)
 
     def status(self) -> dict[str, Any]:
         """Chain status for templates and the API."""

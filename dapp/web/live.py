@@ -1,17 +1,15 @@
-"""Live updates: one listener, one ticker, pushes to Socket.IO rooms.
+"""Live updates: chain events and new blocks, pushed to Socket.IO rooms.
 
-Two background tasks per app, started once with `socketio.start_background_task`:
+`LiveHub` is one subscriber of the app's event listener (see `dapp.web.extensions.AppState`,
+which runs the listener and subscribes the services, the hub and the meter bridge to it). For
+each contract event the hub marks what changed (the market, the accounts named in the event)
+and, for events newer than the server's start, sends short notices to the people concerned.
 
-* the **listener task** resolves the deployment (retrying while the chain is down), subscribes
-  `LiveHub.on_event` to the process's single `EventListener` and runs it. Each contract event is
-  handed to the meter board, the market service and every external subscriber (the meter
-  bridge), marks what changed (the market, the accounts named in the event) and, for events
-  newer than the server's start, sends short notices to the people concerned;
-* the **ticker** reads the chain head every `interval` seconds. On a new block it marks every
-  connected user's wallet as changed (balances and pending transactions move without contract
-  events), runs the auto-finalizer, and reports transactions sent from the pages that failed
-  after sending. Then it pushes what changed: `chain` to everyone, `market` to the market room,
-  `wallet` to each user's own room. Expired sessions are told so and disconnected.
+Its ticker (`run`) reads the chain head every `interval` seconds. On a new block it marks every
+connected user's wallet as changed (balances and pending transactions move without contract
+events), calls `on_block` (the auto-finalizer), and reports transactions sent from the pages
+that failed after sending. Then it pushes what changed: `chain` to everyone, `market` to the
+market room, `wallet` to each user's own room. Expired sessions are told so and disconnected.
 
 Rooms: ``market`` (every logged-in socket) and ``user:<address>`` (one per account).
 """
@@ -22,17 +20,17 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from flask_socketio import SocketIO
 
+from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError, ContractReverted
-from dapp.services.amounts import format_ether, format_kwh
-from dapp.services.messages import revert_sentence
-
-if TYPE_CHECKING:
-    from dapp.web.extensions import Microgrid
+from dapp.services import messages
+from dapp.services.market import MarketService
+from dapp.services.wallet import WalletService
+from dapp.wallet.keystore import UnlockedKeys
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +44,27 @@ def user_room(address: str) -> str:
 
 
 class LiveHub:
-    """Routes chain events and new blocks to Socket.IO rooms; runs the auto-finalizer."""
+    """Routes chain events and new blocks to Socket.IO rooms; calls `on_block` on each new block."""
 
-    def __init__(self, ext: Microgrid, socketio: SocketIO, *, interval: float = 0.5,
-                 listener_interval: float = 1.0) -> None:
-        self.ext = ext
+    def __init__(self, socketio: SocketIO, *, client: ChainClient, wallet: WalletService,
+                 market: MarketService, keys: UnlockedKeys,
+                 on_block: Callable[[], object] = lambda: None, interval: float = 0.5) -> None:
         self.socketio = socketio
+        self.client = client
+        self.wallet = wallet
+        self.market = market
+        self.keys = keys
+        self.on_block = on_block
         self.interval = interval
-        self.listener_interval = listener_interval
         self._lock = threading.Lock()
         self._sockets: dict[str, tuple[str, str]] = {}  # socket id -> (session id, address)
         self._dirty_users: set[str] = set()
         self._market_dirty = True
         self._greet: dict[str, str] = {}  # socket id -> address: send it the full state
         self._watched: dict[str, tuple[str, str, float]] = {}  # tx -> (address, kind, since)
-        self._relays: dict[str, tuple[Any, Any]] = {}  # meter -> (online, relay closed)
         self._last_chain: str | None = None
         self._last_block: int | None = None
         self._notices_from: int | None = None
-        self._stop: threading.Event | None = None
-        self._tasks: list[Any] = []
 
     # -- sockets --------------------------------------------------------------------------------
 
@@ -122,17 +121,6 @@ class LiveHub:
             self._watched[tx_hash] = (address, kind, time.monotonic())
         self.touch_user(address)
 
-    def meter_changed(self, state: Any) -> None:
-        """Bridge `on_change` hook: a meter's live state moved (generation, relay)."""
-        self.touch_user(getattr(state, "owner", None))
-        relay = (getattr(state, "online", None), getattr(state, "relay_closed", None))
-        address = str(getattr(state, "address", ""))
-        with self._lock:
-            changed = self._relays.get(address) != relay
-            self._relays[address] = relay
-        if changed:  # the cards show relays; generation alone moves only the owner's wallet
-            self.touch_market()
-
     def notify(self, address: str, text: str, level: str = "info") -> None:
         """A short notice to one account's sockets."""
         self.socketio.emit("notice", {"text": text, "level": level}, to=user_room(address))
@@ -140,14 +128,7 @@ class LiveHub:
     # -- listener side --------------------------------------------------------------------------
 
     def on_event(self, event: ChainEvent) -> None:
-        """Listener subscriber: feed the services and subscribers, mark changes, notify."""
-        ext = self.ext
-        for callback in [ext.meters.on_event, ext.market.on_event, *ext.subscribers()]:
-            try:
-                callback(event)
-            except Exception:
-                log.exception("subscriber %r failed on %s.%s", callback, event.contract,
-                              event.name)
+        """Listener subscriber: mark what changed, notify the people concerned."""
         try:
             parties = self._parties(event)
         except ChainError as exc:
@@ -166,7 +147,7 @@ class LiveHub:
                 log.debug("live: no notice for %s: %s", event.name, exc)
 
     def _lot_parties(self, lot_id: int) -> tuple[str, str | None]:
-        lot = self.ext.client.lot(lot_id)
+        lot = self.client.lot(lot_id)
         return lot.seller, lot.buyer
 
     def _parties(self, event: ChainEvent) -> set[str]:
@@ -177,7 +158,7 @@ class LiveHub:
         if event.name in ("DeliverySettled", "ConnectionClosed"):
             found.update(p for p in self._lot_parties(int(args["tradeId"])) if p)
         if event.name == "ReadingRecorded":
-            info = self.ext.client.meter(args["meter"])
+            info = self.client.meter(args["meter"])
             if info is not None:
                 found.add(info.owner)
         found.discard("0x0000000000000000000000000000000000000000")
@@ -190,41 +171,32 @@ class LiveHub:
             return []
         if event.name == "BidPlaced":
             seller, _ = self._lot_parties(int(a["listingId"]))
-            price = format_ether(a["pricePerKWh"])
             return [
-                (seller, f"New bid on your listing #{a['listingId']}: {price} ETH per kWh."),
-                (a["bidder"], f"Your bid of {price} ETH per kWh on listing #{a['listingId']} "
-                              "is in."),
+                (seller, messages.new_bid_notice(a["listingId"], a["pricePerKWh"])),
+                (a["bidder"], messages.bid_in_notice(a["listingId"], a["pricePerKWh"])),
             ]
         if event.name == "Credited":
-            return [(a["account"], f"{format_ether(a['amountWei'])} ETH was credited to you "
-                                   f"(lot #{a['lotId']}); withdraw it from your wallet.")]
+            return [(a["account"], messages.credited_notice(a["amountWei"], a["lotId"]))]
         if event.name == "ListingExpired":
-            return [(a["seller"], f"Listing #{a['listingId']} ended without bids; your "
-                                  f"{format_kwh(a['energyWh'])} kWh are back.")]
+            return [(a["seller"], messages.expired_notice(a["listingId"], a["energyWh"]))]
         if event.name == "TradeOpened":
-            price = format_ether(a["pricePerKWh"])
             return [
-                (a["seller"], f"Listing #{a['tradeId']} sold at {price} ETH per kWh; the trade "
-                              "is open."),
-                (a["buyer"], f"You won listing #{a['tradeId']} at {price} ETH per kWh; the "
-                             "trade is open."),
+                (a["seller"], messages.sold_notice(a["tradeId"], a["pricePerKWh"])),
+                (a["buyer"], messages.won_notice(a["tradeId"], a["pricePerKWh"])),
             ]
         if event.name == "ConnectionClosed":
             seller, buyer = self._lot_parties(int(a["tradeId"]))
-            text = (f"Trade #{a['tradeId']} closed after {format_kwh(a['deliveredWh'])} kWh "
-                    "delivered.")
+            text = messages.trade_closed_notice(a["tradeId"], a["deliveredWh"])
             return [(seller, text)] + ([(buyer, text)] if buyer else [])
         if event.name == "Withdrawn":
-            return [(a["account"], f"{format_ether(a['amountWei'])} ETH withdrawn to your "
-                                   "account.")]
+            return [(a["account"], messages.withdrawn_notice(a["amountWei"]))]
         return []
 
     # -- ticker ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """One round: chain head, finalizer, watched transactions, expiries, pushes."""
-        status = self.ext.wallet.chain_status()
+        status = self.wallet.chain_status()
         key = json.dumps([status["available"], status["block"], status["mining"]],
                          sort_keys=True)
         if key != self._last_chain:
@@ -241,7 +213,7 @@ class LiveHub:
                 self._notices_from = status["block"] + 1
             for address in self.connected_addresses():
                 self.touch_user(address)
-            self.ext.finalizer.run_once()
+            self.on_block()
             self._check_watched()
         self._expire_sessions()
         self.flush()
@@ -257,13 +229,13 @@ class LiveHub:
                 self._market_dirty = False
             users = (self._dirty_users & connected) | set(greet.values())
             self._dirty_users -= connected
-        snapshot = self.ext.market.snapshot() if market or greet else None
+        snapshot = self.market.snapshot() if market or greet else None
         if market:
             self.socketio.emit("market", snapshot, to=MARKET_ROOM)
         for address in users:
-            self.socketio.emit("wallet", self.ext.wallet.summary(address), to=user_room(address))
+            self.socketio.emit("wallet", self.wallet.summary(address), to=user_room(address))
         if greet:
-            status = self.ext.wallet.chain_status()
+            status = self.wallet.chain_status()
             for socket_id in greet:
                 self.socketio.emit("chain", status, to=socket_id)
                 if not market:
@@ -277,11 +249,12 @@ class LiveHub:
         for tx_hash, (address, kind, since) in watched.items():
             done = now - since > WATCH_SECONDS
             try:
-                self.ext.client.wait(tx_hash, timeout=0.01)
+                self.client.wait(tx_hash, timeout=0.01)
                 done = True
             except ContractReverted as exc:
                 done = True
-                self.notify(address, f"Your {kind} failed: {revert_sentence(exc)}", "error")
+                self.notify(address, messages.transaction_failed_notice(
+                    kind, messages.revert_sentence(exc)), "error")
             except ChainError:
                 pass  # not mined yet (or the node is away): look again next block
             if done:
@@ -290,7 +263,7 @@ class LiveHub:
 
     def _expire_sessions(self) -> None:
         """Disconnect sockets whose session expired (idle timeout) and forget expired keys."""
-        keys = self.ext.keys
+        keys = self.keys
         with self._lock:
             sessions = {sess for sess, _ in self._sockets.values()}
         for session_id in sessions:
@@ -307,59 +280,9 @@ class LiveHub:
                 log.exception("live: tick failed")
             stop.wait(self.interval)
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the listener task and the ticker (idempotent)."""
-        with self._lock:
-            if self._stop is not None:
-                return
-            self._stop = stop = threading.Event()
+    def begin(self) -> None:
+        """Before the ticker starts: only events after the current block are worth a notice."""
         try:
-            self._notices_from = self.ext.client.block_number() + 1
+            self._notices_from = self.client.block_number() + 1
         except ChainError:
             self._notices_from = None  # set by the first tick that reaches the chain
-        self._tasks = [
-            self.socketio.start_background_task(self._listen, stop),
-            self.socketio.start_background_task(self.run, stop),
-        ]
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop both tasks and wait for them."""
-        with self._lock:
-            stop, self._stop = self._stop, None
-        if stop is None:
-            return
-        stop.set()
-        for task in self._tasks:
-            task.join(timeout)
-        self._tasks = []
-
-    @property
-    def running(self) -> bool:
-        """Whether the background tasks were started and not stopped."""
-        return self._stop is not None
-
-    def _listen(self, stop: threading.Event) -> None:
-        """Resolve the deployment (retrying), then run the one event listener."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                self.ext.client.deployment  # noqa: B018 - resolves and caches the deployment
-                listener = self.ext.client.listener
-                break
-            except ChainError as exc:
-                log.warning("live: no deployment yet (%s); retrying in %.1f s", exc, delay)
-            except Exception:
-                log.exception("live: resolving the deployment failed")
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-        else:
-            return
-        listener.subscribe(self.on_event)
-        try:
-            count = self.ext.meters.backfill()
-            log.info("live: %d recent meter readings loaded", count)
-        except Exception as exc:  # noqa: BLE001 - the chart starts empty instead
-            log.warning("live: meter history not loaded: %s", exc)
-        listener.run(stop, interval=self.listener_interval)

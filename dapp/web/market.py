@@ -8,8 +8,9 @@ from typing import Any
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import UserError
-from dapp.web.common import acted, form_values, login_required, microgrid
+from dapp.web.common import acted, app_state, form_values, login_required
 
 bp = Blueprint("market", __name__, url_prefix="/market")
 
@@ -18,7 +19,7 @@ SELL_FIELDS = ("energy", "price", "price_unit", "duration", "duration_unit")
 
 def board_context() -> dict[str, Any]:
     """What the cards need: the snapshot, who is looking, whether the server finalizes."""
-    ext = microgrid()
+    ext = app_state()
     return {
         "snapshot": ext.market.snapshot(),
         "me": g.user.address,
@@ -35,7 +36,7 @@ def render_market(status: int = 200, error: str | None = None,
 
 
 def _done(result: dict[str, str]) -> ResponseReturnValue:
-    flash(f"{result['message']} Transaction {result['tx_hash']} is pending.", "ok")
+    flash(messages.transaction_pending(result["message"], result["tx_hash"]), "ok")
     return redirect(url_for("market.page"), 303)
 
 
@@ -69,7 +70,7 @@ def _act(kind: str, action: Callable[[], dict[str, str]],
 def sell() -> ResponseReturnValue:
     """List energy tokens for auction."""
     values = form_values(request.form, *SELL_FIELDS)
-    return _act("listing", lambda: microgrid().market.sell(
+    return _act("listing", lambda: app_state().market.sell(
         g.user.account, values["energy"], values["price"], values["price_unit"] or "ether",
         values["duration"], values["duration_unit"] or "minutes",
     ), values)
@@ -80,7 +81,7 @@ def sell() -> ResponseReturnValue:
 def bid() -> ResponseReturnValue:
     """Bid on a listing."""
     form = request.form
-    return _act("bid", lambda: microgrid().market.bid(
+    return _act("bid", lambda: app_state().market.bid(
         g.user.account, form.get("lot", ""), form.get("price", ""),
         form.get("price_unit", "") or "ether",
     ))
@@ -90,7 +91,7 @@ def bid() -> ResponseReturnValue:
 @login_required
 def close() -> ResponseReturnValue:
     """Close the connection of an open trade."""
-    return _act("close connection", lambda: microgrid().market.close(
+    return _act("close connection", lambda: app_state().market.close(
         g.user.account, request.form.get("trade", "")))
 
 
@@ -98,5 +99,5 @@ def close() -> ResponseReturnValue:
 @login_required
 def finalize() -> ResponseReturnValue:
     """End an auction whose deadline has passed (when the server does not do it itself)."""
-    return _act("finalize", lambda: microgrid().market.finalize(
+    return _act("finalize", lambda: app_state().market.finalize(
         g.user.account, request.form.get("lot", "")))

@@ -1,4 +1,9 @@
-"""CSRF tokens, a small login rate limiter, and who is logged in.
+"""CSRF protection, login rate limits, and who is logged in.
+
+CSRF is Flask-WTF's `CSRFProtect`: every POST/PUT/PATCH/DELETE must carry the session's token,
+in the form field ``csrf_token`` (pages) or the ``X-CSRF-Token`` header (the JSON API). Login
+limits count attempts in a moving window of the `limits` library (the engine of Flask-Limiter;
+README, "Web safety", says why not its decorators).
 
 The session cookie (Flask's signed cookie, HttpOnly, SameSite=Lax) holds only a random session
 id, the account's address and the CSRF token. The decrypted key lives in server memory
@@ -7,79 +12,52 @@ id, the account's address and the CSRF token. The decrypted key lives in server 
 
 from __future__ import annotations
 
-import hmac
 import secrets
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
-from flask import current_app, request, session
+from flask import current_app, g, session
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from dapp.errors import WalletError
 
-CSRF_FIELD = "csrf_token"
-CSRF_HEADER = "X-CSRF-Token"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+__all__ = ["CSRF_CONFIG", "CSRFError", "CurrentUser", "RateLimiter", "csrf", "csrf_token",
+           "current_user", "end_session", "start_session"]
 
-
-class CSRFError(Exception):
-    """A state-changing request came without the session's CSRF token."""
+csrf = CSRFProtect()
+CSRF_CONFIG = {
+    "WTF_CSRF_HEADERS": ["X-CSRF-Token"],
+    "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+}
+_CSRF_FIELD = "csrf_token"  # Flask-WTF's session key and form field (WTF_CSRF_FIELD_NAME)
 
 
 def csrf_token() -> str:
     """The session's CSRF token (made on first use)."""
-    token = session.get("csrf")
-    if not token:
-        token = session["csrf"] = secrets.token_urlsafe(32)
-    return token
-
-
-def check_csrf() -> None:
-    """before_request: refuse POST/PUT/PATCH/DELETE without the session's token."""
-    if request.method not in UNSAFE_METHODS:
-        return
-    expected = session.get("csrf")
-    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
-    if not expected or not sent or not hmac.compare_digest(str(sent), str(expected)):
-        raise CSRFError()
+    return generate_csrf()
 
 
 class RateLimiter:
-    """At most `limit` hits per `window` seconds per key (a sliding window in memory)."""
+    """At most `limit` attempts per `window` seconds per key (a moving window in memory)."""
 
-    def __init__(self, limit: int, window: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, limit: int, window: float) -> None:
+        self._item = RateLimitItemPerSecond(limit, max(1, round(window)))
+        self._windows = MovingWindowRateLimiter(MemoryStorage())
 
     def retry_after(self, key: str) -> float:
         """0 if `key` may go on now, else the seconds until it may."""
-        with self._lock:
-            hits = self._prune(key)
-            if len(hits) < self.limit:
-                return 0.0
-            return max(0.0, hits[0] + self.window - self._clock())
+        if self._windows.test(self._item, key):
+            return 0.0
+        reset_at, _ = self._windows.get_window_stats(self._item, key)
+        return max(0.0, reset_at - time.time())
 
     def hit(self, key: str) -> None:
         """Count one attempt for `key`."""
-        with self._lock:
-            self._prune(key).append(self._clock())
-
-    def _prune(self, key: str) -> deque[float]:
-        hits = self._hits.setdefault(key, deque())
-        floor = self._clock() - self.window
-        while hits and hits[0] <= floor:
-            hits.popleft()
-        if not hits and len(self._hits) > 10_000:
-            self._hits.pop(key, None)  # keep the table small under a flood of keys
-            hits = self._hits.setdefault(key, deque())
-        return hits
+        self._windows.hit(self._item, key)
 
 
 @dataclass(frozen=True)
@@ -114,10 +92,10 @@ def current_user() -> CurrentUser | None:
 def start_session(account: LocalAccount) -> str:
     """Log `account` in: a fresh session id and CSRF token; the key goes to server memory."""
     session.clear()
+    g.pop(_CSRF_FIELD, None)  # the next csrf_token() makes a fresh token for the new session
     session_id = secrets.token_urlsafe(32)
     session["sid"] = session_id
     session["address"] = account.address
-    session["csrf"] = secrets.token_urlsafe(32)
     session.permanent = True
     current_app.extensions["microgrid"].keys.put(session_id, account)
     return session_id

@@ -15,14 +15,13 @@ from typing import Any
 from flask import request
 from flask_socketio import SocketIO, disconnect, emit, join_room
 
-from dapp.web.extensions import Microgrid
+from dapp.services import messages
+from dapp.web.extensions import AppState
 from dapp.web.live import MARKET_ROOM, user_room
 from dapp.web.security import current_user
 
-NOT_LOGGED_IN = "Log in first: this connection needs a logged-in session."
 
-
-def register_handlers(socketio: SocketIO, ext: Microgrid) -> None:
+def register_handlers(socketio: SocketIO, ext: AppState) -> None:
     """Attach the connect/disconnect/refresh handlers to this app's SocketIO."""
 
     @socketio.on("connect")
@@ -30,7 +29,7 @@ def register_handlers(socketio: SocketIO, ext: Microgrid) -> None:
         """Accept logged-in sessions only; join the user's room and the market room."""
         user = current_user()
         if user is None:
-            raise ConnectionRefusedError(NOT_LOGGED_IN)
+            raise ConnectionRefusedError(messages.SOCKET_LOGIN_FIRST)
         join_room(user_room(user.address))
         join_room(MARKET_ROOM)
         ext.hub.joined(request.sid, user.session_id, user.address)  # type: ignore[attr-defined]
@@ -47,6 +46,6 @@ def register_handlers(socketio: SocketIO, ext: Microgrid) -> None:
         if user is None:
             emit("session_expired", {"reason": "not logged in"})
             disconnect()
-            return {"ok": False, "error": NOT_LOGGED_IN}
+            return {"ok": False, "error": messages.SOCKET_LOGIN_FIRST}
         ext.hub.greet(request.sid, user.address)  # type: ignore[attr-defined]
         return {"ok": True}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
-from dapp.web.common import acted, form_values, login_required, microgrid
+from dapp.web.common import acted, app_state, form_values, login_required
 
 bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
@@ -14,7 +15,7 @@ bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 def render_wallet(status: int = 200, error: str | None = None,
                   send: dict[str, str] | None = None) -> ResponseReturnValue:
     """The wallet page, optionally with an error and the Send form refilled."""
-    ext = microgrid()
+    ext = app_state()
     return render_template(
         "wallet/wallet.html",
         summary=ext.wallet.summary(g.user.address),
@@ -25,7 +26,7 @@ def render_wallet(status: int = 200, error: str | None = None,
 
 
 def _done(message: str, tx_hash: str) -> ResponseReturnValue:
-    flash(f"{message} Transaction {tx_hash} is pending.", "ok")
+    flash(messages.transaction_pending(message, tx_hash), "ok")
     return redirect(url_for("wallet.page"), 303)
 
 
@@ -40,7 +41,7 @@ def page() -> ResponseReturnValue:
 @login_required
 def send() -> ResponseReturnValue:
     """Send Ether in two steps: a confirmation page, then the transaction."""
-    ext = microgrid()
+    ext = app_state()
     values = form_values(request.form, "to", "amount")
     try:
         if request.form.get("confirm") != "yes":
@@ -58,7 +59,7 @@ def send() -> ResponseReturnValue:
 def withdraw() -> ResponseReturnValue:
     """Withdraw all market credit."""
     try:
-        result = microgrid().wallet.withdraw(g.user.account)
+        result = app_state().wallet.withdraw(g.user.account)
     except UserError as exc:
         return render_wallet(exc.status, exc.message)
     acted(result, "withdrawal")
@@ -69,7 +70,7 @@ def withdraw() -> ResponseReturnValue:
 @login_required
 def mining() -> ResponseReturnValue:
     """Start or stop mining."""
-    ext = microgrid()
+    ext = app_state()
     action = request.form.get("action", "")
     try:
         if action == "start":
@@ -77,9 +78,9 @@ def mining() -> ResponseReturnValue:
         elif action == "stop":
             status = ext.wallet.stop_mining()
         else:
-            raise InvalidInput("Choose whether to start or stop mining.")
+            raise InvalidInput(messages.MINING_ACTION_FORM)
     except UserError as exc:
         return render_wallet(exc.status, exc.message)
     ext.hub.touch_market()
-    flash(f"Mining {'started' if status['mining'] else 'stopped'}: {status['detail']}.", "ok")
+    flash(messages.mining_switched(status["mining"], status["detail"]), "ok")
     return redirect(url_for("wallet.page"), 303)

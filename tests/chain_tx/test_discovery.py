@@ -11,6 +11,7 @@ from web3 import EthereumTesterProvider, Web3
 
 from dapp.chain import discovery
 from dapp.chain.deploy import deploy
+from dapp.chain.verify import DeploymentRejected
 from dapp.errors import ChainError
 
 
@@ -26,19 +27,18 @@ def w3(tester) -> Web3:
     return Web3(EthereumTesterProvider(tester))
 
 
-def test_discovers_the_newest_deployment_by_its_event(w3, tester):
+def test_discovers_the_only_deployment_by_its_event(w3, tester):
     deployer = Account.from_key(tester.backend.account_keys[0])
-    deploy(w3, deployer)
-    newest = deploy(w3, deployer)
+    dep = deploy(w3, deployer)
     found = discovery.discover(w3)
-    assert (found.token, found.registry, found.market) == (
-        newest.token, newest.registry, newest.market
+    assert (found.token, found.registry, found.market, found.operator) == (
+        dep.token, dep.registry, dep.market, dep.operator
     )
     created = [
         w3.eth.get_transaction_receipt(tx)["contractAddress"]
         for tx in w3.eth.get_block(found.block)["transactions"]
     ]
-    assert newest.market in created  # the block the listener starts from holds the market
+    assert dep.market in created  # the block the listener starts from holds the market
 
 
 def test_explicit_market_address_wins(w3, tester):
@@ -55,7 +55,7 @@ def test_empty_chain_says_what_to_do(w3):
 
 
 def test_not_a_market_address_is_refused(w3, tester):
-    with pytest.raises(ChainError, match="no contract"):
+    with pytest.raises(DeploymentRejected, match="no contract"):
         discovery.from_market(w3, Account.create().address)
 
 

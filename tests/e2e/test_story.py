@@ -1,9 +1,11 @@
 """The story of the original demo, end to end, on two servers sharing one chain.
 
-A real managed anvil; a producer server and a consumer server (`microgrid serve` subprocesses,
-each bridging its own emulated meter); the two meters share one emulated micro-grid (the
-producer's PV charges the battery the consumer draws from). Everything a user does goes through
-the JSON API of their own server; the test reads the chain directly only to check the books.
+A real managed anvil on loopback; a producer server on that machine and a consumer server that
+reaches the chain only through the JSON-RPC gateway, as a second machine on the LAN would
+(`microgrid serve` subprocesses, each bridging its own emulated meter); the two meters share one
+emulated micro-grid (the producer's PV charges the battery the consumer draws from). Everything
+a user does goes through the JSON API of their own server; the test reads the chain directly
+only to check the books.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import requests
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.deploy import MarketParameters, deploy
+from dapp.chain.gateway import Gateway, serve
 from dapp.wallet.keystore import Keystore
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
@@ -55,8 +59,8 @@ class Server:
     def _up(self) -> bool:
         assert self.process.poll() is None, f"{self.name} server died"
         try:
-            return requests.get(f"{self.url}/api/v1/session", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{self.url}/api/v1/session", timeout=5).ok
+        except (requests.ConnectionError, requests.Timeout):  # still starting
             return False
 
     def login(self, address: str) -> requests.Session:
@@ -92,6 +96,10 @@ def world(tmp_path) -> Iterator[dict]:
     """anvil, contracts, five accounts in two keystores, two emulated meters, two servers."""
     node = ManagedAnvil(tmp_path / "node", port=free_port(), block_time=1)
     node.start()
+    # The consumer's "machine" sees the chain through the gateway only (a LAN address here).
+    gateway = serve(Gateway(node.url), "127.0.0.2", free_port())
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    gateway_url = f"http://127.0.0.2:{gateway.port}"
     servers: list[Server] = []
     meters: list[MeterServer] = []
     try:
@@ -129,7 +137,7 @@ def world(tmp_path) -> Iterator[dict]:
         pw.write_text(PASSPHRASE + "\n")
         servers.append(Server("producer", producer_dir, node.url,
                               (urls["supply_meter"], who["supply_meter"]), who["operator"], pw))
-        servers.append(Server("consumer", consumer_dir, node.url,
+        servers.append(Server("consumer", consumer_dir, gateway_url,
                               (urls["load_meter"], who["load_meter"]), None, pw))
         yield {"chain": chain, "who": who, "producer_server": servers[0],
                "consumer_server": servers[1], "meters": {m.meter.kind: m.meter for m in meters},
@@ -139,6 +147,8 @@ def world(tmp_path) -> Iterator[dict]:
             server.stop()
         for meter in meters:
             meter.stop()
+        gateway.shutdown()
+        gateway.server_close()
         node.stop()
 
 
@@ -154,6 +164,9 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     # Neither server was told an address: both found the deployment on the chain.
     for base in (api_p, api_c):
         assert requests.get(f"{base}/chain", timeout=5).json()["available"] is True
+    # The consumer's server cannot steer the shared node's mining, and says why.
+    mining = consumer.get(f"{api_c}/mining", timeout=5).json()
+    assert mining["available"] is False and "gateway" in mining["detail"]
 
     # 1. The producer's PV charges the battery: the bridge's readings mint tokens, first pending
     #    (mining stopped), then mined.

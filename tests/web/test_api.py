@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import re
 
@@ -10,6 +11,7 @@ import pytest
 from eth_account import Account
 
 from dapp.chain.client import LotStatus
+from dapp.web.openapi import openapi_document
 from tests.web.conftest import ETHER, PASSPHRASE, Browser, World
 
 PROTECTED = [
@@ -72,6 +74,32 @@ def test_openapi_document_matches_the_routes(app, browser):
             assert op["summary"] and op["responses"]
     docs = browser.text("/api/v1/docs")
     assert "/api/v1/market/listings/{lot_id}/bids" in docs
+
+
+FIELD_READ = re.compile(r'(?:_text\((?:data|body\(\)), |data\.get\()"(\w+)"')
+
+
+def test_openapi_parameters_and_logins_match_the_views(app):
+    doc = openapi_document("http://localhost/api/v1")
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/") or rule.endpoint in ("api.openapi", "api.docs"):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule).removeprefix("/api/v1")
+        view = app.view_functions[rule.endpoint]
+        source = inspect.getsource(inspect.unwrap(view))
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            op = doc["paths"][path][method.lower()]
+            where = f"{method} {path}"
+            in_path = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert in_path == set(rule.arguments), where
+            schema = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            documented = set(schema.get("schema", {}).get("properties", {}))
+            assert documented == set(FIELD_READ.findall(source)), where
+            needs_login = inspect.unwrap(view) is not view  # @login_required wraps the view
+            assert (op.get("security") != []) == needs_login, where
+            checked += 1
+    assert checked == sum(len(ops) for ops in doc["paths"].values())
 
 
 @pytest.mark.parametrize(("method", "url"), PROTECTED)

@@ -38,7 +38,7 @@ def bridged(make_app, world: World) -> Iterator[tuple[Flask, Any]]:
                    FINALIZER_PASSPHRASE_FILE=str(world.passphrase_file))
     ext = app.extensions["microgrid"]
     bridge = MeterBridge(ext.client, meters, poll_interval=0.2, submit_interval=1.0,
-                         on_change=ext.hub.meter_changed)
+                         on_change=ext.meter_changed)
     ext.attach_bridge(bridge)
     bridge.start()
     ext.start_background()

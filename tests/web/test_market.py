@@ -6,10 +6,11 @@ import logging
 import re
 
 import pytest
+from eth_account import Account
 
 from dapp.chain.client import LotStatus
 from dapp.services.market import AutoFinalizer
-from tests.web.conftest import ETHER, Browser, World
+from tests.web.conftest import ETHER, RATED_W, Browser, World
 
 MIN_INCREMENT = 10**12
 
@@ -227,6 +228,35 @@ def test_seller_may_close_after_the_delivery_timeout(producer, consumer, world):
     assert producer.post("/market/close", {"trade": str(lot)}).status_code == 303
     world.mine(pending_tx(producer))
     assert world.client.lot(lot).status == LotStatus.CLOSED
+
+
+def test_a_trade_queued_behind_the_buyers_oldest_waits_for_its_deliveries(producer, consumer,
+                                                                         world):
+    oldest = sell(world, producer, energy="1", price="0.001")
+    bid(world, consumer, oldest, "0.001")
+    queued = sell(world, producer, energy="1", price="0.001")
+    bid(world, consumer, queued, "0.001")
+    world.advance(601)
+    world.mine(world.client.finalize(world.account("rival"), oldest))
+    world.mine(world.client.finalize(world.account("rival"), queued))
+    meter = Account.create()  # the consumer's load meter: its readings go to the oldest trade
+    world.mine(world.client.send_ether(world.bank, meter.address, ETHER))
+    world.mine(world.client.register_meter(world.bank, meter.address, world.address["consumer"],
+                                           "load", RATED_W))
+    world.mine(world.client.report(meter, 1_000, world.address["consumer"]))
+    world.advance(30)
+    world.mine(world.client.report(meter, 1_100, world.address["consumer"]))
+    delivered_at = world.client.lot(oldest).last_delivery_at
+    assert delivered_at > world.client.lot(queued).last_delivery_at
+    world.advance(40)  # past the queued trade's own timeout, not past the oldest one's delivery
+
+    trades = producer.client.get("/api/v1/market").get_json()["trades"]
+    shown = next(t for t in trades if t["id"] == queued)
+    assert shown["seller_can_close"] is False
+    assert shown["seller_can_close_at"] == delivered_at + 60
+    refused = producer.post("/market/close", {"trade": str(queued)})
+    assert refused.status_code == 409
+    assert "only when no delivery has come for a while" in refused.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("field", ["lot", "trade"])
