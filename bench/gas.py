@@ -1,6 +1,7 @@
 """Gas benchmark: one representative transaction of each kind, on the in-process chain.
 
 Writes bench/results/gas.json with the gas used and the target for each operation.
+Readings are signed by the meters' own keys (EIP-712) and carried by another account.
 Run with `make bench`.
 """
 
@@ -9,22 +10,51 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 from eth_tester import EthereumTester
 from web3 import EthereumTesterProvider, Web3
+from web3.logs import DISCARD
 
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import MarketParameters, deploy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 TARGETS = {
-    "supply_reading": 60_000,
+    "supply_reading": 55_000,
     "load_reading": 60_000,
+    "batch_reading": 25_000,
     "bid_outbid": 80_000,
     "finalize": 120_000,
 }
 PRICE = 10**15  # wei per kWh
+BATCH = 20  # readings per batch: 20 supply meters of 20 households, steady state
+
+
+def reading_signature(
+    key: bytes, chain_id: int, registry: str, energy_wh: int, sequence: int
+) -> bytes:
+    """The meter's EIP-712 signature of a reading (the meter's side of INTERFACE.md)."""
+    meter = Account.from_key(key).address
+    message = encode_typed_data(
+        domain_data={
+            "name": "MeterRegistry",
+            "version": "1",
+            "chainId": chain_id,
+            "verifyingContract": registry,
+        },
+        message_types={
+            "Reading": [
+                {"name": "meter", "type": "address"},
+                {"name": "energyWh", "type": "uint64"},
+                {"name": "sequence", "type": "uint64"},
+            ]
+        },
+        message_data={"meter": meter, "energyWh": energy_wh, "sequence": sequence},
+    )
+    return bytes(Account.sign_message(message, key).signature)
 
 
 def main() -> int:
@@ -32,21 +62,25 @@ def main() -> int:
     tester = EthereumTester()
     w3 = Web3(EthereumTesterProvider(tester))
     keys = tester.backend.account_keys
-    operator, seller, buyer, rival, supply_meter, load_meter = (
-        Account.from_key(k).address for k in keys[:6]
-    )
+    operator, seller, buyer, rival, carrier = (Account.from_key(k).address for k in keys[:5])
     dep = deploy(w3, Account.from_key(keys[0]), MarketParameters(min_duration=60))
     token = w3.eth.contract(address=dep.token, abi=load_artifact("EnergyToken").abi)
     registry = w3.eth.contract(address=dep.registry, abi=load_artifact("MeterRegistry").abi)
     market = w3.eth.contract(address=dep.market, abi=load_artifact("EnergyMarket").abi)
+    chain_id = w3.eth.chain_id
     gas: dict[str, int] = {}
     clock = [w3.eth.get_block("latest")["timestamp"]]
+    meter_keys = {
+        name: Web3.keccak(text=f"bench meter {name}") for name in ("supply", "load")
+    }
+    meters = {name: Account.from_key(k).address for name, k in meter_keys.items()}
+    sequences = dict.fromkeys(meters, 0)
 
     def advance(seconds: int) -> None:
         clock[0] += seconds
         tester.time_travel(clock[0])
 
-    def send(name: str | None, fn, sender: str, value: int = 0) -> dict:
+    def send(name: str | None, fn: Any, sender: str, value: int = 0) -> dict:
         tx_hash = fn.transact({"from": sender, "value": value})
         receipt = w3.eth.get_transaction_receipt(tx_hash)
         assert receipt["status"] == 1, name
@@ -54,14 +88,29 @@ def main() -> int:
             gas[name] = receipt["gasUsed"]
         return receipt
 
-    send(None, registry.functions.registerMeter(supply_meter, seller, 0, 5000), operator)
-    send(None, registry.functions.registerMeter(load_meter, buyer, 1, 5000), operator)
+    def signed(key: bytes, energy_wh: int, sequence: int) -> tuple:
+        meter = Account.from_key(key).address
+        return (meter, energy_wh, sequence, reading_signature(
+            key, chain_id, registry.address, energy_wh, sequence
+        ))
+
+    def read(name: str | None, meter: str, energy_wh: int) -> None:
+        sequences[meter] += 1
+        reading = signed(meter_keys[meter], energy_wh, sequences[meter])
+        send(name, registry.functions.report(*reading), carrier)
+
+    def install(meter: str, owner: str, kind: int) -> None:
+        send(None, registry.functions.offerMeter(meters[meter], owner, kind, 5000), operator)
+        send(None, registry.functions.acceptMeter(meters[meter]), owner)
+
+    install("supply", seller, 0)
+    install("load", buyer, 1)
     # Supply: baseline, a first mint (fresh balance), then a steady-state mint.
-    send(None, registry.functions.report(1000), supply_meter)
+    read(None, "supply", 1000)
     advance(3600)
-    send(None, registry.functions.report(4000), supply_meter)
+    read(None, "supply", 4000)
     advance(60)
-    send("supply_reading", registry.functions.report(4050), supply_meter)
+    read("supply_reading", "supply", 4050)
 
     send("list", market.functions.list(2000, PRICE, 600), seller)
     lot = 1
@@ -76,15 +125,39 @@ def main() -> int:
     send("finalize", market.functions.finalize(lot), rival)
 
     # Load: baseline, a first settlement, then a steady-state Wh-batch.
-    send(None, registry.functions.report(500), load_meter)
+    read(None, "load", 500)
     advance(60)
-    send(None, registry.functions.report(520), load_meter)
+    read(None, "load", 520)
     advance(60)
-    send("load_reading", registry.functions.report(540), load_meter)
+    read("load_reading", "load", 540)
     advance(60)
     send("close_connection", market.functions.closeConnection(lot), buyer)
     send("withdraw", market.functions.withdraw(), rival)
     assert token.functions.balanceOf(dep.market).call() == 0
+
+    # A gateway's batch: 20 supply meters of 20 households, each past its first mint.
+    batch_keys = [Web3.keccak(text=f"bench batch meter {i}") for i in range(BATCH)]
+    owners = []
+    for i in range(BATCH):  # households of their own, unlocked on the in-process node
+        owner_key = Web3.keccak(text=f"bench household {i}")
+        owners.append(tester.add_account(owner_key.hex()))
+    for key, owner in zip(batch_keys, owners, strict=True):
+        meter = Account.from_key(key).address
+        send(None, registry.functions.offerMeter(meter, owner, 0, 5000), operator)
+        w3.eth.send_transaction({"from": operator, "to": owner, "value": 10**17})
+        send(None, registry.functions.acceptMeter(meter), owner)
+    for energy_wh, sequence in ((1000, 1), (1100, 2)):
+        advance(600)
+        send(None, registry.functions.reportBatch(
+            [signed(k, energy_wh, sequence) for k in batch_keys]
+        ), carrier)
+    advance(600)
+    receipt = send(None, registry.functions.reportBatch(
+        [signed(k, 1200, 3) for k in batch_keys]
+    ), carrier)
+    recorded = registry.events.ReadingRecorded().process_receipt(receipt, errors=DISCARD)
+    assert len(recorded) == BATCH
+    gas["batch_reading"] = receipt["gasUsed"] // BATCH
 
     report = {
         "chain": "eth-tester (py-evm), in-process",

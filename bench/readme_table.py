@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 LABELS = {
-    "supply_reading": "`supply_reading` (mint)",
-    "load_reading": "`load_reading` (settle a Wh-batch)",
+    "supply_reading": "`supply_reading` (signed, mint)",
+    "load_reading": "`load_reading` (signed, settle a Wh-batch)",
+    "batch_reading": "`batch_reading` (per reading, batch of 20 signed mints)",
     "list": "`list`",
     "bid_first": "`bid_first`",
     "bid_outbid": "`bid_outbid`",

@@ -2,6 +2,8 @@
 pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 
 interface IEnergyTokenMinter {
     function mint(address to, uint256 energyWh) external;
@@ -12,149 +14,225 @@ interface IDeliverySettlement {
 }
 
 /// @title MeterRegistry
-/// @notice The grid operator registers each DC meter: its device key, its owner, its kind and its
-/// rated power. Meters report cumulative energy counters from their own key; the registry verifies
-/// every reading (strictly newer, never backwards, physically possible at the rated power) and then
-/// mints energy tokens for supply meters or settles the owner's open trade for load meters.
-contract MeterRegistry is AccessControl {
+/// @notice The grid operator offers each DC meter (its device address, owner, kind and rated
+/// power); the meter counts only after its owner accepts it. Every reading is a cumulative
+/// counter signed by the meter itself (EIP-712 typed data bound to this chain and this registry)
+/// with a sequence number that only grows, so anyone may carry it to the chain: the household's
+/// server, a neighbour's, a gateway. The registry verifies the signature, refuses replays,
+/// backward counters and jumps beyond rated power x elapsed chain time, then mints energy tokens
+/// for supply meters or settles the owner's trades for load meters. An equal counter with a newer
+/// sequence is a heartbeat: recorded, minting and settling nothing.
+contract MeterRegistry is AccessControl, EIP712 {
     /// @notice What a meter measures.
     enum MeterKind {
         Supply, // PV -> battery: every Wh mints a token unit to the owner
         Load // battery -> consumer: every Wh settles the owner's open trade
     }
 
+    /// @notice Where a meter is in its life.
+    enum MeterStatus {
+        None, // never offered
+        Offered, // offered by the operator, not yet accepted: its readings are refused
+        Active, // accepted by its owner: its readings count
+        Declined, // the owner refused the offer (the operator may offer it again)
+        Deactivated // withdrawn by the operator for good
+    }
+
+    /// @notice One signed reading, as carried by {reportBatch}.
+    struct SignedReading {
+        address meter;
+        uint64 energyWh;
+        uint64 sequence;
+        bytes signature;
+    }
+
     /// @notice A meter as reported by {meterOf}.
     struct MeterInfo {
         address owner;
         MeterKind kind;
-        bool active;
+        MeterStatus status;
         uint16 ratedPowerW;
-        uint40 cumulativeWh;
+        uint64 energyWh;
+        uint64 sequence;
         uint32 readAt;
     }
 
-    /// @dev One storage slot (160 + 40 + 32 + 16 + 8 bits), so a reading reads and writes one slot.
+    /// @dev One slot (64 + 64 + 32 + 16 + 16 + 8 + 8 = 208 bits) holds everything a reading
+    /// checks and writes, so a reading costs one SLOAD and one SSTORE of it; the owner lives in
+    /// its own mapping and is read only when a reading mints or settles. Bits, from the lowest:
+    /// energyWh 0-63, sequence 64-127, readAt 128-159, ratedPowerW 160-175, carryWs 176-191,
+    /// kind 192-199, status 200-207 (Solidity's packing order; {_record} reads and writes the
+    /// slot as one word).
     struct Meter {
-        address owner;
-        uint40 cumulativeWh;
-        uint32 readAt; // 0 until the first (baseline) reading
+        uint64 energyWh; // last accepted cumulative counter
+        uint64 sequence; // last accepted sequence number (0: none yet)
+        uint32 readAt; // chain time of the last accepted reading (0 until the baseline)
         uint16 ratedPowerW;
-        uint8 flags;
+        uint16 carryWs; // unused allowance below one Wh (watt-seconds, < 3600) from the last reading
+        MeterKind kind;
+        MeterStatus status;
     }
 
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+    /// @notice EIP-712 type hash of a reading.
+    bytes32 public constant READING_TYPEHASH =
+        keccak256("Reading(address meter,uint64 energyWh,uint64 sequence)");
 
-    uint8 private constant _FLAG_LOAD = 1;
-    uint8 private constant _FLAG_ACTIVE = 2;
+    /// @dev Allowance left over after a reading is carried to the next one only below one Wh: the
+    /// fraction per-reading rounding would otherwise lose, never a saved-up burst.
+    uint256 private constant _MAX_CARRY_WS = 3599;
+    /// @dev Why `_verify` refuses a reading (each maps to one custom error in `_error`).
+    uint256 private constant _ACCEPTED = 0;
+    uint256 private constant _NOT_ACTIVE = 1;
+    uint256 private constant _OLD_SEQUENCE = 2;
+    uint256 private constant _BAD_SIGNATURE = 3;
+    uint256 private constant _BACKWARDS = 4;
+    uint256 private constant _IMPLAUSIBLE = 5;
+    /// @dev The bits of a Meter slot a reading leaves alone: ratedPowerW, kind and status.
+    uint256 private constant _KEEP_ON_READING = (uint256(0xFFFF) << 160) | (uint256(0xFFFF) << 192);
 
     IEnergyTokenMinter private immutable _token;
     IDeliverySettlement private immutable _market;
 
     mapping(address meter => Meter) private _meters;
+    mapping(address meter => address owner) private _owners;
+    mapping(address owner => address meter) private _loadMeters;
 
-    /// @notice A meter was registered by the operator.
-    event MeterRegistered(
+    /// @notice The operator offered `meter` to `owner`; it counts once `owner` accepts it.
+    event MeterOffered(
         address indexed meter, address indexed owner, MeterKind kind, uint16 ratedPowerW
     );
-    /// @notice A meter was deactivated by the operator; it can no longer report.
+    /// @notice `owner` accepted `meter`: its readings count from now on.
+    event MeterAccepted(address indexed meter, address indexed owner);
+    /// @notice `owner` declined the offer of `meter`.
+    event MeterDeclined(address indexed meter, address indexed owner);
+    /// @notice The operator deactivated `meter` (or withdrew its offer); it can no longer report.
     event MeterDeactivated(address indexed meter, address indexed owner);
-    /// @notice A meter reading was accepted. `deltaWh` is 0 for the baseline reading.
-    event ReadingRecorded(address indexed meter, uint256 cumulativeWh, uint256 deltaWh);
+    /// @notice A signed reading was accepted. `deltaWh` is 0 for the baseline and for heartbeats.
+    event ReadingRecorded(
+        address indexed meter, uint256 energyWh, uint256 sequence, uint256 deltaWh
+    );
+    /// @notice A reading inside a batch was refused and skipped; `reason` is the selector of the
+    /// custom error {report} reverts with for it.
+    event ReadingRejected(address indexed meter, uint256 sequence, bytes4 reason);
 
     /// @notice The meter address or the owner address is zero.
     error MeterZeroAddress();
     /// @notice The rated power is zero.
     error MeterZeroRatedPower();
-    /// @notice The meter address was registered before (meters are never re-registered).
-    error MeterAlreadyRegistered(address meter);
-    /// @notice No meter is registered at this address.
+    /// @notice The meter was offered, accepted or deactivated before (only a declined offer may be
+    /// repeated).
+    error MeterAlreadyRegistered(address meter, MeterStatus status);
+    /// @notice No meter was ever offered at this address.
     error MeterNotRegistered(address meter);
-    /// @notice The meter was deactivated by the operator.
-    error MeterInactive(address meter);
-    /// @notice The counter is not strictly greater than the last accepted one (replay or rewind).
-    error MeterReadingNotNewer(uint256 lastWh, uint256 reportedWh);
-    /// @notice The counter does not fit the registry's 40-bit counter.
-    error MeterReadingOutOfRange(uint256 reportedWh);
+    /// @notice The meter is offered but its owner has not accepted it.
+    error MeterNotAccepted(address meter);
+    /// @notice The meter is not offered (accept/decline), or declined or deactivated (reports).
+    error MeterInactive(address meter, MeterStatus status);
+    /// @notice Only the owner the meter was offered to may accept or decline it.
+    error MeterNotOwner(address meter, address caller);
+    /// @notice The owner already has an active load meter; only one may settle its trades.
+    error MeterLoadMeterExists(address owner, address loadMeter);
+    /// @notice The signature was not made by `meter`'s key for this chain and registry.
+    error MeterSignatureInvalid(address meter, address signer);
+    /// @notice The sequence number is not greater than the last accepted one (replay).
+    error MeterSequenceNotNewer(uint256 lastSequence, uint256 sequence);
+    /// @notice The counter is below the last accepted one.
+    error MeterReadingBackwards(uint256 lastWh, uint256 reportedWh);
     /// @notice The increase implies more power than the meter's rating over the elapsed time.
     error MeterReadingImplausible(uint256 deltaWh, uint256 maxWh, uint256 elapsedSeconds);
 
-    constructor(address operator, address token_, address market_) {
+    constructor(address operator, address token_, address market_) EIP712("MeterRegistry", "1") {
         _grantRole(DEFAULT_ADMIN_ROLE, operator);
         _grantRole(OPERATOR_ROLE, operator);
         _token = IEnergyTokenMinter(token_);
         _market = IDeliverySettlement(market_);
     }
 
-    /// @notice Registers `meter` (the device key its bridge sends from) for `owner`.
+    /// @notice Offers `meter` (the address of the meter's own key) to `owner`.
     /// Requirements: caller has OPERATOR_ROLE; addresses non-zero; rating non-zero; `meter` never
-    /// registered before. Emits {MeterRegistered}.
-    function registerMeter(address meter, address owner, MeterKind kind, uint16 ratedPowerW)
+    /// offered before, or its last offer declined. Emits {MeterOffered}.
+    function offerMeter(address meter, address owner, MeterKind kind, uint16 ratedPowerW)
         external
         onlyRole(OPERATOR_ROLE)
     {
         if (meter == address(0) || owner == address(0)) revert MeterZeroAddress();
         if (ratedPowerW == 0) revert MeterZeroRatedPower();
-        if (_meters[meter].owner != address(0)) revert MeterAlreadyRegistered(meter);
-        uint8 flags = _FLAG_ACTIVE | (kind == MeterKind.Load ? _FLAG_LOAD : 0);
-        _meters[meter] = Meter({
-            owner: owner, cumulativeWh: 0, readAt: 0, ratedPowerW: ratedPowerW, flags: flags
-        });
-        emit MeterRegistered(meter, owner, kind, ratedPowerW);
+        Meter storage m = _meters[meter];
+        MeterStatus status = m.status;
+        if (status != MeterStatus.None && status != MeterStatus.Declined) {
+            revert MeterAlreadyRegistered(meter, status);
+        }
+        // A declined meter never reported, so its counter fields are still zero.
+        m.ratedPowerW = ratedPowerW;
+        m.kind = kind;
+        m.status = MeterStatus.Offered;
+        _owners[meter] = owner;
+        emit MeterOffered(meter, owner, kind, ratedPowerW);
     }
 
-    /// @notice Deactivates `meter` for good: its readings are rejected from now on.
-    /// Requirements: caller has OPERATOR_ROLE; meter registered and active.
-    /// Emits {MeterDeactivated}.
+    /// @notice Accepts the offer of `meter`: its readings count for the caller from now on.
+    /// Requirements: `meter` is Offered to the caller; for a load meter, the caller has no other
+    /// active load meter. Emits {MeterAccepted}.
+    function acceptMeter(address meter) external {
+        Meter storage m = _offeredToCaller(meter);
+        if (m.kind == MeterKind.Load) {
+            address current = _loadMeters[msg.sender];
+            if (current != address(0)) revert MeterLoadMeterExists(msg.sender, current);
+            _loadMeters[msg.sender] = meter;
+        }
+        m.status = MeterStatus.Active;
+        emit MeterAccepted(meter, msg.sender);
+    }
+
+    /// @notice Declines the offer of `meter`.
+    /// Requirements: `meter` is Offered to the caller. Emits {MeterDeclined}.
+    function declineMeter(address meter) external {
+        Meter storage m = _offeredToCaller(meter);
+        m.status = MeterStatus.Declined;
+        emit MeterDeclined(meter, msg.sender);
+    }
+
+    /// @notice Deactivates `meter` for good (or withdraws its offer): its readings are refused
+    /// from now on and, for a load meter, its owner may accept another one.
+    /// Requirements: caller has OPERATOR_ROLE; meter Offered or Active. Emits {MeterDeactivated}.
     function deactivateMeter(address meter) external onlyRole(OPERATOR_ROLE) {
         Meter storage m = _meters[meter];
-        if (m.owner == address(0)) revert MeterNotRegistered(meter);
-        if (m.flags & _FLAG_ACTIVE == 0) revert MeterInactive(meter);
-        m.flags &= ~_FLAG_ACTIVE;
-        emit MeterDeactivated(meter, m.owner);
+        MeterStatus status = m.status;
+        if (status == MeterStatus.None) revert MeterNotRegistered(meter);
+        if (status != MeterStatus.Offered && status != MeterStatus.Active) {
+            revert MeterInactive(meter, status);
+        }
+        address owner = _owners[meter];
+        if (status == MeterStatus.Active && m.kind == MeterKind.Load) delete _loadMeters[owner];
+        m.status = MeterStatus.Deactivated;
+        emit MeterDeactivated(meter, owner);
     }
 
-    /// @notice Reports the meter's cumulative energy counter, sent from the meter's own key.
-    /// The first reading sets the baseline. Each later one must be strictly greater and at most
-    /// rated power x elapsed seconds above the last; a supply meter's increase mints tokens to the
-    /// owner, a load meter's increase settles the owner's open trades in the market.
-    /// Requirements: caller is a registered, active meter. Emits {ReadingRecorded}, and the token's
-    /// {Transfer} (supply) or the market's delivery events (load).
-    function report(uint256 cumulativeWh) external {
-        Meter memory m = _meters[msg.sender];
-        if (m.owner == address(0)) revert MeterNotRegistered(msg.sender);
-        if (m.flags & _FLAG_ACTIVE == 0) revert MeterInactive(msg.sender);
-        if (cumulativeWh > type(uint40).max) revert MeterReadingOutOfRange(cumulativeWh);
+    /// @notice Records one reading signed by `meter`; anyone may send it. The first accepted
+    /// reading is the baseline. Each later one must carry a greater sequence number and a counter
+    /// no lower than the last and at most rated power x elapsed chain time above it (plus the
+    /// fraction of a Wh the last reading left unused). A supply meter's increase mints tokens to
+    /// its owner; a load meter's increase settles its owner's trades; an equal counter is a
+    /// heartbeat.
+    /// Requirements: `signature` is `meter`'s EIP-712 signature of the reading for this chain
+    /// and registry; the meter is Active. Emits {ReadingRecorded}, and the token's {Transfer}
+    /// (supply) or the market's delivery events (load) when the counter grew.
+    function report(address meter, uint64 energyWh, uint64 sequence, bytes calldata signature)
+        external
+    {
+        _record(meter, energyWh, sequence, signature, true);
+    }
 
-        uint256 deltaWh;
-        if (m.readAt != 0) {
-            if (cumulativeWh <= m.cumulativeWh) {
-                revert MeterReadingNotNewer(m.cumulativeWh, cumulativeWh);
-            }
-            // Checked above: cumulativeWh > m.cumulativeWh, both below 2^40.
-            unchecked {
-                deltaWh = cumulativeWh - m.cumulativeWh;
-            }
-            uint256 elapsed = block.timestamp - m.readAt;
-            uint256 maxWh = (uint256(m.ratedPowerW) * elapsed) / 3600;
-            if (deltaWh > maxWh) revert MeterReadingImplausible(deltaWh, maxWh, elapsed);
-        }
-
-        // One SSTORE: the whole packed slot is written back at once.
-        _meters[msg.sender] = Meter({
-            owner: m.owner,
-            cumulativeWh: uint40(cumulativeWh),
-            readAt: uint32(block.timestamp),
-            ratedPowerW: m.ratedPowerW,
-            flags: m.flags
-        });
-        emit ReadingRecorded(msg.sender, cumulativeWh, deltaWh);
-
-        if (deltaWh != 0) {
-            if (m.flags & _FLAG_LOAD == 0) {
-                _token.mint(m.owner, deltaWh);
-            } else {
-                _market.settleDelivery(m.owner, deltaWh);
-            }
+    /// @notice Records many signed readings (of one or many meters) in one transaction; anyone
+    /// may send it. A reading {report} would refuse is skipped with {ReadingRejected}; the others
+    /// are recorded in order, exactly as {report} records them.
+    /// Emits, per reading, what {report} emits, or {ReadingRejected}.
+    function reportBatch(SignedReading[] calldata readings) external {
+        uint256 n = readings.length;
+        for (uint256 i; i < n; ++i) {
+            SignedReading calldata r = readings[i];
+            _record(r.meter, r.energyWh, r.sequence, r.signature, false);
         }
     }
 
@@ -168,16 +246,209 @@ contract MeterRegistry is AccessControl {
         return address(_market);
     }
 
-    /// @notice Everything known about `meter` (owner is zero when unregistered).
+    /// @notice Everything known about `meter` (status None and owner zero when never offered).
     function meterOf(address meter) external view returns (MeterInfo memory info) {
-        Meter memory m = _meters[meter];
+        Meter storage m = _meters[meter];
         info = MeterInfo({
-            owner: m.owner,
-            kind: m.flags & _FLAG_LOAD == 0 ? MeterKind.Supply : MeterKind.Load,
-            active: m.flags & _FLAG_ACTIVE != 0,
+            owner: _owners[meter],
+            kind: m.kind,
+            status: m.status,
             ratedPowerW: m.ratedPowerW,
-            cumulativeWh: m.cumulativeWh,
+            energyWh: m.energyWh,
+            sequence: m.sequence,
             readAt: m.readAt
         });
+    }
+
+    /// @notice The active load meter of `owner` (zero when none): the only meter that settles
+    /// `owner`'s trades.
+    function loadMeterOf(address owner) external view returns (address) {
+        return _loadMeters[owner];
+    }
+
+    /// @notice The EIP-712 digest `meter` signs for this reading on this chain and registry.
+    function readingDigest(address meter, uint64 energyWh, uint64 sequence)
+        external
+        view
+        returns (bytes32)
+    {
+        return _digest(meter, energyWh, sequence);
+    }
+
+    /// @dev Verifies and applies one reading. With `strict`, a refused reading reverts with its
+    /// custom error; otherwise it emits {ReadingRejected} and returns false.
+    function _record(
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        bytes calldata signature,
+        bool strict
+    ) private returns (bool) {
+        uint256 word = _load(meter);
+        (uint256 failure, uint256 deltaWh, uint256 carry) =
+            _verify(word, meter, energyWh, sequence, signature);
+        if (failure != _ACCEPTED) {
+            bytes memory err = _error(failure, word, meter, energyWh, sequence, signature);
+            return _refuse(strict, meter, sequence, err);
+        }
+        _apply(meter, word, energyWh, sequence, deltaWh, carry);
+        return true;
+    }
+
+    /// @dev Stores an accepted reading, emits {ReadingRecorded}, then mints or settles.
+    function _apply(
+        address meter,
+        uint256 word,
+        uint64 energyWh,
+        uint64 sequence,
+        uint256 deltaWh,
+        uint256 carry
+    ) private {
+        Meter storage slot = _meters[meter];
+        // One SSTORE: rating, kind and status kept, the reading's fields replaced.
+        uint256 updated = (word & _KEEP_ON_READING) | energyWh | (uint256(sequence) << 64)
+            | (block.timestamp << 128) | (carry << 176);
+        assembly ("memory-safe") {
+            sstore(slot.slot, updated)
+        }
+        emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
+
+        if (deltaWh != 0) {
+            // An Active load meter is its owner's only load meter (see {acceptMeter}).
+            if (MeterKind(uint8(word >> 192)) == MeterKind.Supply) {
+                _token.mint(_owners[meter], deltaWh);
+            } else {
+                _market.settleDelivery(_owners[meter], deltaWh);
+            }
+        }
+    }
+
+    /// @dev The meter's packed slot in one SLOAD (Solidity's own layout of Meter: see there).
+    function _load(address meter) private view returns (uint256 word) {
+        Meter storage slot = _meters[meter];
+        assembly ("memory-safe") {
+            word := sload(slot.slot)
+        }
+    }
+
+    /// @dev Every check of one reading against the meter's packed slot `word`, on the cheap
+    /// path: why it fails (_ACCEPTED when it does not), the increase and the allowance to carry.
+    function _verify(
+        uint256 word,
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        bytes calldata signature
+    ) private view returns (uint256 failure, uint256 deltaWh, uint256 carry) {
+        if (uint8(word >> 200) != uint8(MeterStatus.Active)) return (_NOT_ACTIVE, 0, 0);
+        if (sequence <= uint64(word >> 64)) return (_OLD_SEQUENCE, 0, 0);
+        if (_signer(_digest(meter, energyWh, sequence), signature) != meter) {
+            return (_BAD_SIGNATURE, 0, 0);
+        }
+        uint256 readAt = uint32(word >> 128);
+        if (readAt == 0) return (_ACCEPTED, 0, 0); // the baseline: any counter, nothing measured
+        uint256 lastWh = uint64(word);
+        if (energyWh < lastWh) return (_BACKWARDS, 0, 0);
+        // Checked above: energyWh >= lastWh.
+        unchecked {
+            deltaWh = energyWh - lastWh;
+        }
+        uint256 allowanceWs = _allowanceWs(word);
+        // deltaWh < 2^64, so deltaWh * 3600 cannot overflow.
+        if (deltaWh * 3600 > allowanceWs) return (_IMPLAUSIBLE, 0, 0);
+        // Checked above: deltaWh * 3600 <= allowanceWs.
+        unchecked {
+            carry = allowanceWs - deltaWh * 3600;
+        }
+        if (carry > _MAX_CARRY_WS) carry = _MAX_CARRY_WS;
+    }
+
+    /// @dev The custom error (selector and arguments) for a reading `_verify` refused.
+    function _error(
+        uint256 failure,
+        uint256 word,
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        bytes calldata signature
+    ) private view returns (bytes memory) {
+        if (failure == _NOT_ACTIVE) {
+            MeterStatus status = MeterStatus(uint8(word >> 200));
+            if (status == MeterStatus.None) {
+                return abi.encodeWithSelector(MeterNotRegistered.selector, meter);
+            }
+            if (status == MeterStatus.Offered) {
+                return abi.encodeWithSelector(MeterNotAccepted.selector, meter);
+            }
+            return abi.encodeWithSelector(MeterInactive.selector, meter, status);
+        }
+        if (failure == _OLD_SEQUENCE) {
+            return abi.encodeWithSelector(
+                MeterSequenceNotNewer.selector, uint64(word >> 64), sequence
+            );
+        }
+        if (failure == _BAD_SIGNATURE) {
+            address signer = _signer(_digest(meter, energyWh, sequence), signature);
+            return abi.encodeWithSelector(MeterSignatureInvalid.selector, meter, signer);
+        }
+        if (failure == _BACKWARDS) {
+            return abi.encodeWithSelector(MeterReadingBackwards.selector, uint64(word), energyWh);
+        }
+        uint256 elapsed = block.timestamp - uint32(word >> 128);
+        return abi.encodeWithSelector(
+            MeterReadingImplausible.selector,
+            energyWh - uint64(word),
+            _allowanceWs(word) / 3600,
+            elapsed
+        );
+    }
+
+    /// @dev Watt-seconds the meter may have measured since its last reading: its rating over
+    /// the elapsed chain time plus the fraction of a Wh the last reading left unused.
+    function _allowanceWs(uint256 word) private view returns (uint256) {
+        uint256 elapsed = block.timestamp - uint32(word >> 128);
+        return uint256(uint16(word >> 160)) * elapsed + uint16(word >> 176);
+    }
+
+    /// @dev Reverts with `err` (strict) or emits {ReadingRejected} with its selector; false.
+    function _refuse(bool strict, address meter, uint64 sequence, bytes memory err)
+        private
+        returns (bool)
+    {
+        if (strict) {
+            assembly ("memory-safe") {
+                revert(add(err, 32), mload(err))
+            }
+        }
+        emit ReadingRejected(meter, sequence, bytes4(err));
+        return false;
+    }
+
+    /// @dev The meter that `owner` was offered, checked for {acceptMeter} and {declineMeter}.
+    function _offeredToCaller(address meter) private view returns (Meter storage m) {
+        m = _meters[meter];
+        MeterStatus status = m.status;
+        if (status == MeterStatus.None) revert MeterNotRegistered(meter);
+        if (status != MeterStatus.Offered) revert MeterInactive(meter, status);
+        if (_owners[meter] != msg.sender) revert MeterNotOwner(meter, msg.sender);
+    }
+
+    /// @dev The EIP-712 digest of a reading.
+    function _digest(address meter, uint64 energyWh, uint64 sequence)
+        private
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence)));
+    }
+
+    /// @dev The signer of a 65-byte r || s || v signature (low s), or zero when it is malformed.
+    function _signer(bytes32 digest, bytes calldata signature) private pure returns (address) {
+        if (signature.length != 65) return address(0);
+        bytes32 r = bytes32(signature[0:32]);
+        bytes32 s = bytes32(signature[32:64]);
+        uint8 v = uint8(signature[64]);
+        (address signer,,) = ECDSA.tryRecover(digest, v, r, s);
+        return signer;
     }
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 from eth_tester import EthereumTester
 from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
@@ -44,6 +45,9 @@ class Chain:
         self.w3 = Web3(EthereumTesterProvider(self.tester))
         self.keys = self.tester.backend.account_keys
         self.addresses = [Account.from_key(k).address for k in self.keys]
+        self._keys = {a: k for a, k in zip(self.addresses, self.keys, strict=True)}
+        # Carries signed readings to the chain: any account may, the meters need no Ether.
+        self.carrier = self.addresses[9]
         self.deployment: Deployment = deploy(self.w3, Account.from_key(self.keys[0]), PARAMS)
         self.token = self._contract("EnergyToken", self.deployment.token)
         self.registry = self._contract("MeterRegistry", self.deployment.registry)
@@ -53,6 +57,35 @@ class Chain:
             self.registry.address: ("MeterRegistry", self.registry),
             self.market.address: ("EnergyMarket", self.market),
         }
+
+    def new_key(self, seed: str) -> str:
+        """A fresh key (no Ether, unknown to the node) that `sign_reading` can sign with."""
+        account = Account.from_key(Web3.keccak(text=seed))
+        self._keys[account.address] = account.key
+        return account.address
+
+    def sign_reading(
+        self,
+        meter: str,
+        energy_wh: int,
+        sequence: int,
+        chain_id: int | None = None,
+        registry: str | None = None,
+        key: bytes | None = None,
+    ) -> bytes:
+        """`meter`'s EIP-712 signature of a reading (r || s || v), as the meter would make it.
+
+        `chain_id`, `registry` and `key` override the domain and the signing key, to forge.
+        """
+        message = reading_typed_data(
+            meter,
+            energy_wh,
+            sequence,
+            self.w3.eth.chain_id if chain_id is None else chain_id,
+            registry or self.registry.address,
+        )
+        signed = Account.sign_message(message, key or self._keys[meter])
+        return bytes(signed.signature)
 
     def _contract(self, name: str, address: str) -> Contract:
         return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
@@ -110,6 +143,37 @@ class Chain:
     def balance(self, address: str) -> int:
         """Ether balance in wei."""
         return self.w3.eth.get_balance(address)
+
+
+def reading_typed_data(
+    meter: str, energy_wh: int, sequence: int, chain_id: int, registry: str
+) -> Any:
+    """The signable message of a reading (INTERFACE.md: domain MeterRegistry/1, type Reading)."""
+    return encode_typed_data(
+        full_message={
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Reading": [
+                    {"name": "meter", "type": "address"},
+                    {"name": "energyWh", "type": "uint64"},
+                    {"name": "sequence", "type": "uint64"},
+                ],
+            },
+            "primaryType": "Reading",
+            "domain": {
+                "name": "MeterRegistry",
+                "version": "1",
+                "chainId": chain_id,
+                "verifyingContract": registry,
+            },
+            "message": {"meter": meter, "energyWh": energy_wh, "sequence": sequence},
+        }
+    )
 
 
 @pytest.fixture(scope="session")

@@ -51,14 +51,25 @@ class Lot(NamedTuple):
     paid_wei: int
 
 
+class MeterStatus(IntEnum):
+    """MeterRegistry.MeterStatus."""
+
+    NONE = 0
+    OFFERED = 1
+    ACTIVE = 2
+    DECLINED = 3
+    DEACTIVATED = 4
+
+
 class Meter(NamedTuple):
     """MeterRegistry.meterOf, with names."""
 
     owner: str
     kind: int
-    active: bool
+    status: MeterStatus
     rated_power_w: int
-    cumulative_wh: int
+    energy_wh: int
+    sequence: int
     read_at: int
 
 
@@ -73,6 +84,13 @@ def ev(contract: str, name: str, **args: Any) -> Event:
 def registry_event(name: str, **args: Any) -> Event:
     """A MeterRegistry event."""
     return Event("MeterRegistry", name, args)
+
+
+def recorded(meter: str, energy_wh: int, sequence: int, delta_wh: int) -> Event:
+    """The registry's ReadingRecorded event of an accepted reading."""
+    return registry_event(
+        "ReadingRecorded", meter=meter, energyWh=energy_wh, sequence=sequence, deltaWh=delta_wh
+    )
 
 
 def market_event(name: str, **args: Any) -> Event:
@@ -131,7 +149,10 @@ def lot_of(chain: Chain, lot_id: int) -> Lot:
 
 def meter_of(chain: Chain, meter: str) -> Meter:
     """The registry's view of one meter."""
-    return Meter(*chain.registry.functions.meterOf(meter).call())
+    owner, kind, status, rated, energy, sequence, read_at = (
+        chain.registry.functions.meterOf(meter).call()
+    )
+    return Meter(owner, kind, MeterStatus(status), rated, energy, sequence, read_at)
 
 
 def credit(chain: Chain, account: str) -> int:
@@ -190,16 +211,53 @@ def unchanged(chain: Chain, accounts: Iterable[str], meters: Iterable[str] = ())
 # --- acting on the chain ---------------------------------------------------------------------
 
 
+def offer_meter(
+    chain: Chain, operator: str, meter: str, owner: str, kind: int, rated_w: int
+) -> dict:
+    """The operator offers `meter` to `owner`; return the receipt."""
+    return chain.send(chain.registry.functions.offerMeter(meter, owner, kind, rated_w), operator)
+
+
+def accept_meter(chain: Chain, owner: str, meter: str) -> dict:
+    """`owner` accepts the offer of `meter`; return the receipt."""
+    return chain.send(chain.registry.functions.acceptMeter(meter), owner)
+
+
 def register_meter(
     chain: Chain, operator: str, meter: str, owner: str, kind: int, rated_w: int
 ) -> dict:
-    """Register `meter` for `owner`; return the receipt."""
-    return chain.send(chain.registry.functions.registerMeter(meter, owner, kind, rated_w), operator)
+    """Offer `meter` to `owner` and let `owner` accept it; return the acceptance's receipt."""
+    offer_meter(chain, operator, meter, owner, kind, rated_w)
+    return accept_meter(chain, owner, meter)
 
 
-def report(chain: Chain, meter: str, cumulative_wh: int) -> dict:
-    """Send one reading from the meter's own key; return the receipt."""
-    return chain.send(chain.registry.functions.report(cumulative_wh), meter)
+def signed(
+    chain: Chain, meter: str, energy_wh: int, sequence: int | None = None
+) -> tuple[str, int, int, bytes]:
+    """A reading signed by `meter`'s own key for this chain and registry, as `report` takes it.
+
+    `sequence` defaults to the next one after the meter's last accepted reading.
+    """
+    if sequence is None:
+        sequence = meter_of(chain, meter).sequence + 1
+    return (meter, energy_wh, sequence, chain.sign_reading(meter, energy_wh, sequence))
+
+
+def report(
+    chain: Chain,
+    meter: str,
+    energy_wh: int,
+    sequence: int | None = None,
+    sender: str | None = None,
+) -> dict:
+    """Carry one reading signed by the meter to the chain (from the carrier, not the meter)."""
+    fn = chain.registry.functions.report(*signed(chain, meter, energy_wh, sequence))
+    return chain.send(fn, sender or chain.carrier)
+
+
+def report_batch(chain: Chain, readings: list[tuple], sender: str | None = None) -> dict:
+    """Carry several signed readings in one transaction; return the receipt."""
+    return chain.send(chain.registry.functions.reportBatch(readings), sender or chain.carrier)
 
 
 def seconds_for(energy_wh: int, rated_w: int) -> int:
@@ -212,7 +270,7 @@ def measure(chain: Chain, meter: str, energy_wh: int) -> dict:
     info = meter_of(chain, meter)
     assert info.read_at, "the meter needs its baseline reading first"
     chain.advance(seconds_for(energy_wh, info.rated_power_w))
-    return report(chain, meter, info.cumulative_wh + energy_wh)
+    return report(chain, meter, info.energy_wh + energy_wh)
 
 
 def install_meter(
@@ -224,7 +282,7 @@ def install_meter(
     rated_w: int,
     baseline_wh: int = 10_000,
 ) -> None:
-    """Register `meter` and send its baseline reading (the counter's value at installation)."""
+    """Offer and accept `meter`, then send its baseline reading (the counter at installation)."""
     register_meter(chain, operator, meter, owner, kind, rated_w)
     report(chain, meter, baseline_wh)
 

@@ -13,13 +13,14 @@ from eth_utils import function_signature_to_4byte_selector
 from web3.contract import Contract
 
 from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
+from tests.contracts.helpers import install_meter, report
 
 LOT_WH = 1_000
 DURATION = 3_600
 HIGHER = PRICE + PARAMS.min_increment_per_kwh
 REENTER_WITHDRAW, REENTER_BID, REENTER_CLOSE = 1, 2, 4
 REENTRANCY_GUARD_ERROR = function_signature_to_4byte_selector("ReentrancyGuardReentrantCall()")
-SUPPLY = 0
+SUPPLY, LOAD = 0, 1
 
 
 @dataclass
@@ -35,11 +36,10 @@ class Auction:
 
 
 def mint(chain: Chain, operator: str, meter: str, owner: str, energy_wh: int) -> None:
-    """Register a supply meter for `owner` and mint `energy_wh` through a reading."""
-    chain.send(chain.registry.functions.registerMeter(meter, owner, SUPPLY, 65_535), operator)
-    chain.send(chain.registry.functions.report(0), meter)
+    """Install a supply meter for `owner` and mint `energy_wh` through its signed readings."""
+    install_meter(chain, operator, meter, owner, SUPPLY, 65_535, 0)
     chain.advance(3_600)
-    chain.send(chain.registry.functions.report(energy_wh), meter)
+    report(chain, meter, energy_wh)
 
 
 def list_lot(chain: Chain, seller: str) -> int:
@@ -269,3 +269,34 @@ def test_refusing_bidder_own_withdrawal_fails_and_its_credit_stays(chain, griefe
     assert chain.balance(chain.market.address) == market_before
     assert chain.balance(attacker.address) == 0
     assert credit(chain, rival) == griefer.deposit
+
+
+# --- the operator cannot attach a meter to a buyer ---------------------------------------------
+
+
+def test_an_operator_load_meter_for_a_buyer_cannot_spend_its_escrow(
+    chain, operator, seller, buyer, supply_meter, load_meter
+):
+    """The operator offers itself a second "load meter" for the buyer: nothing is ever settled."""
+    mint(chain, operator, supply_meter, seller, LOT_WH)
+    install_meter(chain, operator, load_meter, buyer, LOAD, 3_000)
+    lot = list_lot(chain, seller)
+    deposit = chain.market.functions.depositFor(lot, PRICE).call()
+    chain.send(chain.market.functions.bid(lot, PRICE), buyer, value=deposit)
+    chain.advance(DURATION)
+    chain.send(chain.market.functions.finalize(lot), seller)
+
+    rogue = chain.new_key("the operator's rogue meter")
+    chain.send(chain.registry.functions.offerMeter(rogue, buyer, LOAD, 65_535), operator)
+    chain.advance(3_600)
+    # Not accepted: its readings are refused, whoever carries them.
+    for sender in (operator, seller):
+        with reverts("MeterNotAccepted", rogue):
+            report(chain, rogue, 1_000, sender=sender)
+    # The buyer cannot be made to accept it either while its own load meter is active.
+    with reverts("MeterLoadMeterExists", buyer, load_meter):
+        chain.send(chain.registry.functions.acceptMeter(rogue), buyer)
+    lot_info = chain.market.functions.lotOf(lot).call()
+    assert (lot_info[6], lot_info[9]) == (0, 0)  # deliveredWh, paidWei
+    assert credit(chain, seller) == 0
+    assert chain.balance(chain.market.address) == deposit

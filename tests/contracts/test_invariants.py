@@ -52,7 +52,8 @@ TX_GAS = 3_000_000
 START_WH = 10_000  # each person's tokens when an example starts
 MAX_LOTS = 8  # per example: room for several trades per buyer, cheap to check after each step
 INCREMENT = PARAMS.min_increment_per_kwh
-READING_KINDS = st.sampled_from(["ok", "ok", "ok", "replay", "too much"])
+READING_KINDS = st.sampled_from(["ok", "ok", "ok", "heartbeat", "replay", "too much", "forged"])
+MAX_CARRY_WS = 3599  # allowance below one Wh carried from one reading to the next
 BID_KINDS = st.sampled_from(["valid"] * 3 + ["too low", "deposit short", "deposit over"])
 STATUS_AFTER = {
     "Listed": LISTED, "TradeOpened": OPEN, "ListingExpired": EXPIRED, "ConnectionClosed": CLOSED
@@ -94,7 +95,7 @@ class Ledger:
 
     def record(self, name: str, args: dict[str, Any]) -> None:
         """Account for one decoded event."""
-        if name == "MeterRegistered" and args["kind"] == SUPPLY:
+        if name == "MeterOffered" and args["kind"] == SUPPLY:
             self.supply_meters.add(args["meter"])
         elif name == "ReadingRecorded" and args["meter"] in self.supply_meters:
             self.measured_wh += args["deltaWh"]
@@ -176,6 +177,26 @@ class Exchange:
                 events.append((decoded["event"], dict(decoded["args"])))
                 self.ledger.record(*events[-1])
         return receipt, events
+
+    def reading(
+        self, meter: str, energy_wh: int, sequence: int | None = None, key: bytes | None = None
+    ) -> Any:
+        """`report` of a reading signed by `meter` (or by `key`, to forge) for this registry.
+
+        `sequence` defaults to the one after the meter's last accepted reading.
+        """
+        if sequence is None:
+            sequence = self.call(self.registry.functions.meterOf(meter))[5] + 1
+        signature = self._run(
+            self.chain.sign_reading, meter, energy_wh, sequence, None, self.registry.address, key
+        )
+        return self.registry.functions.report(meter, energy_wh, sequence, signature)
+
+    def install(self, operator: str, meter: str, owner: str, kind: int, counter: int) -> None:
+        """Offer `meter` to `owner`, who accepts it; its baseline reading is `counter`."""
+        self.send(self.registry.functions.offerMeter(meter, owner, kind, RATED_W), operator)
+        self.send(self.registry.functions.acceptMeter(meter), owner)
+        self.send(self.reading(meter, counter), operator)
 
     def call(self, fn: Any) -> Any:
         """Evaluate a view call."""
@@ -328,13 +349,14 @@ class MarketMachine(RuleBasedStateMachine):
     """
 
     def __init__(
-        self, ex: Exchange, actors: list[Actor], meters: dict[str, tuple[int, int]]
+        self, ex: Exchange, actors: list[Actor], meters: dict[str, tuple[int, int, int, int]]
     ) -> None:
         super().__init__()
         self.ex = ex
         self.actors = actors
         self.people = [a for a in actors if a.contract is None]
-        self.meters = dict(meters)  # meter -> (counter, time of the last accepted reading)
+        # meter -> (counter, time, sequence, carried watt-seconds) of the last accepted reading
+        self.meters = dict(meters)
         self.lots: dict[int, Seen] = {}
         self._snapshot = ex.snapshot()
 
@@ -377,19 +399,27 @@ class MarketMachine(RuleBasedStateMachine):
         return st.integers(1, len(self.lots) + 1)
 
     def _reading(self, meter: str, kind: str, percent: int) -> None:
-        """Report a reading of `kind` (ok / replay / too much); predict the registry's verdict."""
-        cumulative, read_at = self.meters[meter]
+        """Carry a signed reading of `kind` (ok / heartbeat / replay / too much / forged) to the
+        chain; predict the registry's verdict, the allowance carried over included."""
+        counter, read_at, sequence, carry = self.meters[meter]
         now = self.ex.pending_time()
-        max_wh = RATED_W * (now - read_at) // 3600
-        delta_wh = {"ok": max_wh * percent // 100, "replay": 0, "too much": max_wh + 1}[kind]
+        allowance_ws = RATED_W * (now - read_at) + carry
+        max_wh = allowance_ws // 3600
+        delta_wh = {"ok": max_wh * percent // 100, "too much": max_wh + 1}.get(kind, 0)
+        next_sequence = sequence if kind == "replay" else sequence + 1
+        key = b"\x22" * 32 if kind == "forged" else None
         error = None
-        if delta_wh == 0:
-            error = "MeterReadingNotNewer"
+        if kind == "replay":
+            error = "MeterSequenceNotNewer"
+        elif kind == "forged":
+            error = "MeterSignatureInvalid"
         elif delta_wh > max_wh:
             error = "MeterReadingImplausible"
-        self._expect(self.ex.registry.functions.report(cumulative + delta_wh), meter, error)
+        fn = self.ex.reading(meter, counter + delta_wh, next_sequence, key)
+        self._expect(fn, self.people[0].sender, error)
         if error is None:
-            self.meters[meter] = (cumulative + delta_wh, now)
+            carried = min(allowance_ws - delta_wh * 3600, MAX_CARRY_WS)
+            self.meters[meter] = (counter + delta_wh, now, next_sequence, carried)
 
     def _times_out_at(self, lot_id: int, lot: Lot) -> int:
         """When the seller may close: after the timeout without deliveries; for a trade queued
@@ -579,16 +609,18 @@ def test_random_sequences_conserve_ether_and_tokens(chain: Chain):
     registry = ex.registry.functions
     for person in people:
         for meter, kind in ((person.supply_meter, SUPPLY), (person.load_meter, LOAD)):
-            ex.send(registry.registerMeter(meter, person.address, kind, RATED_W), operator)
-            ex.send(registry.report(0), meter)
+            ex.install(operator, meter, person.address, kind, 0)
     ex.advance(3_600)
     for person in people:
-        ex.send(registry.report(START_WH), person.supply_meter)
+        ex.send(ex.reading(person.supply_meter, START_WH), operator)
     meters = {}
     for person in people:
         for meter in (person.supply_meter, person.load_meter):
             info = ex.call(registry.meterOf(meter))
-            meters[meter] = (info[4], info[5])  # cumulativeWh, readAt
+            # energyWh, readAt, sequence; the carry is RATED_W x 3600 s - START_WH x 3600 Ws,
+            # capped below one Wh, for the supply meters, none for the load meters' baselines.
+            carry = MAX_CARRY_WS if meter == person.supply_meter else 0
+            meters[meter] = (info[4], info[6], info[5], carry)
     # Run well ahead of the wall clock so that every block is its parent + 1 s: sequences, and
     # the timestamps the rules predict refusals from, replay identically when Hypothesis shrinks.
     ex.advance(30 * 86_400)
@@ -642,14 +674,13 @@ def mutant_markets() -> dict[str, tuple[list, str]]:
 def fixed_sequence(ex: Exchange, chain: Chain) -> Iterator[str]:
     """A short market history touching every money and token path; yields after each step."""
     operator, seller, buyer, rival, pv, buyer_load, rival_load = chain.addresses[:7]
-    market, registry = ex.market.functions, ex.registry.functions
+    market = ex.market.functions
     for meter, owner, kind in ((pv, seller, SUPPLY), (buyer_load, buyer, LOAD),
                                (rival_load, rival, LOAD)):
-        ex.send(registry.registerMeter(meter, owner, kind, RATED_W), operator)
-        ex.send(registry.report(0), meter)
+        ex.install(operator, meter, owner, kind, 0)
     yield "meters registered"
     ex.advance(3_600)
-    ex.send(registry.report(3_000), pv)
+    ex.send(ex.reading(pv, 3_000), operator)
     yield "the seller's PV measured 3000 Wh"
     odd_price = PRICE + 7  # deposits round up, payments round down
     ex.send(market.list(999, odd_price, 300), seller)
@@ -666,11 +697,11 @@ def fixed_sequence(ex: Exchange, chain: Chain) -> Iterator[str]:
     ex.send(market.finalize(2), operator)
     yield "both auctions finalized"
     ex.advance(60)
-    ex.send(registry.report(401), buyer_load)
+    ex.send(ex.reading(buyer_load, 401), operator)
     yield "the buyer's load measured 401 Wh"
     ex.send(market.closeConnection(2), buyer)
     yield "the buyer closed its trade"
-    ex.send(registry.report(999), rival_load)
+    ex.send(ex.reading(rival_load, 999), operator)
     yield "the rival's load measured its whole lot"
     # The rival's refund is the 1 wei by which its rounded-up deposit exceeds the rounded-down
     # payment for the whole lot, so all three have credit.

@@ -25,8 +25,8 @@ from tests.contracts.helpers import (
     paid_wei,
     place_bid,
     queue,
+    recorded,
     register_meter,
-    registry_event,
     report,
     run_ahead_of_wall_clock,
     supply,
@@ -114,19 +114,14 @@ def test_a_trade_from_sunshine_to_withdrawal(
     register_meter(chain, operator, supply_meter, seller, SUPPLY, SUPPLY_W)
     receipt = report(chain, supply_meter, 12_345)
     assert chain.events(receipt) == [
-        registry_event("ReadingRecorded", meter=supply_meter, cumulativeWh=12_345, deltaWh=0)
+        recorded(supply_meter, 12_345, 1, 0)
     ]
     minted = 0
-    for energy_wh in (4_000, 2_500):
+    for sequence, energy_wh in enumerate((4_000, 2_500), start=2):
         receipt = measure(chain, supply_meter, energy_wh)
         minted += energy_wh
         assert chain.events(receipt) == [
-            registry_event(
-                "ReadingRecorded",
-                meter=supply_meter,
-                cumulativeWh=12_345 + minted,
-                deltaWh=energy_wh,
-            ),
+            recorded(supply_meter, 12_345 + minted, sequence, energy_wh),
             transfer(ZERO_ADDRESS, seller, energy_wh),
         ]
     assert tokens(chain, seller) == supply(chain) == minted == 6_500
@@ -167,18 +162,13 @@ def test_a_trade_from_sunshine_to_withdrawal(
     assert [e.name for e in chain.events(receipt)] == ["ReadingRecorded"]
 
     delivered = 0
-    for energy_wh in (500, 1_234, 7):
+    for sequence, energy_wh in enumerate((500, 1_234, 7), start=2):
         seller_credit = credit(chain, seller)
         receipt = measure(chain, load_meter, energy_wh)
         increment = paid_wei(delivered + energy_wh, price) - paid_wei(delivered, price)
         delivered += energy_wh
         assert chain.events(receipt) == [
-            registry_event(
-                "ReadingRecorded",
-                meter=load_meter,
-                cumulativeWh=777 + delivered,
-                deltaWh=energy_wh,
-            ),
+            recorded(load_meter, 777 + delivered, sequence, energy_wh),
             market_event(
                 "DeliverySettled",
                 tradeId=trade,

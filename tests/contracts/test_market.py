@@ -22,10 +22,11 @@ from tests.contracts.helpers import (
     lot_of,
     market_event,
     measure,
+    meter_of,
     mint,
     paid_wei,
     place_bid,
-    registry_event,
+    recorded,
     run_ahead_of_wall_clock,
     supply,
     tokens,
@@ -380,13 +381,11 @@ def test_only_the_registry_settles(
 def test_a_load_reading_settles_the_trade(
     chain: Chain, trade: int, seller: str, buyer: str, load_meter: str
 ):
-    counter = chain.registry.functions.meterOf(load_meter).call()[4]
+    before = meter_of(chain, load_meter)
     receipt = measure(chain, load_meter, 400)
     paid = paid_wei(400, PRICE)
     assert chain.events(receipt) == [
-        registry_event(
-            "ReadingRecorded", meter=load_meter, cumulativeWh=counter + 400, deltaWh=400
-        ),
+        recorded(load_meter, before.energy_wh + 400, before.sequence + 1, 400),
         market_event("DeliverySettled", tradeId=trade, energyWh=400, paidWei=paid, deliveredWh=400),
     ]
     assert credit(chain, seller) == paid

@@ -16,7 +16,7 @@ from tests.contracts.helpers import (
     meter_of,
     mint,
     open_trade,
-    registry_event,
+    recorded,
     run_ahead_of_wall_clock,
     supply,
     tokens,
@@ -53,12 +53,10 @@ def test_supply_reading_mints_through_the_registry(
     chain: Chain, operator: str, seller: str, supply_meter: str
 ):
     mint(chain, operator, supply_meter, seller, 1)
-    counter = meter_of(chain, supply_meter).cumulative_wh
+    before = meter_of(chain, supply_meter)
     receipt = measure(chain, supply_meter, 1234)
     assert chain.events(receipt) == [
-        registry_event(
-            "ReadingRecorded", meter=supply_meter, cumulativeWh=counter + 1234, deltaWh=1234
-        ),
+        recorded(supply_meter, before.energy_wh + 1234, before.sequence + 1, 1234),
         transfer(ZERO_ADDRESS, seller, 1234),
     ]
     assert tokens(chain, seller) == 1235
