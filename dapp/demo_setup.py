@@ -2,11 +2,13 @@
 
 `DemoSetup.prepare()` starts the managed anvil (its chain in the data directory), deploys the
 contracts if the chain has none, creates the operator, a producer and a consumer (keystores; the
-two users' passphrases are printed once), funds them, registers and funds their meters, and
-starts the emulated meters (one shared micro-grid: the producer's PV charges a lead-acid battery,
-the consumer's programmable load draws from it while the trade's relays are closed). The web
-server and the meter bridge are then run by `microgrid serve`'s code. A second run finds the
-same chain, accounts and meters and only starts things again.
+two users' passphrases are printed once), funds them, starts the emulated meters (one shared
+micro-grid: the producer's PV charges a lead-acid battery, the consumer's programmable load draws
+from it while the trade's relays are closed), has the operator offer each meter to its owner and
+the owner accept it. Each emulated meter keeps its own key in `<data-dir>/meters/` (its EEPROM;
+never in the keystore, never given to the bridge). The web server and the meter bridge are then
+run by `microgrid serve`'s code, the operator forwarding the meters' signed readings (and paying
+their gas). A second run finds the same chain, accounts and meters and only starts things again.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from dapp.chain.deploy import MarketParameters
 from dapp.chain.discovery import AmbiguousDeployment
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
-from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
+from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
 from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
 
 ETHER = 10**18
 # What the demo's users start with (anvil_setBalance: the managed node is a development chain).
 USER_FUNDS = 100 * ETHER
-METER_FUNDS = 5 * ETHER
 OPERATOR_FUNDS = 1_000 * ETHER
+METER_NAMES = {SUPPLY: "producer-supply", LOAD: "consumer-load"}  # key files in <data>/meters
 
 
 @dataclass
@@ -59,7 +61,7 @@ class DemoState:
     operator: str = ""
     producer: str = ""
     consumer: str = ""
-    producer_meter: str = ""
+    producer_meter: str = ""  # the emulated meters' addresses (their keys stay in their files)
     consumer_meter: str = ""
     meter_urls: dict[str, str] = field(default_factory=dict)
 
@@ -88,7 +90,7 @@ class DemoSetup:
 
     @property
     def service_passphrase_file(self) -> Path:
-        """Passphrase of the operator and meter keys (the server unlocks them unattended)."""
+        """Passphrase of the operator's key (the server unlocks it unattended)."""
         return self.demo_dir / "service-passphrase"
 
     @property
@@ -128,16 +130,16 @@ class DemoSetup:
         with self.step(f"starting the chain node (anvil, {self.node.host}:{self.node.port})"):
             self.node.start()
         self.client = ChainClient(self.node.url, self.data_dir)
-        with self.step("accounts: operator, producer, consumer and their meters"):
+        with self.step("accounts: operator, producer, consumer"):
             self._accounts()
         with self.step("funding the accounts"):
             self._fund()
         with self.step("contracts"):
             self._contracts()
-        with self.step("registering the meters"):
-            self._meters()
         with self.step("starting the emulated meters (PV + battery, programmable load)"):
             self._emulators()
+        with self.step("meters: offered by the operator, accepted by their owners"):
+            self._meters()
         with self.step("starting mining"):
             status = self.client.start_mining(self.settings.block_time)
             self.out(f"      {status.detail}")
@@ -153,10 +155,8 @@ class DemoSetup:
     def _accounts(self) -> None:
         service = self._service_passphrase()
         st = self.state
-        for attr, label in (("operator", "operator"), ("producer_meter", "producer meter"),
-                            ("consumer_meter", "consumer meter")):
-            if not getattr(st, attr) or not self.keystore.has(getattr(st, attr)):
-                setattr(st, attr, self.keystore.create(service, label=label))
+        if not st.operator or not self.keystore.has(st.operator):
+            st.operator = self.keystore.create(service, label="operator")
         for attr, label in (("producer", "producer"), ("consumer", "consumer")):
             if not getattr(st, attr) or not self.keystore.has(getattr(st, attr)):
                 passphrase = "-".join(secrets.token_hex(3) for _ in range(4))
@@ -173,8 +173,8 @@ class DemoSetup:
     def _fund(self) -> None:
         assert self.client is not None
         st = self.state
-        wanted = {st.operator: OPERATOR_FUNDS, st.producer: USER_FUNDS, st.consumer: USER_FUNDS,
-                  st.producer_meter: METER_FUNDS, st.consumer_meter: METER_FUNDS}
+        # Meters hold no Ether: the operator forwards their readings and pays the gas.
+        wanted = {st.operator: OPERATOR_FUNDS, st.producer: USER_FUNDS, st.consumer: USER_FUNDS}
         for address, amount in wanted.items():
             if self.client.ether_balance(address) < amount // 2:
                 self.client.fund_dev_account(address, amount)
@@ -199,39 +199,58 @@ class DemoSetup:
         return Plant(pv=SolarArray(peak_w=self.settings.pv_peak_w),
                      load=LoadProfile.parse(self.settings.load_profile))
 
+    def _user(self, label: str):
+        """Unlock a demo user's key (a new passphrase, or the copy in the passphrase file)."""
+        address = getattr(self.state, label)
+        passphrase = self.new_passphrases.get(label)
+        if passphrase is None and self.user_passphrase_file.is_file():
+            for line in self.user_passphrase_file.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == label and parts[1] == address:
+                    passphrase = parts[2]
+        if passphrase is None:
+            raise MicrogridError(f"the {label}'s passphrase is not in {self.user_passphrase_file}: "
+                                 "the meter offer waits on the wallet page for the owner")
+        return self.keystore.unlock(address, passphrase)
+
     def _meters(self) -> None:
+        """Offer each meter to its owner (operator), and accept it (owner), unless done before."""
         assert self.client is not None
         st = self.state
-        self.grid = Microgrid(self._plant(), acceleration=self.settings.acceleration)
         operator = None
-        for meter, owner, kind in ((st.producer_meter, st.producer, SUPPLY),
-                                   (st.consumer_meter, st.consumer, LOAD)):
-            if self.client.meter(meter) is not None:
+        for meter, owner, kind in ((st.producer_meter, "producer", SUPPLY),
+                                   (st.consumer_meter, "consumer", LOAD)):
+            info = self.client.meter(meter)
+            if info is not None and info.status != "offered":
                 continue
-            rated = EmulatedMeter(kind, self.grid).identity.rated_power_w
-            if rated > MAX_RATED_POWER_W:
-                raise MicrogridError(
-                    f"the {kind} meter would need {rated} W at acceleration "
-                    f"{self.settings.acceleration:g}: lower the acceleration or the power"
-                )
-            operator = operator or self._unlock(st.operator)
-            self.client.wait(self.client.register_meter(operator, meter, owner, kind, rated))
-            self.out(f"      registered the {kind} meter {meter} ({rated} W)")
+            if info is None:
+                rated = next(s.meter for s in self.servers if s.meter.kind == kind
+                             ).identity.rated_power_w
+                if rated > MAX_RATED_POWER_W:
+                    raise MicrogridError(
+                        f"the {kind} meter would need {rated} W at acceleration "
+                        f"{self.settings.acceleration:g}: lower the acceleration or the power"
+                    )
+                operator = operator or self._unlock(st.operator)
+                self.client.wait(self.client.offer_meter(operator, meter, getattr(st, owner),
+                                                         kind, rated))
+                self.out(f"      offered the {kind} meter {meter} ({rated} W) to the {owner}")
+            self.client.wait(self.client.accept_meter(self._user(owner), meter))
+            self.out(f"      the {owner} accepted it")
 
     def _emulators(self) -> None:
         st = self.state
-        assert self.grid is not None
-        assert self.client is not None
-        for meter, kind in ((st.producer_meter, SUPPLY), (st.consumer_meter, LOAD)):
-            # A real meter keeps its counter across restarts (EEPROM); so does the emulated one.
-            info = self.client.meter(meter)
-            offset = info.cumulative_wh if info is not None else 0
-            emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}",
-                                     energy_offset_wh=offset)
+        self.grid = Microgrid(self._plant(), acceleration=self.settings.acceleration)
+        for kind in (SUPPLY, LOAD):
+            # The meter's EEPROM: its key, last signed counter and sequence, its domain.
+            eeprom = MeterState.in_directory(self.data_dir / "meters", METER_NAMES[kind])
+            emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}", state=eeprom)
             server = MeterServer(emulated, transport="tcp")
-            st.meter_urls[meter] = server.start()
+            url = server.start()
             self.servers.append(server)
-            self.out(f"      {kind} meter on {st.meter_urls[meter]}")
+            setattr(st, "producer_meter" if kind == SUPPLY else "consumer_meter", emulated.address)
+            st.meter_urls[emulated.address] = url
+            self.out(f"      {kind} meter {emulated.address} on {url}")
 
     def stop(self) -> None:
         """Stop the emulators and the node (the node saves its chain)."""

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
-from hardware.signing import Domain, recover_signer
 
 from dapp.bridge.drivers import SignedReading
 from dapp.bridge.port import BridgeMeter, MeterPort, MeterState
@@ -42,6 +41,7 @@ from dapp.bridge.trades import TradeBook
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError
+from hardware.signing import Domain, recover_signer
 
 log = logging.getLogger(__name__)
 

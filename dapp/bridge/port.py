@@ -64,6 +64,20 @@ class BridgeMeter:
                 object.__setattr__(self, name, to_checksum_address(value))
 
 
+def parse_meter_spec(spec: str) -> BridgeMeter:
+    """`URL` or `URL:ADDRESS` (the URL may contain colons; ADDRESS pins the meter expected)."""
+    spec = spec.strip()
+    url, sep, tail = spec.rpartition(":")
+    if sep and url and tail.lower().startswith("0x"):
+        try:
+            return BridgeMeter(url, to_checksum_address(tail))
+        except ValueError:
+            raise ValueError(f"{spec!r}: {tail!r} is not a meter address") from None
+    if not spec:
+        raise ValueError("a meter needs its port URL")
+    return BridgeMeter(spec)
+
+
 @dataclass(frozen=True)
 class MeterState:
     """A meter as the web app shows it.

@@ -33,6 +33,7 @@ from dapp.chain.transports import RPCError, connect, rpc
 from dapp.chain.tx import TxSender
 from dapp.errors import ChainError
 from hardware.protocol import LOAD, SUPPLY
+from hardware.signing import Domain
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,28 @@ class ChainClient:
             for entry in logs
         ]
 
+    def meter_offers(self, owner: str) -> list[Meter]:
+        """Meters offered to `owner` that it has neither accepted nor declined yet."""
+        logs = self._registry.events.MeterOffered.get_logs(
+            argument_filters={"owner": to_checksum_address(owner)},
+            from_block=self.deployment.block,
+        )
+        seen: dict[str, Meter] = {}
+        for entry in logs:
+            meter = self.meter(entry["args"]["meter"])
+            if meter is not None and meter.status == "offered" and meter.owner == owner:
+                seen[meter.address] = meter
+        return list(seen.values())
+
+    def load_meter_of(self, owner: str) -> str | None:
+        """The owner's one active load meter, or None."""
+        meter = self._registry.functions.loadMeterOf(to_checksum_address(owner)).call()
+        return None if meter == ZERO else to_checksum_address(meter)
+
+    def reading_domain(self) -> Domain:
+        """What this chain's meters sign for: the chain id and the registry (EIP-712 domain)."""
+        return Domain(self.chain_id, self.deployment.registry)
+
     def listing_start_price(self, lot_id: int) -> int | None:
         """The start price (wei per kWh) lot `lot_id` was listed with; None if no Listed event."""
         logs = self._market.events.Listed.get_logs(
@@ -404,13 +427,28 @@ class ChainClient:
         """Withdraw all of the account's credit."""
         return self._send(account, self._market, "withdraw", [], "withdraw")
 
-    def register_meter(self, operator: LocalAccount, meter: str, owner: str, kind: str,
-                       rated_power_w: int) -> str:
-        """Register a meter (operator only)."""
+    def offer_meter(self, operator: LocalAccount, meter: str, owner: str, kind: str,
+                    rated_power_w: int) -> str:
+        """Offer a meter to its owner (operator only); it counts once the owner accepts it."""
         args = [to_checksum_address(meter), to_checksum_address(owner), METER_KIND_IDS[kind],
                 rated_power_w]
-        return self._send(operator, self._registry, "registerMeter", args, "register meter",
+        return self._send(operator, self._registry, "offerMeter", args, "offer meter",
                           concerns=[owner])
+
+    def accept_meter(self, owner: LocalAccount, meter: str) -> str:
+        """The owner accepts a meter offered to it: its readings count from now on."""
+        return self._send(owner, self._registry, "acceptMeter", [to_checksum_address(meter)],
+                          "accept meter")
+
+    def decline_meter(self, owner: LocalAccount, meter: str) -> str:
+        """The owner declines a meter offered to it."""
+        return self._send(owner, self._registry, "declineMeter", [to_checksum_address(meter)],
+                          "decline meter")
+
+    def deactivate_meter(self, operator: LocalAccount, meter: str) -> str:
+        """Withdraw a meter (or its offer) for good (operator only)."""
+        return self._send(operator, self._registry, "deactivateMeter",
+                          [to_checksum_address(meter)], "deactivate meter")
 
     def fund_dev_account(self, address: str, wei: int) -> None:
         """Set `address`'s balance to `wei` on a development node (anvil_setBalance)."""
@@ -419,21 +457,24 @@ class ChainClient:
         except RPCError as exc:
             raise ChainError(f"cannot fund {address}: {exc.message}") from exc
 
-    def submit_readings(self, sender: LocalAccount, readings: list[Any]) -> str:
+    def submit_readings(self, sender: LocalAccount, readings: list[Any],
+                        concerns: list[str] | None = None) -> str:
         """Forward meters' signed readings from `sender`, who pays the gas.
 
-        One reading goes as `report` (estimated first, so a refused one raises
-        ContractReverted and sends nothing); several as one `reportBatch`, in which the registry
-        skips a bad item with `ReadingRejected` and takes the rest.
+        One reading goes as `report`, several as one `reportBatch`, in which the registry skips a
+        bad item with `ReadingRejected` and takes the rest. Both with fixed gas: a load reading's
+        cost depends on the next block's time (which trades it completes), which an estimate
+        cannot know; a refused single reading shows as ContractReverted from `reading_outcomes`.
         """
         if len(readings) == 1:
             r = readings[0]
             args = [to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature)]
-            return self._send(sender, self._registry, "report", args, "meter reading")
+            return self._send(sender, self._registry, "report", args, "meter reading",
+                              gas=READING_GAS, concerns=concerns)
         items = [(to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature))
                  for r in readings]
         return self._send(sender, self._registry, "reportBatch", [items], "meter readings",
-                          gas=BATCH_BASE_GAS + BATCH_ITEM_GAS * len(items))
+                          gas=BATCH_BASE_GAS + BATCH_ITEM_GAS * len(items), concerns=concerns)
 
     def reading_outcomes(self, tx_hash: str, timeout: float = 60.0
                          ) -> dict[tuple[str, int], ReadingOutcome]:

@@ -29,7 +29,10 @@ KIND_BY_FUNCTION = {
     "finalize": "finalize auction",
     "closeConnection": "close connection",
     "withdraw": "withdraw",
-    "registerMeter": "register meter",
+    "reportBatch": "meter readings",
+    "offerMeter": "offer meter",
+    "acceptMeter": "accept meter",
+    "declineMeter": "decline meter",
     "deactivateMeter": "deactivate meter",
     "transfer": "send tokens",
 }

@@ -4,7 +4,7 @@
 default and the help text ends with "(MICROGRID_NAME; default D)" by itself. A variable's value
 is passed to argparse as a string, so the option's `type` converts it and a malformed variable
 is a usage error of the command that reads it, not a crash of every command at parser build
-time. Also here: the run-until-signal helper, the logging set-up, meter specs (URL:ADDRESS,
+time. Also here: the run-until-signal helper, the logging set-up, meter specs (URL[:ADDRESS],
 from --meter or MICROGRID_METERS) and the options several commands share.
 """
 
@@ -17,9 +17,12 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dapp.errors import MicrogridError
+
+if TYPE_CHECKING:
+    from dapp.bridge import BridgeMeter
 
 PREFIX = "MICROGRID_"
 DEFAULT_RPC = "http://127.0.0.1:8545"
@@ -96,9 +99,9 @@ def kdf_n(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def meter_spec(text: str) -> tuple[str, str]:
-    """Parse --meter URL:ADDRESS (the URL may contain colons)."""
-    from hardware.bridge import parse_meter_spec
+def meter_spec(text: str) -> BridgeMeter:
+    """Parse --meter URL[:ADDRESS] (the URL may contain colons)."""
+    from dapp.bridge import parse_meter_spec
 
     try:
         return parse_meter_spec(text)
@@ -107,19 +110,30 @@ def meter_spec(text: str) -> tuple[str, str]:
 
 
 def add_meter_option(parser: argparse.ArgumentParser, help: str) -> None:  # noqa: A002
-    """--meter URL:ADDRESS, repeatable; MICROGRID_METERS is read by `meter_specs`."""
-    parser.add_argument("--meter", action="append", type=meter_spec, metavar="URL:ADDRESS",
+    """--meter URL[:ADDRESS], repeatable; MICROGRID_METERS is read by `meter_specs`."""
+    parser.add_argument("--meter", action="append", type=meter_spec, metavar="URL[:ADDRESS]",
                         help=f"{help} ({PREFIX}METERS: space-separated list)")
 
 
-def meter_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The meters of --meter, else of MICROGRID_METERS (space-separated URL:ADDRESS items)."""
+def meter_specs(args: argparse.Namespace) -> list[BridgeMeter]:
+    """The meters of --meter, else of MICROGRID_METERS (space-separated URL[:ADDRESS] items)."""
     if args.meter:
         return list(args.meter)
     try:
         return [meter_spec(item) for item in (env("METERS") or "").split()]
     except argparse.ArgumentTypeError as exc:
         raise MicrogridError(f"{PREFIX}METERS: {exc}") from None
+
+
+def add_submitter_options(parser: argparse.ArgumentParser, fallback: str | None = None) -> None:
+    """--submitter and its passphrase file: the account that pays the gas of meter readings."""
+    option(parser, "--submitter", env="SUBMITTER",
+           shown_default=fallback or "none: readings are shown, not forwarded",
+           help="keystore account that forwards the meters' signed readings and pays their gas "
+           "(meters hold no Ether)")
+    option(parser, "--submitter-passphrase-file", env="SUBMITTER_PASSPHRASE_FILE",
+           default=env("PASSPHRASE_FILE"), shown_default="MICROGRID_PASSPHRASE_FILE, else asked",
+           help="file whose first line unlocks the submitter's key")
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -12,6 +12,7 @@ from dapp.wallet.keystore import GETH_SCRYPT_N
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Prepare everything, then serve the app until Ctrl-C; stop it all cleanly."""
+    from dapp.bridge import BridgeMeter
     from dapp.commands.serve import cmd_serve
     from dapp.demo_setup import DemoSettings, DemoSetup
 
@@ -36,9 +37,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             finalizer_passphrase_file=str(setup.service_passphrase_file),
             host="127.0.0.1",
             port=args.port,
-            meter=[(st.meter_urls[st.producer_meter], st.producer_meter),
-                   (st.meter_urls[st.consumer_meter], st.consumer_meter)],
-            meter_passphrase_file=str(setup.service_passphrase_file),
+            meter=[BridgeMeter(st.meter_urls[st.producer_meter], st.producer_meter),
+                   BridgeMeter(st.meter_urls[st.consumer_meter], st.consumer_meter)],
+            # The operator finalizes auctions and forwards the meters' signed readings.
+            submitter=None,
         )
         print(f"[8/8] serving the app on http://localhost:{args.port}", flush=True)
         print(setup.banner(f"http://localhost:{args.port}"), flush=True)

@@ -4,9 +4,10 @@ Settings: --rpc (MICROGRID_RPC), --host (MICROGRID_WEB_HOST, default 127.0.0.1),
 (MICROGRID_WEB_PORT, default 3000), --market (MICROGRID_MARKET), --finalizer and
 --finalizer-passphrase-file (MICROGRID_FINALIZER, MICROGRID_FINALIZER_PASSPHRASE_FILE: the
 keystore account that finalizes ended auctions), --kdf-n (MICROGRID_KDF_N, scrypt cost of accounts
-created on the login page), --meter URL:ADDRESS (repeatable; MICROGRID_METERS, space-separated)
-and --meter-passphrase-file (MICROGRID_METER_PASSPHRASE_FILE): run the meter bridge in this
-process, so the pages show live generation and relays. --operator (MICROGRID_OPERATOR),
+created on the login page), --meter URL[:ADDRESS] (repeatable; MICROGRID_METERS, space-separated)
+and --submitter (MICROGRID_SUBMITTER, the account that forwards the meters' signed readings and
+pays their gas; default the finalizer): run the meter bridge in this process, so the pages show
+live generation and relays. --operator (MICROGRID_OPERATOR),
 --allowed-host (MICROGRID_ALLOWED_HOSTS), --trusted-proxies (MICROGRID_TRUSTED_PROXIES),
 --behind-tls (MICROGRID_BEHIND_TLS) and --accounts-from-network
 (MICROGRID_ACCOUNTS_FROM_NETWORK): see dapp/web/hosts.py. Everything else the app reads from
@@ -25,7 +26,7 @@ from dapp.commands.common import (
     add_market_option,
     add_meter_option,
     add_rpc_option,
-    env,
+    add_submitter_options,
     kdf_n,
     meter_specs,
     option,
@@ -100,19 +101,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _bridge(args: argparse.Namespace, ext: AppState) -> Any:
     """The in-process meter bridge for --meter, attached to the app; None without meters."""
-    specs = meter_specs(args)
-    if not specs:
+    meters = meter_specs(args)
+    if not meters:
         return None
+    from dapp.bridge import MeterBridge
     from dapp.wallet.keystore import read_passphrase
-    from hardware.bridge import BridgeMeter, MeterBridge
 
-    passphrase = read_passphrase(args.meter_passphrase_file, "Passphrase of the meter keys: ")
-    meters = [BridgeMeter(url, ext.keystore.unlock(address, passphrase))
-              for url, address in specs]
-    bridge = MeterBridge(ext.client, meters, on_change=ext.meter_changed)
+    submitter = ext.finalizer.account
+    if getattr(args, "submitter", None):
+        passphrase = read_passphrase(args.submitter_passphrase_file,
+                                     f"Passphrase of {args.submitter}: ")
+        submitter = ext.keystore.unlock(args.submitter, passphrase)
+    bridge = MeterBridge(ext.client, meters, submitter=submitter, on_change=ext.meter_changed)
     ext.attach_bridge(bridge)
     for meter in meters:
-        print(f"bridging {meter.address} on {meter.url}", flush=True)
+        print(f"bridging the meter on {meter.url}", flush=True)
     return bridge
 
 
@@ -150,9 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
            shown_default=f"geth's {GETH_SCRYPT_N}",
            help="scrypt cost N of accounts created on the login page")
-    add_meter_option(p, "run the meter bridge here for this meter (port URL and device address "
-                     "in the keystore); repeat for more")
-    option(p, "--meter-passphrase-file", env="METER_PASSPHRASE_FILE",
-           default=env("PASSPHRASE_FILE"), shown_default="MICROGRID_PASSPHRASE_FILE",
-           help="file whose first line unlocks the meter keys")
+    add_meter_option(p, "run the meter bridge here for the meter on this port (optionally "
+                     ":ADDRESS to insist on that meter); repeat for more")
+    add_submitter_options(p, fallback="the --finalizer account")
     p.set_defaults(func=cmd_serve)
