@@ -19,9 +19,8 @@ NODE_LIBRARIES = ("web3", "eth_tester")
 # Attributes that mean "talking to web3 directly": the Web3 object, its eth module, its
 # provider's raw requests, a contract's functions.
 NODE_ATTRIBUTES = ("w3", "_w3", "eth", "functions", "make_request")
-# hardware/bridge.py still runs on the chain client (dapp.chain); the issue "Meters sign their
-# own readings" moves it out of hardware/. It is the one device-side module allowed to import dapp.
-HARDWARE_MAY_IMPORT_DAPP = {"hardware/bridge.py"}
+# No device-side module imports dapp (the bridge is application code, in dapp/bridge).
+HARDWARE_MAY_IMPORT_DAPP: set[str] = set()
 
 
 def _imported(tree: ast.AST) -> list[tuple[int, str]]:
@@ -91,7 +90,7 @@ def test_each_rule_catches_what_it_forbids(source, path, problem):
     ("source", "path"),
     [
         ("from web3 import Web3\nw3 = Web3()\nw3.eth.block_number\n", "dapp/chain/x.py"),
-        ("from dapp.chain.client import ChainClient\n", "hardware/bridge.py"),
+        ("from dapp.chain.client import ChainClient\n", "dapp/bridge/x.py"),
         ("from hardware.protocol import KINDS\n", "dapp/services/x.py"),
         ("name = event.contract\n", "dapp/web/x.py"),
     ],

@@ -68,7 +68,9 @@ def parse_meter_spec(spec: str) -> BridgeMeter:
     """`URL` or `URL:ADDRESS` (the URL may contain colons; ADDRESS pins the meter expected)."""
     spec = spec.strip()
     url, sep, tail = spec.rpartition(":")
-    if sep and url and tail.lower().startswith("0x"):
+    if sep and tail.lower().startswith("0x"):
+        if not url:
+            raise ValueError(f"{spec!r}: the port URL is missing")
         try:
             return BridgeMeter(url, to_checksum_address(tail))
         except ValueError:
@@ -451,32 +453,43 @@ class MeterPort:
                 log.warning("%s: the meter rebooted (sample counter %d -> %d)", self.name,
                             previous.samples, reading.samples)
             registered = self.registered
-            self.reading = reading
             if not self.bridge.signed_by(signed, self.address):
-                verdict = rules.Verdict(False, "signature", "the reading's signature is not the "
-                                        "meter's (altered on the line?); reading withheld",
-                                        self.hold_below)
+                # Altered between the meter and us: the chain would refuse it, so it is not
+                # forwarded. The meter itself still measures truly, so the relay keeps
+                # following the chain; energy drawn meanwhile is in the next genuine counter.
+                if self._problem != "signature":
+                    log.error("%s: a reading whose signature is not the meter's (altered on "
+                              "the line?) was not forwarded", self.name)
+                self._problem = "signature"
+                self.last_error = ("a reading arrived with a signature that is not the meter's "
+                                   "(altered on the line?); it was not forwarded")
+                self.status = "faulty" if self.fault else "online"
             else:
+                self.reading = reading  # shown only when it is the meter's own
                 verdict = rules.judge(
                     signed.energy_wh, previous=self.good,
                     chain_wh=registered.cumulative_wh if registered else None,
                     rated_w=self.identity.rated_power_w if self.identity else None,
                     now=now, hold_below=self.hold_below)
-            self.hold_below = verdict.hold_below
-            if verdict.ok or verdict.problem == "back":
-                self.good = (signed.energy_wh, now)
-            if verdict.ok:
-                self.outgoing = signed
-                if self.reading_error is not None:
-                    log.info("%s: readings are sane again", self.name)
-            elif verdict.problem != self._problem:
-                log.error("%s: %s", self.name, verdict.message)
-            self._problem = verdict.problem
-            self.reading_error = verdict.message
-            self.last_error = None
-            self.status = "faulty" if self.fault else "online"
+                self._judged(signed, verdict, now)
         self.bridge.submitter.wake()
         self.notify()
+
+    def _judged(self, signed: SignedReading, verdict: rules.Verdict, now: float) -> None:
+        """Apply the verdict on a genuine reading (call with the lock held)."""
+        self.hold_below = verdict.hold_below
+        if verdict.ok or verdict.problem == "back":
+            self.good = (signed.energy_wh, now)
+        if verdict.ok:
+            self.outgoing = signed
+            if self.reading_error is not None:
+                log.info("%s: readings are sane again", self.name)
+        elif verdict.problem != self._problem:
+            log.error("%s: %s", self.name, verdict.message)
+        self._problem = verdict.problem
+        self.reading_error = verdict.message
+        self.last_error = None
+        self.status = "faulty" if self.fault else "online"
 
     def _lost(self, exc: BaseException, line_works: bool) -> None:
         """Fail safe: try to open the relay, mark the meter offline (closing a dead port)."""

@@ -23,27 +23,28 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from dapp.bridge import BridgeMeter, MeterBridge
 from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.deploy import Deployment, MarketParameters, deploy
 from dapp.chain.inprocess import InProcessChain, close_shared_chains, shared_chain
 from dapp.chain.listener import ChainEvent, EventListener
 from dapp.wallet.keystore import Keystore
-from hardware.bridge import BridgeMeter, MeterBridge
-from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
+from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import (
     ErrorCode,
     Identity,
     LineBuffer,
     MeterProtocolError,
-    Reading,
+    SignedReading,
     encode_error,
     encode_frame,
     encode_ok,
     parse_reply,
     parse_request,
 )
-from tests.support import wait_for  # noqa: F401 - re-exported to the bridge tests
+from hardware.signing import Domain, sign_reading
+from tests.support import SigningMeter, wait_for  # noqa: F401 - wait_for: for the tests
 
 ETHER = 10**18
 PRICE = 10**15  # wei per kWh: 0.001 ether
@@ -118,7 +119,7 @@ class World:
     tmp: Path
     w3: Web3
     _count: int = 0
-    _faucets: dict[str, LocalAccount] = field(default_factory=dict)
+    _faucets: dict[str, SigningMeter] = field(default_factory=dict)
 
     def account(self, ether: int = 5) -> LocalAccount:
         """A fresh account holding `ether`."""
@@ -132,25 +133,36 @@ class World:
         self.fund([a.address for a in made], ether * ETHER)
         return made
 
-    def register(self, owner: str, kind: str, rated_w: int, key: LocalAccount | None = None,
-                 fund_wei: int = ETHER) -> LocalAccount:
-        """Register a (fresh) device key for `owner` and fund it, as the operator does."""
-        key = key or Account.create()
-        tx = self.client.register_meter(self.operator, key.address, owner, kind, rated_w)
-        pay = self.client.send_ether(self.operator, key.address, fund_wei)
-        self.client.wait(tx)
-        self.client.wait(pay)
-        return key
+    def give(self, server: MeterServer, owner: LocalAccount) -> str:
+        """The operator offers the emulated meter on `server` to `owner`, who accepts it."""
+        meter = server.meter
+        self.offer(server, owner.address)
+        self.client.wait(self.client.accept_meter(owner, meter.address))
+        return meter.address
+
+    def offer(self, server: MeterServer, owner: str, kind: str | None = None) -> str:
+        """The operator offers the emulated meter on `server` to `owner` (not yet accepted)."""
+        meter = server.meter
+        self.client.wait(self.client.offer_meter(self.operator, meter.address, owner,
+                                                 kind or meter.kind,
+                                                 meter.identity.rated_power_w))
+        return meter.address
 
     def mint(self, owner: LocalAccount, energy_wh: int) -> None:
         """Give `owner` energy tokens through a registry-checked supply meter (a faucet)."""
-        key = self._faucets.get(owner.address)
-        if key is None:
-            key = self._faucets[owner.address] = self.register(owner.address, "supply", 65535)
-            self.client.wait(self.client.report(key, 1))  # the baseline
-        before = self.client.meter(key.address).cumulative_wh
+        faucet = self._faucets.get(owner.address)
+        if faucet is None:
+            faucet = self._faucets[owner.address] = SigningMeter("supply", 65535)
+            faucet.offer_to(self.client, self.operator, owner)
+            assert faucet.report(self.client, self.operator, 1).accepted  # the baseline
         self.advance(math.ceil(energy_wh * 3600 / 65535) + 1)
-        self.client.wait(self.client.report(key, before + energy_wh))
+        outcome = faucet.report(self.client, self.operator, faucet.energy_wh + energy_wh)
+        assert outcome.accepted, outcome
+
+    def readings_on_chain(self, meter: str) -> int:
+        """How many of `meter`'s readings the registry accepted (0: none, or not registered)."""
+        registered = self.client.meter(meter)
+        return registered.sequence if registered is not None else 0
 
     def trade(self, seller: LocalAccount, buyer: LocalAccount, energy_wh: int,
               price: int = PRICE) -> int:
@@ -177,11 +189,6 @@ class World:
                              w3=self.w3 if self.rpc_url.startswith("inprocess") else None)
         client.use_deployment(self.deployment)
         return client
-
-    def nonce(self, address: str) -> int:
-        """Transactions mined from `address` (a meter's key sends nothing else)."""
-        return self.w3.eth.get_transaction_count(address)
-
 
 @pytest.fixture(scope="session")
 def inprocess_chain() -> Iterator[InProcessChain]:
@@ -252,7 +259,7 @@ class Household:
         """Serve a new emulated meter of `kind` on this plant."""
         rated = SUPPLY_RATED_W if kind == "supply" else LOAD_RATED_W
         meter = RecordingMeter(kind, self.grid, meter_id=meter_id, rated_power_w=rated,
-                               watchdog_s=watchdog_s)
+                               watchdog_s=watchdog_s, state=MeterState.ephemeral())
         server = MeterServer(meter, transport=transport)
         self.servers.append(server)
         server.start()
@@ -281,7 +288,7 @@ def bridges(world: World) -> Iterator[Callable[..., MeterBridge]]:
 
     def make(meters: list[BridgeMeter], client: ChainClient | None = None,
              **kwargs: Any) -> MeterBridge:
-        options = {**FAST, **kwargs}
+        options = {"submitter": world.operator, **FAST, **kwargs}
         bridge = MeterBridge(client or world.chain_client(), meters, **options)
         made.append(bridge)
         bridge.start()
@@ -313,7 +320,14 @@ class Listener:
 
     def readings(self, meter: str) -> list[int]:
         """Counters of every ReadingRecorded of `meter` seen so far."""
-        return [e.args["cumulativeWh"] for e in list(self.events)
+        return [e.args["energyWh"] for e in self._recorded(meter)]
+
+    def sequences(self, meter: str) -> list[int]:
+        """Sequence numbers of every ReadingRecorded of `meter` seen so far."""
+        return [e.args["sequence"] for e in self._recorded(meter)]
+
+    def _recorded(self, meter: str) -> list[ChainEvent]:
+        return [e for e in list(self.events)
                 if e.name == "ReadingRecorded" and e.args["meter"] == meter]
 
     def stop(self) -> None:
@@ -347,19 +361,18 @@ def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., Me
     Asserts what a user sees: the seller's tokens are exactly the energy the supply meter
     measured, the seller's credit is price x the energy the buyer's load meter measured during
     the trade, both relays close when the trade opens and open when the buyer closes it, and no
-    counter reaches the chain twice.
+    signed reading reaches the chain twice.
     """
     client = world.client
     seller, buyer = world.accounts(2)
     supply, load = plant.meter("supply"), plant.meter("load")
-    supply_key = world.register(seller.address, "supply", supply.meter.identity.rated_power_w)
-    load_key = world.register(buyer.address, "load", load.meter.identity.rated_power_w)
+    supply_key, load_key = world.give(supply, seller), world.give(load, buyer)  # addresses
     bridge = make_bridge([BridgeMeter(supply.url, supply_key, seller.address, "supply"),
                           BridgeMeter(load.url, load_key, buyer.address, "load")])
     listener.subscribe(bridge.on_event)
 
-    def accepted(key: LocalAccount) -> int:
-        registered = client.meter(key.address)
+    def accepted(meter: str) -> int:
+        registered = client.meter(meter)
         return registered.cumulative_wh if registered.read_at else -1
 
     wait_for(lambda: accepted(supply_key) >= 0 and accepted(load_key) >= 0, what="baselines")
@@ -382,7 +395,7 @@ def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., Me
     assert 0 < delivered < lot and trade.status is LotStatus.OPEN
     assert trade.delivered_wh == delivered
     assert client.credit_of(seller.address) == trade.paid_wei == delivered * PRICE // 1000
-    load_state = lambda: bridge.meter_state(load_key.address)  # noqa: E731
+    load_state = lambda: bridge.meter_state(load_key)  # noqa: E731
     wait_for(lambda: load_state().last_accepted_wh == final_load, what="bridge state")
     assert load_state().relay_closed is True and load_state().energy_wh == final_load
 
@@ -403,10 +416,16 @@ def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., Me
     assert client.token_balance(seller.address) == minted - delivered
     assert client.credit_of(buyer.address) == trade.deposit_wei - trade.paid_wei
     for key in (supply_key, load_key):
-        counters = listener.readings(key.address)
-        assert counters and counters == sorted(set(counters))  # each counter once, rising
+        counters, sequences = listener.readings(key), listener.sequences(key)
+        assert counters and counters == sorted(counters)  # never backwards
+        assert sequences == sorted(set(sequences))  # each signed reading once
     wait_for(lambda: all(s.relay_closed is False and s.online for s in bridge.state()),
              what="bridge state shows open relays")
+
+
+FAKE_KEY = bytes(range(1, 33))  # the damaged "meter"'s key: a fixed test key, not a secret
+FAKE_ADDRESS = Account.from_key(FAKE_KEY).address
+FAKE_DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 
 
 class DamagedMeter:
@@ -475,10 +494,13 @@ class DamagedMeter:
         seq = request.seq if request else 0
         command = request.command if request else "READ"
         rng = self.rng
-        reading = Reading(rng.randrange(10**6), rng.uniform(0, 900), 24.5, 1.2,
-                          rng.random() < 0.5, rng.randrange(10**6))
+        counter, sequence = rng.randrange(10**6), rng.randrange(1, 10**6)
+        reading = SignedReading(counter, rng.uniform(0, 900), 24.5, 1.2, rng.random() < 0.5,
+                                rng.randrange(10**6), sequence,
+                                sign_reading(FAKE_KEY, FAKE_DOMAIN, counter, sequence))
+        identity = Identity("fake", "fuzz-1", "load", 1200, 10, FAKE_ADDRESS, FAKE_DOMAIN)
         valid = {
-            "ID": encode_ok(seq, "ID", Identity("fake", "fuzz-1", "load", 1200, 10).fields()),
+            "ID": encode_ok(seq, "ID", identity.fields()),
             "READ": encode_ok(seq, "READ", reading.fields()),
             "RELAY": encode_ok(seq, "RELAY", ("0",)),
             "HB": encode_ok(seq, "HB", ("0",)),
@@ -519,7 +541,7 @@ class DamagedMeter:
 def _is_valid_read(line: bytes, seq: int) -> bool:
     try:
         reply = parse_reply(line)
-        Reading.from_fields(reply.values)
+        SignedReading.from_fields(reply.values)
     except MeterProtocolError:
         return False
     return reply.ok and reply.seq == seq and reply.command == "READ"

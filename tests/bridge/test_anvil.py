@@ -88,19 +88,18 @@ def test_standalone_bridge_killed_and_restarted_keeps_relays_with_the_chain(
     supply, load = plant.meter("supply", watchdog_s=60), plant.meter("load", watchdog_s=60)
     data_dir = tmp_path / "bridge-data"
     keystore = Keystore(data_dir / "keystore", scrypt_n=2)
-    supply_key = keystore.create(PASSPHRASE, label="supply meter")
-    load_key = keystore.create(PASSPHRASE, label="load meter")
-    world.register(seller.address, "supply", supply.meter.identity.rated_power_w,
-                   key=keystore.unlock(supply_key, PASSPHRASE))
-    world.register(buyer.address, "load", load.meter.identity.rated_power_w,
-                   key=keystore.unlock(load_key, PASSPHRASE))
-    passphrase_file = tmp_path / "meter-passphrase"
+    submitter = keystore.create(PASSPHRASE, label="submitter")  # pays the readings' gas
+    world.fund([submitter], 10 * ETHER)
+    world.give(supply, seller)
+    load_meter = world.give(load, buyer)
+    passphrase_file = tmp_path / "submitter-passphrase"
     passphrase_file.write_text(PASSPHRASE + "\n", encoding="utf-8")
     env = {
         "MICROGRID_DATA_DIR": str(data_dir),
         "MICROGRID_RPC": world.rpc_url,
-        "MICROGRID_METERS": f"{supply.url}:{supply_key} {load.url}:{load_key}",
-        "MICROGRID_METER_PASSPHRASE_FILE": str(passphrase_file),
+        "MICROGRID_METERS": f"{supply.url} {load.url}",  # addresses from the meters' ID
+        "MICROGRID_SUBMITTER": submitter,
+        "MICROGRID_SUBMITTER_PASSPHRASE_FILE": str(passphrase_file),
         "MICROGRID_BRIDGE_POLL_INTERVAL": "0.2",
         "MICROGRID_BRIDGE_SUBMIT_INTERVAL": "0.5",
         "MICROGRID_BRIDGE_LISTEN_INTERVAL": "0.2",
@@ -109,7 +108,7 @@ def test_standalone_bridge_killed_and_restarted_keeps_relays_with_the_chain(
 
     first = bridge_process(env)
     wait_for(lambda: relay(supply) and relay(load), timeout=30, what="relays closed")
-    wait_for(lambda: client.meter(load_key).read_at > 0, what="readings from the process")
+    wait_for(lambda: client.meter(load_meter).read_at > 0, what="readings from the process")
     first.kill()  # SIGKILL: no cleanup at all
     first.wait(timeout=10)
     killed = time.monotonic()

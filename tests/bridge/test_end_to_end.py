@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hardware.bridge import BridgeMeter
+from dapp.bridge import BridgeMeter
 from tests.bridge.conftest import relay, trade_scenario, wait_for
 
 
@@ -14,11 +14,12 @@ def test_a_meter_on_a_pseudo_terminal_is_bridged_like_one_on_tcp(world, plant, b
     owner = world.account()
     supply = plant.meter("supply", transport="pty")
     assert supply.url.startswith("/dev/")
-    key = world.register(owner.address, "supply", supply.meter.identity.rated_power_w)
-    bridge = bridges([BridgeMeter(supply.url, key)])  # owner and kind taken from the registry
+    key = world.give(supply, owner)
+    # Address from the meter's ID, owner and kind from the registry.
+    bridge = bridges([BridgeMeter(supply.url)])
     wait_for(lambda: world.client.token_balance(owner.address) > 0, timeout=10,
              what="tokens minted through the pty")
-    state = bridge.meter_state(key.address)
+    state = bridge.meter_state(key)
     assert (state.online, state.owner, state.kind, state.meter_id) == \
         (True, owner.address, "supply", "emu-supply")
     assert state.relay_closed is False and not relay(supply)  # no trade: export switch open

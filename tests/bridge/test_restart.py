@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hardware.bridge import BridgeMeter
+from dapp.bridge import BridgeMeter
 from tests.bridge.conftest import relay, wait_for
 
 
@@ -14,8 +14,7 @@ def test_killed_and_restarted_bridge_sets_relays_from_chain_state_not_memory(
     seller, buyer = world.accounts(2)
     world.mint(seller, 600)
     supply, load = plant.meter("supply"), plant.meter("load")  # watchdogs: 10 s
-    supply_key = world.register(seller.address, "supply", supply.meter.identity.rated_power_w)
-    load_key = world.register(buyer.address, "load", load.meter.identity.rated_power_w)
+    supply_key, load_key = world.give(supply, seller), world.give(load, buyer)
     meters = [BridgeMeter(supply.url, supply_key, seller.address, "supply"),
               BridgeMeter(load.url, load_key, buyer.address, "load")]
     data_dir = world.tmp / f"bridge-{buyer.address}"  # one "installation", three processes
@@ -24,7 +23,7 @@ def test_killed_and_restarted_bridge_sets_relays_from_chain_state_not_memory(
     unsubscribe = listener.subscribe(first.on_event)
     trade = world.trade(seller, buyer, 300)
     wait_for(lambda: relay(supply) and relay(load), timeout=5, what="relays closed")
-    wait_for(lambda: client.meter(load_key.address).cumulative_wh > 0, what="load readings")
+    wait_for(lambda: client.meter(load_key).cumulative_wh > 0, what="load readings")
 
     first.stop(open_relays=False)  # killed: nothing opens the relays on the way out
     unsubscribe()
@@ -42,14 +41,14 @@ def test_killed_and_restarted_bridge_sets_relays_from_chain_state_not_memory(
     time.sleep(0.5)
     assert not relay(load)
     second.stop(open_relays=False)
-    delivered = client.meter(load_key.address).cumulative_wh
+    delivered = client.meter(load_key).cumulative_wh
 
     third = bridges(meters, client=world.chain_client(data_dir))
     wait_for(lambda: relay(supply) and relay(load), timeout=5, what="relays closed again")
     assert all(s.relay_wanted for s in third.state())
-    # Readings go on from the same keys: the trade is paid for the energy now flowing.
+    # Readings go on from the same meters: the trade is paid for the energy now flowing.
     wait_for(lambda: client.lot(trade).delivered_wh > 0, timeout=10, what="delivery settled")
-    assert client.meter(load_key.address).cumulative_wh > delivered
+    assert client.meter(load_key).cumulative_wh > delivered
     for key in (supply_key, load_key):
-        counters = listener.readings(key.address)
-        assert counters == sorted(set(counters))
+        counters, sequences = listener.readings(key), listener.sequences(key)
+        assert counters == sorted(counters) and sequences == sorted(set(sequences))
