@@ -260,7 +260,7 @@ def _sell(state: HouseholdState, limits: Limits, terms: MarketTerms, reserve_wh:
     listed = sum(lot.energy_wh for lot in state.listings if lot.seller == state.account)
     selling = sum(t.remaining_wh for t in state.trades if t.seller == state.account)
     above = min(state.stored_wh, state.projected_wh) - reserve_wh
-    surplus = math.floor(above - listed - selling)
+    surplus = math.floor(round(above - listed - selling, 6))  # 0.82 x 2400 is 1968, not 1967
     if surplus < terms.min_lot_wh:
         return None
     energy = min(surplus, state.tokens_wh)
@@ -279,7 +279,7 @@ def _bids(state: HouseholdState, limits: Limits, terms: MarketTerms, reserve_wh:
     on_order = sum(t.remaining_wh for t in state.trades if t.buyer == state.account)
     on_order += sum(lot.energy_wh for lot in state.listings
                     if lot.highest_bidder == state.account)
-    need = math.ceil(reserve_wh - state.projected_wh - on_order)
+    need = math.ceil(round(reserve_wh - state.projected_wh - on_order, 6))
     if need < terms.min_lot_wh:
         return [], []
     committed = state.committed_wei
