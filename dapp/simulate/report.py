@@ -341,7 +341,8 @@ def _plots(out_dir: Path, trading: RunSeries, baseline: RunSeries) -> list[dict]
 
     fig, ax = plt.subplots(figsize=(10, 4))
     traded = _community(trading, "exported_wh")[: len(x)]
-    ax.bar(x, traded, width=trading.interval_s / 3600.0, color="tab:green", label="traded")
+    ax.bar(x, traded, width=-trading.interval_s / 3600.0, align="edge", color="tab:green",
+           label="traded")  # each bar spans its interval, which ends at x
     ax.set_ylabel("traded power (kW)")
     ax.set_xlabel("hours since start")
     prices = [(i.t_s / 3600.0, i.paid_wei * WH_PER_KWH / i.imported_wh / WEI_PER_ETHER)
@@ -351,6 +352,8 @@ def _plots(out_dir: Path, trading: RunSeries, baseline: RunSeries) -> list[dict]
         twin.scatter([p[0] for p in prices], [p[1] for p in prices], s=8, color="tab:red",
                      label="price paid")
         twin.set_ylabel("price paid (ETH/kWh)")
+        twin.set_ylim(0, 1.2 * max(p[1] for p in prices) or 1)  # from zero: wei rounding is noise
+        twin.ticklabel_format(axis="y", style="plain", useOffset=False)
     save(fig, "trades.png", "Energy traded and prices paid")
 
     names = [h.name for h in trading.households]
