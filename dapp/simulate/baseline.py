@@ -44,8 +44,7 @@ def simulate(community: Community, seconds: float, interval_s: float = DEFAULT_I
         for name, house in community.households.items()}
     steps = max(1, round(seconds / interval_s))
     for step in range(steps):
-        dt = min(interval_s, seconds - step * interval_s) if step < steps - 1 else (
-            seconds - step * interval_s)
+        dt = interval_s if step < steps - 1 else seconds - step * interval_s  # last takes the rest
         before = {name: house.counters for name, house in community.households.items()}
         delivered = {key: link.delivered_wh for key, link in community.connections.items()}
         if trader is not None:
