@@ -1,0 +1,1 @@
+"""`microgrid simulate`: many households, trading against a no-trading baseline, and the report."""
