@@ -119,7 +119,7 @@ def world(tmp_path) -> Iterator[dict]:
         for address in who.values():
             w3.provider.make_request("anvil_setBalance", [address, hex(100 * ETHER)])
         operator = ks_p.unlock(who["operator"], PASSPHRASE)
-        dep = deploy(w3, operator, MarketParameters(min_duration=20, delivery_timeout=600))
+        dep = deploy(w3, operator, MarketParameters(min_duration=20, stall_timeout=600))
         chain.use_deployment(dep)
 
         grid = Microgrid(Plant(pv=SolarArray(peak_w=1000), load=LoadProfile.parse("400")),

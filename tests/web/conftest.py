@@ -36,7 +36,7 @@ from tests.support import free_port, wait_for  # noqa: F401 - re-exported
 ETHER = 10**18
 PASSPHRASE = "correct horse battery staple"
 PARAMS = MarketParameters(
-    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, delivery_timeout=60
+    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, stall_timeout=60
 )
 RATED_W = 65_000
 ROLES = ("producer", "consumer", "rival", "finalizer")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 from flask import Flask
-
 from hardware.bridge import BridgeMeter, MeterBridge
+
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
 from tests.web.conftest import ETHER, Browser, World, wait_for
 
