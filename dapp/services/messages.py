@@ -36,16 +36,34 @@ def _kwh(value: object) -> str:
     return f"{format_kwh(int(value))} kWh"  # type: ignore[arg-type]
 
 
-# MeterRegistry.MeterStatus, in declaration order, as words after "it" / "that meter".
-_METER_STATUS_WORDS = ("was never offered", "is waiting for its owner's answer",
-                       "has already been accepted", "was declined",
-                       "was deactivated by the grid operator")
+# MeterRegistry.MeterStatus, in declaration order, in a few words.
+_METER_STATES = ("never offered", "waiting for its owner's answer", "accepted", "declined",
+                 "deactivated")
+_METER_INACTIVE = (
+    "No meter was ever offered at that address.",
+    "That meter is waiting for its owner's answer.",
+    "That meter has already been accepted; there is no offer to answer.",
+    "That meter's offer was declined; it counts for nobody unless the operator offers it again.",
+    "That meter was deactivated by the grid operator; it counts for nobody.",
+)
 
 
-def _status(value: object) -> str:
-    """A MeterStatus number from a revert as words."""
+def _status_index(value: object) -> int:
+    """A MeterStatus number from a revert (-1 when it is not one)."""
     index = int(value)  # type: ignore[call-overload]
-    return _METER_STATUS_WORDS[index] if 0 <= index < len(_METER_STATUS_WORDS) else "is not usable"
+    return index if 0 <= index < len(_METER_STATES) else -1
+
+
+def _meter_state(value: object) -> str:
+    """A MeterStatus number from a revert as a few words."""
+    index = _status_index(value)
+    return _METER_STATES[index] if index >= 0 else "in use"
+
+
+def _meter_inactive(value: object) -> str:
+    """MeterInactive's sentence for the meter's status."""
+    index = _status_index(value)
+    return _METER_INACTIVE[index] if index >= 0 else "That meter cannot be used for this now."
 
 
 # -- the market: refusals (pre-checks and reverts) --------------------------------------------
@@ -348,13 +366,14 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
     "MeterZeroAddress": lambda a: "The meter and its owner need real addresses.",
     "MeterZeroRatedPower": lambda a: "A meter needs a rated power above zero.",
     "MeterAlreadyRegistered": lambda a: (
-        f"That meter has already been offered: it {_status(_arg(a, 1))}."
+        f"That meter was offered before ({_meter_state(_arg(a, 1))}); it can be offered again "
+        "only after its owner declines it."
     ),
     "MeterNotRegistered": lambda a: "No meter was ever offered at that address.",
     "MeterNotAccepted": lambda a: (
         "Its owner has not accepted that meter yet, so its readings do not count."
     ),
-    "MeterInactive": lambda a: f"That meter {_status(_arg(a, 1))}; it cannot do this.",
+    "MeterInactive": lambda a: _meter_inactive(_arg(a, 1)),
     "MeterNotOwner": lambda a: (
         "That meter was not offered to you; only the account it was offered to can accept or "
         "decline it."
