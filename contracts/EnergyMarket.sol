@@ -150,7 +150,9 @@ contract EnergyMarket is ReentrancyGuard {
     event CloseRequested(uint256 indexed tradeId, address indexed buyer, uint256 settlesBy);
     /// @notice `tradeId` closed while stalled or unfinished: `energyWh` (the most the buyer's
     /// meter could have drawn while silent, capped at the lot) was charged as delivered.
-    event StallCharged(uint256 indexed tradeId, uint256 silentSince, uint256 silentUntil, uint256 energyWh);
+    event StallCharged(
+        uint256 indexed tradeId, uint256 silentSince, uint256 silentUntil, uint256 energyWh
+    );
     /// @notice `account` withdrew `amountWei` of its credit.
     event Withdrawn(address indexed account, uint256 amountWei);
 

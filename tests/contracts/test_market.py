@@ -1,9 +1,11 @@
 """EnergyMarket: list, bid, finalize, settle, close and withdraw, one function at a time."""
 
+import dataclasses
 from typing import NamedTuple
 
 import pytest
 
+from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
 from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
 from tests.contracts.helpers import (
     LOAD,
@@ -639,3 +641,23 @@ def test_deposit_for_rounds_up(
 ):
     listing_id = list_lot(chain, seller, energy_wh, 1)
     assert chain.market.functions.depositFor(listing_id, price).call() == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"min_duration": 0},
+        {"max_duration": 59},
+        {"max_duration": 2**32},
+        {"stall_timeout": 0},
+        {"close_grace": 0},
+    ],
+)
+def test_deployment_refuses_bad_parameters(chain: Chain, change: dict):
+    rules = dataclasses.replace(PARAMS, **change)
+    art = load_artifact("EnergyMarket")
+    factory = chain.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+    fn = factory.constructor(chain.token.address, chain.registry.address, *rules.args())
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the revert data is checked below
+        fn.estimate_gas({"from": chain.addresses[0]})  # a dry run of the deployment
+    assert decode_revert(revert_data_from_exception(info.value)).name == "MarketInvalidParameters"
