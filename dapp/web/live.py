@@ -133,9 +133,11 @@ class LiveHub:
         if changed:  # the cards show relays; generation alone moves only the owner's wallet
             self.touch_market()
 
-    def notify(self, address: str, text: str, level: str = "info") -> None:
-        """A short notice to one account's sockets."""
-        self.socketio.emit("notice", {"text": text, "level": level}, to=user_room(address))
+    def notify(self, address: str, text: str, level: str = "info",
+               tx_hash: str | None = None) -> None:
+        """A short notice to one account's sockets (naming its transaction, if it is about one)."""
+        notice = {"text": text, "level": level, **({"tx_hash": tx_hash} if tx_hash else {})}
+        self.socketio.emit("notice", notice, to=user_room(address))
 
     # -- listener side --------------------------------------------------------------------------
 
@@ -281,7 +283,8 @@ class LiveHub:
                 done = True
             except ContractReverted as exc:
                 done = True
-                self.notify(address, f"Your {kind} failed: {revert_sentence(exc)}", "error")
+                self.notify(address, f"Your {kind} failed: {revert_sentence(exc)}", "error",
+                            tx_hash)
             except ChainError:
                 pass  # not mined yet (or the node is away): look again next block
             if done:

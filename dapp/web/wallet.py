@@ -81,5 +81,6 @@ def mining() -> ResponseReturnValue:
     except UserError as exc:
         return render_wallet(exc.status, exc.message)
     ext.hub.touch_market()
-    flash(f"Mining {'started' if status['mining'] else 'stopped'}: {status['detail']}.", "ok")
+    flash(f"Mining started: {status['detail']}." if status["mining"] else
+          "Mining stopped: new transactions stay pending until mining starts.", "ok")
     return redirect(url_for("wallet.page"), 303)
