@@ -151,7 +151,8 @@
       flash.textContent = before;
       flash.appendChild(document.createTextNode("Transaction "));
       var code = document.createElement("code");
-      code.textContent = match[1];
+      code.textContent = match[1].slice(0, 10) + "…" + match[1].slice(-8);
+      code.title = match[1];
       code.className = "tx-hash";
       flash.appendChild(code);
       flash.appendChild(document.createTextNode(" "));

@@ -76,9 +76,8 @@
     node.dataset.kwh = (wh / 1000).toFixed(3);
     M.formatFigures(node.parentNode);
     if (span) {
-      span.textContent = from > midnight
-        ? "in the last " + M.fmtDuration(now - from) + " of chain time"
-        : "today (chain clock, UTC)";
+      span.textContent = (from > midnight ? "in the last " + M.fmtDuration(now - from) : "today") +
+        " (chain clock)";
     }
   }
 
