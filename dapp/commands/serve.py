@@ -11,7 +11,8 @@ process, so the pages show live generation and relays. --operator (MICROGRID_OPE
 --behind-tls (MICROGRID_BEHIND_TLS) and --accounts-from-network
 (MICROGRID_ACCOUNTS_FROM_NETWORK): see dapp/web/hosts.py. Everything else the app reads from
 MICROGRID_* variables (see dapp/web/__init__.py), e.g. MICROGRID_SECRET_KEY and
-MICROGRID_SESSION_IDLE_TIMEOUT.
+MICROGRID_SESSION_IDLE_TIMEOUT. The terminal shows warnings, errors and one line per trade event;
+--log-level INFO (MICROGRID_LOG_LEVEL) adds every request and meter reading.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from dapp.commands.common import (
+    add_log_level_option,
     add_market_option,
     add_meter_option,
     add_rpc_option,
     env,
     kdf_n,
+    log_trade_events,
     meter_specs,
     option,
     setup_logging,
@@ -46,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dapp.web import create_app
 
-    setup_logging()
+    setup_logging(getattr(args, "log_level", "WARNING"))
     config = {
         "RPC": args.rpc,
         "DATA_DIR": args.data_dir,
@@ -64,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     app = create_app({k: v for k, v in config.items() if v is not None})
     ext = app.extensions["microgrid"]
+    log_trade_events(ext)
     bridge = _bridge(args, ext)
     try:
         server = make_server(args.host, args.port, app, threaded=True)
@@ -86,15 +90,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             finalizer = "on" if ext.finalizer.enabled else "off (no --finalizer account)"
             print(f"serving on http://{args.host}:{server.port} (chain {args.rpc}, "
                   f"auto-finalize {finalizer})", flush=True)
+            ready = getattr(args, "on_ready", None)  # `microgrid demo`: its banner, last
+            if ready is not None:
+                ready()
             stop.wait()
         finally:
+            print("stopping the web app ...", end=" ", flush=True)
             server.shutdown()
             thread.join(timeout=5)
             server.server_close()
-            if bridge is not None:
-                bridge.stop()
             ext.stop_background()
-    print("stopped", flush=True)
+            print("stopped", flush=True)
+            if bridge is not None:
+                print("stopping the meter bridge (relays open) ...", end=" ", flush=True)
+                bridge.stop()
+                print("stopped", flush=True)
     return 0
 
 
@@ -155,4 +165,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     option(p, "--meter-passphrase-file", env="METER_PASSPHRASE_FILE",
            default=env("PASSPHRASE_FILE"), shown_default="MICROGRID_PASSPHRASE_FILE",
            help="file whose first line unlocks the meter keys")
+    add_log_level_option(p)
     p.set_defaults(func=cmd_serve)

@@ -20,6 +20,7 @@ def render_wallet(status: int = 200, error: str | None = None,
         "wallet/wallet.html",
         summary=ext.wallet.summary(g.user.address),
         mining=ext.wallet.mining_status(),
+        network=ext.wallet.network(),
         error=error,
         send=send or {},
     ), status
