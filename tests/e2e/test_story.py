@@ -24,6 +24,7 @@ from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.deploy import MarketParameters, deploy
 from dapp.chain.gateway import Gateway, serve
+from dapp.chain.transports import connect
 from dapp.wallet.keystore import Keystore
 from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
@@ -104,7 +105,7 @@ def world(tmp_path) -> Iterator[dict]:
     meters: list[MeterServer] = []
     try:
         chain = ChainClient(node.url, tmp_path / "test-client")
-        w3 = chain.w3
+        w3 = connect(node.url, timeout=10)
         producer_dir, consumer_dir = tmp_path / "producer", tmp_path / "consumer"
         ks_p = Keystore(producer_dir / "keystore", scrypt_n=16)
         ks_c = Keystore(consumer_dir / "keystore", scrypt_n=16)
