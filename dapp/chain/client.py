@@ -272,7 +272,7 @@ class ChainClient:
 
     def oldest_open_trade(self, buyer: str) -> int:
         """The id of `buyer`'s oldest open trade, the one deliveries go to (0 when none)."""
-        oldest, _ = self.market.functions.openTradesOf(to_checksum_address(buyer)).call()
+        oldest, _ = self._market.functions.openTradesOf(to_checksum_address(buyer)).call()
         return int(oldest)
 
     def market_parameters(self) -> dict[str, int]:
