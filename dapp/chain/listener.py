@@ -55,6 +55,7 @@ from dapp import atomic
 from dapp.chain.contracts import CONTRACT_NAMES, load_artifact
 from dapp.chain.deploy import Deployment
 from dapp.chain.failures import translated
+from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainUnavailable
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,14 @@ class EventListener:
                 self._verified = False  # the node may come back with another chain
                 raise
 
-    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Poll until `stop` is set; node failures are logged and retried with back-off."""
+    def run(self, stop: threading.Event, interval: float = 1.0, *,
+            heads: HeadFeed | None = None, on_poll: Callable[[], None] | None = None) -> None:
+        """Poll until `stop` is set; node failures are logged and retried with back-off.
+
+        With `heads` (a running HeadFeed) the next poll starts as soon as a newer block is
+        known, `interval` being only the longest wait; without, it sleeps `interval`.
+        `on_poll` is called after each successful poll (its events all delivered).
+        """
         delay = interval
         failing = False
         while not stop.is_set():
@@ -184,9 +191,19 @@ class EventListener:
                     log.info("event listener: node reachable again at block %d", self._head)
                 failing = False
                 delay = interval
+                if on_poll is not None:
+                    try:
+                        on_poll()
+                    except Exception:
+                        log.exception("event listener: on_poll callback failed")
                 # Catching up (and making progress): go on at once instead of waiting.
                 behind = before < self._cursor < self._head
-                stop.wait(0 if behind else interval)
+                if behind:
+                    continue
+                if heads is None:
+                    stop.wait(interval)
+                else:
+                    heads.wait(max(self._head, self._cursor), interval, stop)
                 continue
             failing = True
             stop.wait(delay)
