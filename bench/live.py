@@ -11,6 +11,7 @@ first `market` event carrying the change. The server's CPU is sampled over the r
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import threading
 import time
@@ -85,6 +86,7 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
     transits: list[float] = []
     missed = 0
     cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+    own0 = cpu_seconds(os.getpid())
     for number in range(rounds):
         since = time.monotonic()
         if lot_id is None or number % 2 == 0:
@@ -119,7 +121,9 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
                 latencies.append((stamp - arrived) * 1000)
                 transits.append(page.transit[stamp] * 1000)
         time.sleep(random.uniform(0, world.block_time))  # noqa: S311 - not cryptographic
-    cpu = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - wall0) * 100
+    wall = time.monotonic() - wall0
+    cpu = (cpu_seconds(server.pid) - cpu0) / wall * 100
+    own = (cpu_seconds(os.getpid()) - own0) / wall * 100
     with ThreadPoolExecutor(64) as pool:  # each disconnect waits ~3 s for its threads
         list(pool.map(lambda sock: sock.disconnect(), sockets))
     return {
@@ -135,6 +139,8 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
         "snapshot_to_client_p50_ms": _round(percentile(transits, 50)),
         "snapshot_to_client_p95_ms": _round(percentile(transits, 95)),
         "server_cpu_pct": round(cpu, 1),
+        # The clients' own process (the Python clients share one interpreter lock).
+        "clients_cpu_pct": round(own, 1),
         "server_rss_mb": round(rss_after, 1),
         "memory_per_client_kb": round((rss_after - rss_before) * 1024 / clients, 1),
     }

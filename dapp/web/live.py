@@ -205,7 +205,8 @@ class LiveHub:
     # -- ticker ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One round: chain head, finalizer, watched transactions, expiries, pushes."""
+        """One round: the market, chain head, wallets, finalizer, watched transactions, expiries."""
+        self._push_market()  # what the block's events changed, before anything else is read
         status = self.wallet.chain_status()
         key = json.dumps([status["available"], status["block"], status["mining"]],
                          sort_keys=True)
@@ -252,6 +253,14 @@ class LiveHub:
         size = -(-len(self._rotation) // ROTATION_BLOCKS) if self._rotation else 0
         chosen, self._rotation = self._rotation[:size], self._rotation[size:]
         return set(chosen)
+
+    def _push_market(self) -> None:
+        """Push the market now if an event changed it and someone is connected."""
+        with self._lock:
+            if not (self._market_dirty and self._sockets):
+                return
+            self._market_dirty = False
+        self.socketio.emit("market", self.market.snapshot(), to=MARKET_ROOM)
 
     def flush(self) -> None:
         """Push the market, wallets and greetings that changed since the last flush."""
