@@ -84,6 +84,7 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
     price = START_PRICE
     latencies: list[float] = []
     transits: list[float] = []
+    per_round: list[float | None] = []  # median of each round (bid or listing, alternately)
     missed = 0
     cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
     own0 = cpu_seconds(os.getpid())
@@ -114,12 +115,15 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
             if all(s is not None for s in stamps):
                 break
             time.sleep(0.05)
+        this_round: list[float] = []
         for page, stamp in zip(pages, stamps, strict=True):
             if stamp is None:
                 missed += 1
             else:
-                latencies.append((stamp - arrived) * 1000)
+                this_round.append((stamp - arrived) * 1000)
                 transits.append(page.transit[stamp] * 1000)
+        latencies += this_round
+        per_round.append(_round(percentile(this_round, 50)))
         time.sleep(random.uniform(0, world.block_time))  # noqa: S311 - not cryptographic
     wall = time.monotonic() - wall0
     cpu = (cpu_seconds(server.pid) - cpu0) / wall * 100
@@ -138,6 +142,7 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
         # Of which: from the snapshot's computation on the server to the client's handler.
         "snapshot_to_client_p50_ms": _round(percentile(transits, 50)),
         "snapshot_to_client_p95_ms": _round(percentile(transits, 95)),
+        "round_p50_ms": per_round,
         "server_cpu_pct": round(cpu, 1),
         # The clients' own process (the Python clients share one interpreter lock).
         "clients_cpu_pct": round(own, 1),

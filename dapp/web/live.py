@@ -5,16 +5,17 @@ which runs the listener and subscribes the services, the hub and the meter bridg
 each contract event the hub marks what changed (the market, the accounts named in the event)
 and, for events newer than the server's start, sends short notices to the people concerned.
 
-Its ticker (`run`) ticks when the listener has delivered a poll's events (`wake`, called on each
-new block) and at the latest every `interval` seconds. On a new block it pushes what changed
-first: `chain` and the `market` (computed once) to the market room, then `wallet` to the rooms of
-the users that block concerns: those named in its events, those with a transaction of this
-server in flight or shown as pending last time, and a rotating few of the others (about
-1/`ROTATION_BLOCKS` of the connected users a block, for changes nothing announces, such as Ether
-sent from elsewhere). Then it calls `on_block` (the auto-finalizer) and reports transactions sent
-from the pages that failed after sending. Expired sessions are told so and disconnected. The
-cost of a block is therefore one market snapshot plus the wallets that moved, whatever the
-number of open pages.
+Its ticker (`run`) ticks when the listener has delivered a block's events (`wake`) and at the
+latest every `interval` seconds. On a new block it pushes the `market` (computed once) to the
+market room first, then `chain`; it calls `on_block` (the auto-finalizer), so a `finalize`
+makes the next block; then it pushes `wallet` to the rooms of the users the block concerns:
+those named in its events, those with a transaction of this server in flight or shown as
+pending last time, and a rotating few of the others (about 1/`ROTATION_BLOCKS` of the connected
+users a block, for changes nothing announces, such as Ether sent from elsewhere). Last it
+reports transactions sent from the pages that failed after sending and re-prices this server's
+transactions that full blocks priced out (`TxSender.reprice_stuck`). Expired sessions are told
+so and disconnected. A block costs one market snapshot plus the wallets that moved, whatever
+the number of open pages.
 
 Rooms: ``market`` (every logged-in socket) and ``user:<address>`` (one per account).
 """
@@ -225,11 +226,19 @@ class LiveHub:
                 self._notices_from = status["block"] + 1
             for address in self._block_concerns():
                 self.touch_user(address)
-        self.flush()  # the market and the wallets first: what people are waiting for
+            self.on_block()  # the finalizer: its transaction should make the next block
+        self.flush()
         if new_block:
-            self.on_block()
             self._check_watched()
+            self._reprice()
         self._expire_sessions()
+
+    def _reprice(self) -> None:
+        """Re-price this server's transactions that full blocks priced out (see TxSender)."""
+        try:
+            self.client.sender.reprice_stuck()
+        except ChainError as exc:
+            log.debug("live: re-pricing skipped: %s", exc)
 
     def _block_concerns(self) -> set[str]:
         """Accounts whose wallet a new block may have changed without a contract event."""
