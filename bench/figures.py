@@ -1,6 +1,7 @@
 """Print the README's "Figures" tables from bench/results/{live,finalize,throughput}.json.
 
-tests/test_figures.py checks that the README quotes exactly what `make bench` last wrote.
+`make bench` writes them into the README (`--readme`); tests/test_figures.py checks that the README
+quotes exactly what the result files hold.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN = "<!-- figures: begin"
+END = "<!-- figures: end -->"
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -37,6 +41,12 @@ def figures() -> str:
             f"| {run['clients']} | {_ms(run['p50_ms'])} | {_ms(run['p95_ms'])} | "
             f"{_ms(run['p99_ms'])} | {run['server_cpu_pct']:g} % | "
             f"{run.get('clients_cpu_pct', 0):g} % | {run['server_rss_mb']:g} MB |")
+    first, last = live["runs"][0], live["runs"][-1]
+    if last["clients"] > first["clients"]:
+        per_page = ((last["server_rss_mb"] - first["server_rss_mb"]) * 1024
+                    / (last["clients"] - first["clients"]))
+        lines += ["", f"Server memory per open page: about {per_page:,.0f} KB (resident memory "
+                  f"from {first['clients']} to {last['clients']} logged-in pages)."]
     trade = fin["deadline_to_trade_ms"]
     relay = fin["deadline_to_relay_ms"]
     lines += [
@@ -56,5 +66,18 @@ def figures() -> str:
     return "\n".join(lines)
 
 
+def write_readme(path: Path = README) -> None:
+    """Put the figures between the README's figure markers (the rest is left as it is)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index("\n", text.index(BEGIN)) + 1
+    end = text.index(END)
+    path.write_text(text[:start] + "\n" + figures() + "\n\n" + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(figures())
+    import sys
+
+    if "--readme" in sys.argv:
+        write_readme()
+    else:
+        print(figures())

@@ -77,7 +77,11 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
         sockets = list(pool.map(
             lambda pair: connect_client(server.url, pair[0], {"market": pair[1].on_market}),
             zip(cookies, pages, strict=True)))
-    time.sleep(2 * world.block_time)  # greetings and the first pushes settle
+    # Steady state: every page has its greeting (full state) before the rounds start.
+    settle = time.monotonic() + 180
+    while not all(page.seen for page in pages) and time.monotonic() < settle:
+        time.sleep(0.1)
+    time.sleep(2 * world.block_time)
     rss_after = rss_mb(server.pid)
     client = world.client
     lot_id = None

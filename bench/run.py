@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import finalize, live, throughput
+from bench import figures, finalize, live, throughput
 
 
 def main() -> int:
@@ -20,6 +20,7 @@ def main() -> int:
     started = time.monotonic()
     for bench in (throughput, finalize, live):
         bench.main(full)
+    figures.write_readme()
     print(f"bench: done in {time.monotonic() - started:.0f} s (results in bench/results/)")
     return 0
 
