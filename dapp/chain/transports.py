@@ -60,12 +60,17 @@ class _HTTPProvider(HTTPProvider):
         )
         self.timeout = timeout
         self.where = _redact(url)
+        self.chain_ids = _ChainIdMemory()
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         """Send one JSON-RPC request; a node that is down raises ChainUnavailable."""
+        known = self.chain_ids.answer(method)
+        if known is not None:
+            return known
         try:
-            return super().make_request(method, params)
+            return self.chain_ids.learn(method, super().make_request(method, params))
         except OSError as exc:  # requests' exceptions are OSErrors too
+            self.chain_ids.forget()
             raise unavailable(exc, self.where, self.timeout) from exc
 
     def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]) -> Any:
@@ -78,6 +83,35 @@ class _HTTPProvider(HTTPProvider):
     def is_connected(self, show_traceback: bool = False) -> bool:
         """True if the node answers web3_clientVersion."""
         return _answers(self, show_traceback)
+
+
+class _ChainIdMemory:
+    """`eth_chainId` answered from memory after the node's first answer.
+
+    web3 asks for the chain id twice per contract call (filling the call's defaults), which
+    doubled the requests of every read; the chain id of a connection cannot change while the
+    node stays up, so the answer is kept until the transport fails (a restarted node may be
+    another chain).
+    """
+
+    def __init__(self) -> None:
+        self._result: Any = None
+
+    def answer(self, method: str) -> RPCResponse | None:
+        """The remembered answer to `method`, if it is eth_chainId and known."""
+        if method != "eth_chainId" or self._result is None:
+            return None
+        return RPCResponse({"jsonrpc": "2.0", "id": 0, "result": self._result})
+
+    def learn(self, method: str, response: RPCResponse) -> RPCResponse:
+        """Remember a successful eth_chainId answer; return `response`."""
+        if method == "eth_chainId" and isinstance(response, dict) and "result" in response:
+            self._result = response["result"]
+        return response
+
+    def forget(self) -> None:
+        """The transport failed: ask the node again next time."""
+        self._result = None
 
 
 def _answers(provider: JSONBaseProvider, show_traceback: bool) -> bool:
@@ -103,6 +137,7 @@ class _StreamProvider(JSONBaseProvider):
         self.timeout = timeout
         self._lock = threading.Lock()
         self._conn: Any = None
+        self.chain_ids = _ChainIdMemory()
 
     def _open(self) -> Any:
         raise NotImplementedError
@@ -115,6 +150,16 @@ class _StreamProvider(JSONBaseProvider):
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         """Send one request over the persistent connection, reconnecting once if it went stale."""
+        known = self.chain_ids.answer(method)
+        if known is not None:
+            return known
+        try:
+            return self.chain_ids.learn(method, self._request(method, params))
+        except ChainUnavailable:
+            self.chain_ids.forget()
+            raise
+
+    def _request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         request = self.encode_rpc_request(method, params)
         request_id = json.loads(request)["id"]
         with self._lock:
@@ -364,8 +409,9 @@ class HeadFeed:
 
     `run` (a background task) keeps `latest` up to date; `wait(after, ...)` returns as soon as
     a block newer than `after` is known, so a poller wakes on each new head instead of sleeping
-    a fixed interval. A dropped subscription falls back to polling and is tried again every
-    `retry` seconds.
+    a fixed interval. A dropped subscription falls back to polling and is tried again after
+    `retry` seconds; a node that never offered one is asked again less and less often (up to
+    once a minute).
     """
 
     def __init__(self, url: str, block_number: Callable[[], int], *, poll: float = 0.1,
@@ -400,6 +446,7 @@ class HeadFeed:
     def run(self, stop: threading.Event) -> None:
         """Follow heads until `stop` is set: subscribed when possible, polling meanwhile."""
         next_try = 0.0
+        retry = self._retry
         while not stop.is_set():
             if self._ws_url is not None and time.monotonic() >= next_try:
                 try:
@@ -407,11 +454,13 @@ class HeadFeed:
                 except Exception as exc:  # noqa: BLE001 - any failure: poll, try again later
                     if self.subscribed:
                         log.info("new heads: subscription lost (%s); polling meanwhile", exc)
-                    else:
+                        retry = self._retry
+                    else:  # a node without one (or still away): ask less and less often
                         log.debug("new heads: no subscription at %s (%s); polling",
                                   _redact(self._ws_url), exc)
+                        retry = min(retry * 2, 60.0)
                 self.subscribed = False
-                next_try = time.monotonic() + self._retry
+                next_try = time.monotonic() + retry
                 if stop.is_set():
                     return
             try:
