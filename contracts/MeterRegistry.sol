@@ -38,14 +38,6 @@ contract MeterRegistry is AccessControl, EIP712 {
         Deactivated // withdrawn by the operator for good
     }
 
-    /// @notice One signed reading, as carried by {reportBatch}.
-    struct SignedReading {
-        address meter;
-        uint64 energyWh;
-        uint64 sequence;
-        bytes signature;
-    }
-
     /// @notice A meter as reported by {meterOf}.
     struct MeterInfo {
         address owner;
@@ -90,6 +82,10 @@ contract MeterRegistry is AccessControl, EIP712 {
     uint256 private constant _IMPLAUSIBLE = 5;
     /// @dev The bits of a Meter slot a reading leaves alone: ratedPowerW, kind and status.
     uint256 private constant _KEEP_ON_READING = (uint256(0xFFFF) << 160) | (uint256(0xFFFF) << 192);
+    /// @dev Bytes of one item of {reportBatch}: meter 20, energyWh 8, sequence 8, r 32, s 32, v 1.
+    uint256 private constant _ITEM_BYTES = 101;
+    /// @dev Where an item's signature (r || s || v, as {report} takes it) starts inside the item.
+    uint256 private constant _ITEM_SIGNATURE_AT = 36;
 
     IEnergyTokenMinter private immutable _token;
     IDeliverySettlement private immutable _market;
@@ -141,6 +137,8 @@ contract MeterRegistry is AccessControl, EIP712 {
     error MeterReadingBackwards(uint256 lastWh, uint256 reportedWh);
     /// @notice The increase implies more power than the meter's rating over the elapsed time.
     error MeterReadingImplausible(uint256 deltaWh, uint256 maxWh, uint256 elapsedSeconds);
+    /// @notice A packed batch's length is not a whole number of 101-byte items (see {reportBatch}).
+    error MeterBatchMalformed(uint256 length);
 
     constructor(address operator, address token_, address market_) EIP712("MeterRegistry", "1") {
         _grantRole(DEFAULT_ADMIN_ROLE, operator);
@@ -221,18 +219,55 @@ contract MeterRegistry is AccessControl, EIP712 {
     function report(address meter, uint64 energyWh, uint64 sequence, bytes calldata signature)
         external
     {
-        _record(meter, energyWh, sequence, signature, true);
+        uint256 signatureAt;
+        // A signature of any length but 65 is read from the end of the calldata instead, where
+        // every byte is zero: r = s = v = 0 recovers no signer, so the reading is refused with
+        // MeterSignatureInvalid(meter, 0), as a malformed signature always was.
+        assembly ("memory-safe") {
+            signatureAt := signature.offset
+            if iszero(eq(signature.length, 65)) { signatureAt := calldatasize() }
+        }
+        _record(meter, energyWh, sequence, signatureAt, true);
     }
 
     /// @notice Records many signed readings (of one or many meters) in one transaction; anyone
     /// may send it. A reading {report} would refuse is skipped with {ReadingRejected}; the others
     /// are recorded in order, exactly as {report} records them.
-    /// Emits, per reading, what {report} emits, or {ReadingRejected}.
-    function reportBatch(SignedReading[] calldata readings) external {
-        uint256 n = readings.length;
-        for (uint256 i; i < n; ++i) {
-            SignedReading calldata r = readings[i];
-            _record(r.meter, r.energyWh, r.sequence, r.signature, false);
+    /// `packed` is the readings back to back, 101 bytes each, big-endian, with no padding:
+    /// `meter` (20 bytes) | `energyWh` (8) | `sequence` (8) | `r` (32) | `s` (32) | `v` (1), the
+    /// last three being the meter's 65-byte signature exactly as {report} takes it. (A packed
+    /// layout, not an array of structs: ABI-decoding a struct array with a `bytes` member cost
+    /// ~3,000 gas more per reading.)
+    /// Requirements: `packed.length` is a multiple of 101 (else {MeterBatchMalformed}; an
+    /// empty batch records nothing). Emits, per reading, what {report} emits, or
+    /// {ReadingRejected}.
+    function reportBatch(bytes calldata packed) external {
+        uint256 length = packed.length;
+        if (length % _ITEM_BYTES != 0) revert MeterBatchMalformed(length);
+        uint256 item;
+        uint256 end;
+        assembly ("memory-safe") {
+            item := packed.offset
+            end := add(item, length) // the ABI decoder checked offset + length <= calldatasize
+        }
+        while (item < end) {
+            address meter;
+            uint64 energyWh;
+            uint64 sequence;
+            // Fixed-width big-endian fields of one whole item (the length check above means
+            // [item, item + 101) lies inside `packed`): the meter is the first 20 bytes of the
+            // first word, energyWh the next 8, sequence the 8 starting at byte 28.
+            assembly ("memory-safe") {
+                let head := calldataload(item)
+                meter := shr(96, head)
+                energyWh := and(shr(32, head), 0xffffffffffffffff)
+                sequence := shr(192, calldataload(add(item, 28)))
+            }
+            _record(meter, energyWh, sequence, item + _ITEM_SIGNATURE_AT, false);
+            // item + 101 <= end <= calldatasize, far below 2^256.
+            unchecked {
+                item += _ITEM_BYTES;
+            }
         }
     }
 
@@ -294,14 +329,14 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature,
+        uint256 signatureAt,
         bool strict
     ) private returns (bool) {
         uint256 word = _load(meter);
         (uint256 failure, uint256 deltaWh, uint256 carry) =
-            _verify(word, meter, energyWh, sequence, signature);
+            _verify(word, meter, energyWh, sequence, signatureAt);
         if (failure != _ACCEPTED) {
-            bytes memory err = _error(failure, word, meter, energyWh, sequence, signature);
+            bytes memory err = _error(failure, word, meter, energyWh, sequence, signatureAt);
             return _refuse(strict, meter, sequence, err);
         }
         _apply(meter, word, energyWh, sequence, deltaWh, carry);
@@ -350,11 +385,11 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature
+        uint256 signatureAt
     ) private view returns (uint256 failure, uint256 deltaWh, uint256 carry) {
         if (uint8(word >> 200) != uint8(MeterStatus.Active)) return (_NOT_ACTIVE, 0, 0);
         if (sequence <= uint64(word >> 64)) return (_OLD_SEQUENCE, 0, 0);
-        if (_signer(_digest(meter, energyWh, sequence), signature) != meter) {
+        if (_signer(_digest(meter, energyWh, sequence), signatureAt) != meter) {
             return (_BAD_SIGNATURE, 0, 0);
         }
         uint256 readAt = uint32(word >> 128);
@@ -382,7 +417,7 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature
+        uint256 signatureAt
     ) private view returns (bytes memory) {
         if (failure == _NOT_ACTIVE) {
             MeterStatus status = MeterStatus(uint8(word >> 200));
@@ -400,7 +435,7 @@ contract MeterRegistry is AccessControl, EIP712 {
             );
         }
         if (failure == _BAD_SIGNATURE) {
-            address signer = _signer(_digest(meter, energyWh, sequence), signature);
+            address signer = _signer(_digest(meter, energyWh, sequence), signatureAt);
             return abi.encodeWithSelector(MeterSignatureInvalid.selector, meter, signer);
         }
         if (failure == _BACKWARDS) {
@@ -454,13 +489,18 @@ contract MeterRegistry is AccessControl, EIP712 {
         return _hashTypedDataV4(keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence)));
     }
 
-    /// @dev The signer of a 65-byte r || s || v signature (low s), or zero when it is malformed.
-    function _signer(bytes32 digest, bytes calldata signature) private pure returns (address) {
-        if (signature.length != 65) return address(0);
-        bytes32 r = bytes32(signature[0:32]);
-        bytes32 s = bytes32(signature[32:64]);
-        uint8 v = uint8(signature[64]);
-        (address signer,,) = ECDSA.tryRecover(digest, v, r, s);
-        return signer;
+    /// @dev The signer of the 65-byte r || s || v signature at calldata offset `signatureAt`
+    /// (low s), or zero when it is malformed.
+    function _signer(bytes32 digest, uint256 signatureAt) private pure returns (address signer) {
+        bytes32 r;
+        bytes32 s;
+        uint8 v;
+        // Plain reads of calldata (past its end they read zeros, which recover no signer).
+        assembly ("memory-safe") {
+            r := calldataload(signatureAt)
+            s := calldataload(add(signatureAt, 32))
+            v := byte(0, calldataload(add(signatureAt, 64)))
+        }
+        (signer,,) = ECDSA.tryRecover(digest, v, r, s);
     }
 }
