@@ -413,16 +413,14 @@ contract MeterRegistry is AccessControl, EIP712 {
         if (readAt == 0) return (_ACCEPTED, 0, 0); // the baseline: any counter, nothing measured
         uint256 lastWh = uint64(word);
         if (energyWh < lastWh) return (_BACKWARDS, 0, 0);
-        // Checked above: energyWh >= lastWh.
+        uint256 allowanceWs = _allowanceWs(word);
+        // energyWh >= lastWh (checked above); deltaWh < 2^64, so deltaWh * 3600 < 2^76; and
+        // the subtraction runs only when deltaWh * 3600 <= allowanceWs.
         unchecked {
             deltaWh = energyWh - lastWh;
-        }
-        uint256 allowanceWs = _allowanceWs(word);
-        // deltaWh < 2^64, so deltaWh * 3600 cannot overflow.
-        if (deltaWh * 3600 > allowanceWs) return (_IMPLAUSIBLE, 0, 0);
-        // Checked above: deltaWh * 3600 <= allowanceWs.
-        unchecked {
-            carry = allowanceWs - deltaWh * 3600;
+            uint256 usedWs = deltaWh * 3600;
+            if (usedWs > allowanceWs) return (_IMPLAUSIBLE, 0, 0);
+            carry = allowanceWs - usedWs;
         }
         if (carry > _MAX_CARRY_WS) carry = _MAX_CARRY_WS;
     }
@@ -469,9 +467,13 @@ contract MeterRegistry is AccessControl, EIP712 {
 
     /// @dev Watt-seconds the meter may have measured since its last reading: its rating over
     /// the elapsed chain time plus the fraction of a Wh the last reading left unused.
-    function _allowanceWs(uint256 word) private view returns (uint256) {
-        uint256 elapsed = block.timestamp - uint32(word >> 128);
-        return uint256(uint16(word >> 160)) * elapsed + uint16(word >> 176);
+    function _allowanceWs(uint256 word) private view returns (uint256 allowanceWs) {
+        // readAt is the time of an earlier block, so elapsed <= block.timestamp < 2^64 (a 64-bit
+        // field in every client); rating and carry are below 2^16: the result is below 2^81.
+        unchecked {
+            uint256 elapsed = block.timestamp - uint32(word >> 128);
+            allowanceWs = uint256(uint16(word >> 160)) * elapsed + uint16(word >> 176);
+        }
     }
 
     /// @dev Reverts with `err` (strict) or emits {ReadingRejected} with its selector; false.
