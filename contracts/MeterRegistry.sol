@@ -365,7 +365,7 @@ contract MeterRegistry is AccessControl, EIP712 {
         }
         emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
 
-        if (MeterKind(uint8(word >> 192)) == MeterKind.Supply) {
+        if (uint8(word >> 192) == uint8(MeterKind.Supply)) {
             if (deltaWh != 0) _mint(_owners[meter], deltaWh);
         } else {
             // An Active load meter is its owner's only load meter (see {acceptMeter}). Every
