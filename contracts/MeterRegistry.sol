@@ -236,7 +236,7 @@ contract MeterRegistry is AccessControl, EIP712 {
     /// `meter` (20 bytes) | `energyWh` (8) | `sequence` (8) | `r` (32) | `s` (32) | `v` (1), the
     /// last three being the meter's 65-byte signature exactly as {report} takes it. (A packed
     /// layout, not an array of structs: ABI-decoding a struct array with a `bytes` member cost
-    /// ~3,000 gas more per reading.)
+    /// ~1,900 gas more per reading.)
     /// Requirements: `packed.length` is a multiple of 101 (else {MeterBatchMalformed}; an
     /// empty batch records nothing). Emits, per reading, what {report} emits, or
     /// {ReadingRejected}.
@@ -253,16 +253,19 @@ contract MeterRegistry is AccessControl, EIP712 {
             address meter;
             uint64 energyWh;
             uint64 sequence;
+            uint256 signatureAt;
             // Fixed-width big-endian fields of one whole item (the length check above means
             // [item, item + 101) lies inside `packed`): the meter is the first 20 bytes of the
-            // first word, energyWh the next 8, sequence the 8 starting at byte 28.
+            // first word, energyWh the next 8, sequence the 8 starting at byte 28, then the
+            // signature (item + 36 < calldatasize: no overflow).
             assembly ("memory-safe") {
                 let head := calldataload(item)
                 meter := shr(96, head)
                 energyWh := and(shr(32, head), 0xffffffffffffffff)
                 sequence := shr(192, calldataload(add(item, 28)))
+                signatureAt := add(item, _ITEM_SIGNATURE_AT)
             }
-            _record(meter, energyWh, sequence, item + _ITEM_SIGNATURE_AT, false);
+            _record(meter, energyWh, sequence, signatureAt, false);
             // item + 101 <= end <= calldatasize, far below 2^256.
             unchecked {
                 item += _ITEM_BYTES;
@@ -365,6 +368,8 @@ contract MeterRegistry is AccessControl, EIP712 {
         }
         emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
 
+        // The stored kind is always a valid MeterKind: compared as a byte, without the range
+        // check a conversion to the enum would add.
         if (uint8(word >> 192) == uint8(MeterKind.Supply)) {
             if (deltaWh != 0) _mint(_owners[meter], deltaWh);
         } else {
@@ -375,13 +380,14 @@ contract MeterRegistry is AccessControl, EIP712 {
     }
 
     /// @dev `_token.mint(to, energyWh)`, minus the code-size check and ABI helpers Solidity wraps
-    /// around a call with no return value (~250 gas a minting reading, one a batch item).
+    /// around a call with no return value (~150 gas a minting reading).
     function _mint(address to, uint256 energyWh) private {
         address token_ = address(_token);
         bytes4 selector = IEnergyTokenMinter.mint.selector;
         // The calldata is built past the free memory pointer, which stays where it is (the
         // bytes are garbage once the call returns). No code-size check is needed: `_token` is
-        // immutable and the deployment checks that it holds the token; a revert is bubbled up.
+        // immutable, and the deployment creates the token at exactly that predicted address and
+        // checks that it landed there (dapp/chain/deploy.py). A revert is bubbled up.
         assembly ("memory-safe") {
             let ptr := mload(0x40)
             mstore(ptr, selector)
@@ -527,7 +533,7 @@ contract MeterRegistry is AccessControl, EIP712 {
     /// @dev The signer of the 65-byte r || s || v signature at calldata offset `signatureAt`, or
     /// zero when it is malformed: what OpenZeppelin's `ECDSA.tryRecover(digest, v, r, s)` returns
     /// (a high s is refused, so no second signature of a reading exists), without copying the
-    /// four words through Solidity's ABI encoder (~150 gas a reading).
+    /// four words through Solidity's ABI encoder (~250 gas a reading).
     function _signer(bytes32 digest, uint256 signatureAt) private view returns (address signer) {
         // Plain reads of calldata (past its end they read zeros, which recover no signer). The
         // precompile's input is written past the free memory pointer (left where it is); it
