@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "FINALIZER_PASSPHRASE_FILE": None,
     "LIVE_INTERVAL": 0.5,
     "LISTENER_INTERVAL": 1.0,
+    # The wallet's generation chart, in seconds of chain time: its window and its bars.
+    "CHART_WINDOW_SECONDS": 6 * 3600,
+    "CHART_BUCKET_SECONDS": 600,
     "START_BACKGROUND": True,
     "NODE_MODULES": str(ROOT / "node_modules"),
     "MAX_CONTENT_LENGTH": 256 * 1024,
@@ -138,6 +141,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         finalizer=_finalizer(app.config, keystore),
         live_interval=float(app.config["LIVE_INTERVAL"]),
         listener_interval=float(app.config["LISTENER_INTERVAL"]),
+        chart_window=int(app.config["CHART_WINDOW_SECONDS"]),
+        chart_bucket=int(app.config["CHART_BUCKET_SECONDS"]),
     )
     app.extensions["microgrid"] = ext
 

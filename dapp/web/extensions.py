@@ -68,11 +68,13 @@ class AppState:
         finalizer: LocalAccount | None = None,
         live_interval: float = 0.5,
         listener_interval: float = 1.0,
+        chart_window: int = 6 * 3600,
+        chart_bucket: int = 600,
     ) -> None:
         self.client = client
         self.keystore = keystore
         self.keys = UnlockedKeys(idle_timeout)
-        self.meters = MeterBoard(client)
+        self.meters = MeterBoard(client, window_seconds=chart_window, bucket_seconds=chart_bucket)
         self.wallet = WalletService(client, keystore, self.meters)
         self.market = MarketService(client, self.meters, names=self.wallet.label_of)
         self.finalizer = AutoFinalizer(self.market, finalizer)
