@@ -8,8 +8,9 @@ own) it builds each household's `HouseholdState` from what the app already knows
 policy (`dapp.agents.policy.decide`) what to do, and sends the Sells, Bids and Closes through the
 market service, which pre-checks them with the market's rules and signs locally. Every decision
 goes into a bounded log, with the policy's sentences and, for refused actions, the reason in
-words; each new entry is handed to `emit(address, entry)` (the app sends it to the owner's
-Socket.IO room).
+words (also for a transaction that fails when mined); each new entry is handed to
+`emit(address, entry)` (the app sends it to the owner's Socket.IO room), and each transaction
+sent to `on_sent(address, tx_hash, kind)` (the hub shows it as pending and watches it).
 
 The state of charge is not on the chain and the meters do not report it, so the stored energy is
 estimated: the account's energy tokens, plus those it has listed or still has to deliver (they
@@ -49,7 +50,7 @@ from dapp.agents.policy import (
     format_eth,
 )
 from dapp.chain.client import ChainClient, Lot, LotStatus
-from dapp.errors import ChainError
+from dapp.errors import ChainError, ContractReverted
 from dapp.services import messages
 from dapp.services.amounts import format_time
 from dapp.services.errors import InvalidInput, UserError
@@ -62,6 +63,7 @@ WEI_PER_ETHER = 10**18
 DAY_S = 86_400
 HORIZON_S = 3600
 MAX_LOG = 100
+WATCH_S = 600.0  # how long a sent transaction is looked after
 
 # The fields of the page's form and the JSON API, and what the policy calls them.
 FIELDS = {
@@ -140,6 +142,7 @@ class _Agent:
     limits: Limits
     expires_at: float
     last_run: tuple[str, ...] = ()
+    sent: dict[str, tuple[str, float]] = field(default_factory=dict)  # tx -> (what, when)
 
 
 @dataclass
@@ -156,6 +159,7 @@ class AgentService:
     def __init__(self, client: ChainClient, market: MarketService, meters: MeterBoard, *,
                  capacity_wh: float = 10_000.0, expiry_s: float = 24 * 3600.0,
                  emit: Callable[[str, dict[str, Any]], None] = lambda address, entry: None,
+                 on_sent: Callable[[str, str, str], None] = lambda address, tx, kind: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.market = market
@@ -163,6 +167,7 @@ class AgentService:
         self.capacity_wh = float(capacity_wh)
         self.expiry_s = float(expiry_s)
         self.emit = emit
+        self.on_sent = on_sent
         self._clock = clock
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -335,6 +340,7 @@ class AgentService:
     def _run_agent(self, agent: _Agent, chain_now: int, lots: list[Lot],
                    terms: MarketTerms) -> int:
         address = agent.account.address
+        self._check_sent(agent)
         if self.client.pending_transactions(address):
             self._note_run(agent, [("note", messages.AGENT_WAITING)])
             return 0
@@ -349,10 +355,25 @@ class AgentService:
                     _what(action), exc.message)))
                 continue
             sent += 1
+            agent.sent[tx_hash] = (_what(action), self._clock())
+            self.on_sent(address, tx_hash, "agent's " + _kind(action))
             entries.append(("action", f"{action.reason} (transaction {tx_hash})"))
         entries += [("note", text) for text in decision.notes]
         self._note_run(agent, entries, always=sent > 0)
         return sent
+
+    def _check_sent(self, agent: _Agent) -> None:
+        """Log the agent's transactions that failed when mined, with the reason in words."""
+        for tx_hash, (what, since) in list(agent.sent.items()):
+            try:
+                self.client.wait(tx_hash, timeout=0.01)
+            except ContractReverted as exc:
+                self._log(agent.account.address, "failure", [messages.agent_action_failed(
+                    what, messages.revert_sentence(exc))])
+            except ChainError:
+                if self._clock() - since < WATCH_S:
+                    continue  # not mined yet: look again next block
+            del agent.sent[tx_hash]
 
     def _execute(self, account: LocalAccount, action: Sell | Bid | Close) -> str:
         """Send one action through the market service (pre-checked, signed locally)."""
@@ -398,6 +419,13 @@ class AgentService:
             book.log.append(entry)
             made.append(entry)
         return made
+
+
+def _kind(action: Sell | Bid | Close) -> str:
+    """The action's kind as the pending list and notices name it."""
+    if isinstance(action, Sell):
+        return "listing"
+    return "bid" if isinstance(action, Bid) else "close connection"
 
 
 def _what(action: Sell | Bid | Close) -> str:

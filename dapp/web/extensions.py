@@ -83,6 +83,7 @@ class AppState:
             client, self.market, self.meters, capacity_wh=agent_capacity_wh,
             expiry_s=agent_expiry_s,
             emit=lambda address, entry: socketio.emit("agent", entry, to=user_room(address)),
+            on_sent=self._agent_sent,
         )
         self.login_per_account = RateLimiter(login_limit_per_account, login_limit_window)
         self.login_per_client = RateLimiter(login_limit_per_client, login_limit_window)
@@ -143,6 +144,11 @@ class AppState:
         self.hub.touch_user(owner)
         if relay_moved:  # the cards show relays; generation alone moves only the owner's wallet
             self.hub.touch_market()
+
+    def _agent_sent(self, address: str, tx_hash: str, kind: str) -> None:
+        """An agent sent a transaction: its owner's pending list and the market change."""
+        self.hub.touch_user(address)
+        self.hub.touch_market()
 
     def _on_block(self) -> None:
         """The hub's per-block hook: finalize due auctions, then let the agents act."""

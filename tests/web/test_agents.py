@@ -20,7 +20,7 @@ from dapp.services.errors import InvalidInput
 from dapp.services.market import MarketService
 from dapp.services.meters import MeterBoard
 from dapp.services.rules import deposit_wei
-from tests.web.conftest import ETHER, Browser, World
+from tests.web.conftest import ETHER, Browser, World, wait_for
 
 MILLI = ETHER // 1000  # 0.001 ETH
 TX = re.compile(r"\(transaction (0x[0-9a-f]{64})\)")
@@ -340,3 +340,39 @@ def test_the_log_goes_to_the_owners_room_only(app, world):
     app.extensions["microgrid"].agents.run_once()  # a block: it wants energy, no lot is open
     mine.wait("agent", lambda e: e["kind"] in ("note", "action"))
     assert theirs.named("agent") == []
+
+
+def test_a_refused_action_is_logged_with_the_reason_and_nothing_is_sent(fresh, tmp_path):
+    agents = service(fresh, tmp_path)
+    me = fresh.address["consumer"]
+    fresh.load_meter(me)
+    lot_id = list_lot(fresh, 1_000, 200 * ETHER)  # its deposit, 200 ETH, is more than it has
+    agents.configure(fresh.account("consumer"), True, "20", "0", "500", "1000")
+    before = nonce(fresh, "consumer")
+    entries = run(agents, fresh, me)
+    assert nonce(fresh, "consumer") == before and fresh.client.lot(lot_id).buyer is None
+    failure = next(e for e in entries if e["kind"] == "failure")
+    assert failure["text"].startswith(f"could not bid on lot {lot_id}: This bid needs a "
+                                      "deposit of 200")
+
+
+def test_the_running_app_lets_the_agent_act_on_each_new_block(make_app, world):
+    from tests.web.test_sockets import connect, logged_in
+
+    app = make_app()
+    app.extensions["microgrid"].start_background()
+    owner = logged_in(app, world, "producer")
+    events = connect(app, owner)
+    me = world.address["producer"]
+    count = world.client.lot_count()
+    tokens = world.client.token_balance(me)
+    assert owner.api("PUT", "/api/v1/agent", {"on": True, **GOOD}).status_code == 200
+    # A new block (any transaction makes one): the hub's per-block hook runs the agent.
+    world.mine(world.client.send_ether(world.bank, world.address["rival"], 1))
+    wait_for(lambda: world.client.lot_count() > count, timeout=20)
+    lot = world.client.lot(world.client.lot_count())
+    assert lot.seller == me and lot.energy_wh == tokens - 2_000  # all above the 20 % reserve
+    sent = events.wait("agent", lambda e: e["kind"] == "action")
+    assert "offered" in sent["text"]
+    app.extensions["microgrid"].stop_background()
+    assert not app.extensions["microgrid"].agents.is_on(me)  # the server stopping forgets it
