@@ -230,7 +230,11 @@ class AgentService:
             book.limits = limits
             if switch:
                 assert limits is not None
-                self._agents[key] = _Agent(account, limits, self._clock() + self.expiry_s)
+                agent = _Agent(account, limits, self._clock() + self.expiry_s)
+                before = self._agents.get(key)
+                if before is not None:  # new limits: keep watching what it sent
+                    agent.sent = before.sent
+                self._agents[key] = agent
             else:
                 self._agents.pop(key, None)
         view = limits_view(limits) if limits else None
@@ -348,6 +352,8 @@ class AgentService:
         entries: list[tuple[str, str]] = []
         sent = 0
         for action in decision.actions:
+            if not self._current(agent):
+                return sent  # turned off (or changed) meanwhile: its key is not used again
             try:
                 tx_hash = self._execute(agent.account, action)
             except UserError as exc:
@@ -361,6 +367,11 @@ class AgentService:
         entries += [("note", text) for text in decision.notes]
         self._note_run(agent, entries, always=sent > 0)
         return sent
+
+    def _current(self, agent: _Agent) -> bool:
+        """Whether `agent` is still the one on for its account (not turned off or replaced)."""
+        with self._lock:
+            return self._agents.get(agent.account.address.lower()) is agent
 
     def _check_sent(self, agent: _Agent) -> None:
         """Log the agent's transactions that failed when mined, with the reason in words."""

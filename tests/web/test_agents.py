@@ -175,8 +175,10 @@ def test_agent_closes_the_connection_when_its_need_is_met(fresh, tmp_path):
 
     fresh.mint(me, 2_050)  # its own PV fills the battery to the reserve: the need is met
     entries = run(agents, fresh, me)
-    assert fresh.client.lot(lot_id).status == LotStatus.CLOSED
-    assert fresh.client.credit_of(me) == credit + trade.deposit_wei  # nothing was delivered
+    closed = fresh.client.lot(lot_id)
+    assert closed.status == LotStatus.CLOSED
+    # The rest of the escrow comes back: the deposit minus what was charged as delivered.
+    assert fresh.client.credit_of(me) == credit + trade.deposit_wei - closed.paid_wei
     assert any(f"closed trade {lot_id}" in e["text"] and "need is met" in e["text"]
                for e in entries)
 
