@@ -143,6 +143,7 @@ class _Agent:
     expires_at: float
     last_run: tuple[str, ...] = ()
     sent: dict[str, tuple[str, float]] = field(default_factory=dict)  # tx -> (what, when)
+    seen: dict[str, str] | None = None  # the household as the last run saw it
 
 
 @dataclass
@@ -201,6 +202,7 @@ class AgentService:
             "on": agent is not None,
             "limits": limits_view(limits) if limits else None,
             "expires_at": agent.expires_at if agent else None,
+            "household": agent.seen if agent else None,
             "capacity_kwh": f"{self.capacity_wh / 1000:g}",
             "notes": self.notes(),
             "log": entries,
@@ -348,7 +350,15 @@ class AgentService:
         if self.client.pending_transactions(address):
             self._note_run(agent, [("note", messages.AGENT_WAITING)])
             return 0
-        decision: Decision = decide(self.state_of(address, chain_now, lots), agent.limits, terms)
+        state = self.state_of(address, chain_now, lots)
+        agent.seen = {
+            "battery_percent": f"{100 * state.soc:.0f}",
+            "stored_kwh": f"{state.stored_wh / 1000:.3f}",
+            "net_load_w": f"{state.net_load_w:.0f}",
+            "spent_today_eth": format_eth(state.committed_wei),
+            "daily_limit_eth": format_eth(agent.limits.daily_limit_wei),
+        }
+        decision: Decision = decide(state, agent.limits, terms)
         entries: list[tuple[str, str]] = []
         sent = 0
         for action in decision.actions:
@@ -422,11 +432,13 @@ class AgentService:
 
     def _log_locked(self, address: str, kind: str, texts: list[str]) -> list[dict[str, Any]]:
         book = self._books.setdefault(address.lower(), _Book())
+        agent = self._agents.get(address.lower())
         made = []
         for text in texts:
             stamp = self._clock()
             entry = {"time": stamp, "time_text": format_time(int(stamp)),
-                     "kind": kind, "text": text, "on": address.lower() in self._agents}
+                     "kind": kind, "text": text, "on": agent is not None,
+                     "household": agent.seen if agent else None}
             book.log.append(entry)
             made.append(entry)
         return made

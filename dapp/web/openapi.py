@@ -236,11 +236,18 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         expires_at={"type": ["number", "null"],
                     "description": "server time (Unix s) the agent turns itself off"},
         capacity_kwh={"type": "string", "description": "the battery the agent assumes"},
+        household={"oneOf": [{"type": "null"}, _obj(
+            ["battery_percent", "stored_kwh", "net_load_w", "spent_today_eth"],
+            battery_percent={"type": "string"}, stored_kwh={"type": "string"},
+            net_load_w={"type": "string"}, spent_today_eth={"type": "string"},
+            daily_limit_eth={"type": "string"})],
+            "description": "the household as the agent's last run saw it"},
         notes=_obj(["key", "signal"], key={"type": "string"}, signal={"type": "string"}),
         log={"type": "array", "description": "newest first", "items": _obj(
             ["time", "kind", "text"], time={"type": "number"}, time_text={"type": "string"},
             kind={"enum": ["action", "note", "failure", "status"]},
-            text={"type": "string"}, on={"type": "boolean"})},
+            text={"type": "string"}, on={"type": "boolean"},
+            household={"description": "as in `household`, when the agent is on"})},
         message={"type": "string", "description": "after PUT: what changed"},
     )
     return {

@@ -20,6 +20,21 @@
     if (onButton) { onButton.textContent = on ? "Save limits" : "Turn on"; }
   }
 
+  function showHousehold(seen) {
+    var line = document.getElementById("agent-household");
+    if (!seen) { return; }
+    if (!line) {
+      var state = document.getElementById("agent-state");
+      if (!state) { return; }
+      line = document.createElement("p");
+      line.id = "agent-household";
+      state.parentNode.insertBefore(line, state.nextSibling);
+    }
+    line.textContent = "As the agent saw it at its last block: battery " +
+      seen.battery_percent + " % (" + seen.stored_kwh + " kWh), net use " + seen.net_load_w +
+      " W, spent today " + seen.spent_today_eth + " of " + seen.daily_limit_eth + " ETH.";
+  }
+
   function addEntry(entry) {
     var list = document.getElementById("agent-log");
     var empty = document.getElementById("agent-log-empty");
@@ -43,6 +58,7 @@
     while (list.children.length > MAX) { list.removeChild(list.lastChild); }
     if (empty) { empty.hidden = true; }
     showState(!!entry.on);
+    showHousehold(entry.household);
   }
 
   M.on("agent", addEntry);

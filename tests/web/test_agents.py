@@ -102,10 +102,15 @@ def test_agent_sells_the_surplus_above_the_reserve_at_the_floor(fresh, tmp_path)
     assert [e["kind"] for e in entries] == ["action"]
     assert "offered 3.000 kWh" in entries[0]["text"] and "reserve" in entries[0]["text"]
 
+    seen = {"battery_percent": "50", "stored_kwh": "5.000", "net_load_w": "0",
+            "spent_today_eth": "0.0000", "daily_limit_eth": "1.0000"}
+    assert agents.status(me)["household"] == seen
+
     before = nonce(fresh, "producer")
     assert run(agents, fresh, me) == []  # the same state again: nothing new to say or send
     assert nonce(fresh, "producer") == before
     assert fresh.client.lot_count() == 1
+    assert agents.status(me)["household"] == seen  # listed tokens are still in the battery
 
 
 def test_agent_bids_up_to_its_ceiling_and_never_beyond(fresh, tmp_path):
@@ -375,6 +380,8 @@ def test_the_running_app_lets_the_agent_act_on_each_new_block(make_app, world):
     lot = world.client.lot(world.client.lot_count())
     assert lot.seller == me and lot.energy_wh == tokens - 2_000  # all above the 20 % reserve
     sent = events.wait("agent", lambda e: e["kind"] == "action")
-    assert "offered" in sent["text"]
+    assert "offered" in sent["text"] and sent["household"]["battery_percent"] == "50"
+    html = owner.text("/wallet/")
+    assert f"offered {(tokens - 2_000) / 1000:.3f} kWh" in html and 'id="agent-household"' in html
     app.extensions["microgrid"].stop_background()
     assert not app.extensions["microgrid"].agents.is_on(me)  # the server stopping forgets it
