@@ -51,7 +51,7 @@ class DemoSettings:
     pv_peak_w: float = 800.0
     load_profile: str = "0:150,7:400,12:300,19:600,23:150"
     min_duration: int = 60
-    delivery_timeout: int = 300
+    stall_timeout: int = 180  # the bridge sends a heartbeat at least every third of it
 
 
 @dataclass
@@ -191,7 +191,7 @@ class DemoSetup:
             raise  # several valid deployments: the user chooses, the demo adds no other
         except ChainError:
             params = MarketParameters(min_duration=self.settings.min_duration,
-                                      delivery_timeout=self.settings.delivery_timeout)
+                                      stall_timeout=self.settings.stall_timeout)
             dep = self.client.deploy(self._unlock(self.state.operator), params)
             self.out(f"      deployed: market {dep.market}")
 

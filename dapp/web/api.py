@@ -218,6 +218,30 @@ def set_mining() -> ResponseReturnValue:
     return jsonify(status)
 
 
+# -- meters offered to the account -----------------------------------------------------------
+
+
+@bp.get("/meters/offers")
+@login_required
+def meter_offers() -> ResponseReturnValue:
+    """Meters the grid operator offered to the account that it has not answered yet."""
+    return jsonify({"offers": app_state().wallet.meter_offers(g.user.address)})
+
+
+@bp.post("/meters/<address>/accept")
+@login_required
+def accept_meter(address: str) -> ResponseReturnValue:
+    """Accept a meter offered to the account: its signed readings count for it."""
+    return _action(app_state().wallet.accept_meter(g.user.account, address), "accept meter")
+
+
+@bp.post("/meters/<address>/decline")
+@login_required
+def decline_meter(address: str) -> ResponseReturnValue:
+    """Decline a meter offered to the account."""
+    return _action(app_state().wallet.decline_meter(g.user.account, address), "decline meter")
+
+
 # -- market ----------------------------------------------------------------------------------
 
 

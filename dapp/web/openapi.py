@@ -60,6 +60,8 @@ LOT_ID = [{"name": "lot_id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 1}}]
 TRADE_ID = [{"name": "trade_id", "in": "path", "required": True,
              "schema": {"type": "integer", "minimum": 1}}]
+METER_ADDRESS = [{"name": "address", "in": "path", "required": True, "schema": ADDRESS,
+                  "description": "the meter's own address (its ID)"}]
 REF = "#/components/schemas/"
 
 
@@ -125,6 +127,21 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "post": _op("Start or stop mining", _json({"$ref": REF + "Mining"}),
                         body=_obj(["action"], action={"enum": ["start", "stop"]}),
                         errors=write, tag="wallet"),
+        },
+        "/meters/offers": {
+            "get": _op("Meters the grid operator offered to you, not yet answered",
+                       _json(_obj(["offers"], offers={"type": "array",
+                                                      "items": {"$ref": REF + "MeterOffer"}})),
+                       errors=("401",), tag="meters"),
+        },
+        "/meters/{address}/accept": {
+            "post": _op("Accept a meter offered to you: its signed readings count for you",
+                        _json(TX_RESULT, "Sent (pending)"), status="202", errors=write,
+                        tag="meters", params=METER_ADDRESS),
+        },
+        "/meters/{address}/decline": {
+            "post": _op("Decline a meter offered to you", _json(TX_RESULT, "Sent (pending)"),
+                        status="202", errors=write, tag="meters", params=METER_ADDRESS),
         },
         "/market": {
             "get": _op("Open listings, open trades, cleared prices",
@@ -203,6 +220,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             pending={"type": "array", "items": {"$ref": REF + "PendingTx"}},
             generation={"type": "object"}, history={"type": "object"},
         ),
+        "MeterOffer": _obj(
+            ["address", "kind", "status", "rated_power_w"], address=ADDRESS,
+            kind={"enum": ["supply", "load"]}, status={"type": "string"},
+            rated_power_w={"type": "integer"},
+        ),
         "Listing": _obj(
             ["id", "seller", "energy_kwh", "deadline"], id={"type": "integer"}, seller=party,
             energy_kwh={"type": "string"}, start_price={"type": ["string", "null"]},
@@ -266,7 +288,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         },
         "servers": [{"url": server_url}],
         "security": [{"session": [], "csrf": []}],
-        "tags": [{"name": "session"}, {"name": "wallet"}, {"name": "market"},
+        "tags": [{"name": "session"}, {"name": "wallet"}, {"name": "meters"}, {"name": "market"},
                  {"name": "agent"}],
         "paths": paths,
         "components": {
