@@ -360,8 +360,18 @@ class AgentService:
         }
         decision: Decision = decide(state, agent.limits, terms)
         entries: list[tuple[str, str]] = []
+        closing = {lot.id for lot in lots if lot.status == LotStatus.OPEN and lot.closing}
+        actions = []
+        for action in decision.actions:  # the buyer's close is two-phase: ask once, then wait
+            if isinstance(action, Close) and action.trade_id in closing:
+                entries.append(("note", messages.agent_close_pending(action.trade_id)))
+            else:
+                actions.append(action)
+        if any(isinstance(a, Bid) for a in actions) and not self.client.load_meter_of(address):
+            actions = [a for a in actions if not isinstance(a, Bid)]
+            entries.append(("note", messages.AGENT_NO_LOAD_METER))
         sent = 0
-        for action in decision.actions:
+        for action in actions:
             if not self._current(agent):
                 return sent  # turned off (or changed) meanwhile: its key is not used again
             try:

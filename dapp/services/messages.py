@@ -530,3 +530,14 @@ def agent_expired(hours: float) -> str:
 def agent_action_failed(what: str, reason: str) -> str:
     """An action the agent decided on was refused (pre-check or revert)."""
     return f"could not {what}: {reason}"
+
+
+def agent_close_pending(trade_id: object) -> str:
+    """The agent asked to close the active trade; the next load reading finishes it."""
+    return (f"trade {trade_id}: close requested, the relays are open; your load meter's next "
+            "reading settles what was delivered, then the trade closes")
+
+
+AGENT_NO_LOAD_METER = (
+    "did not bid: only accounts with an accepted load meter may bid (its readings settle the "
+    "trade); accept the operator's offer of one on this page")

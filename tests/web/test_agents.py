@@ -130,6 +130,7 @@ def test_agent_bids_up_to_its_ceiling_and_never_beyond(fresh, tmp_path):
         entries[0]["text"]
 
     # A rival outbids above the ceiling: the agent says why and sends nothing.
+    fresh.load_meter(fresh.address["rival"])
     fresh.mine(fresh.client.bid(fresh.account("rival"), lot_id, 25 * MILLI // 10))
     before = nonce(fresh, "consumer")
     entries = run(agents, fresh, me)
@@ -162,7 +163,8 @@ def test_agent_keeps_within_its_daily_limit(fresh, tmp_path):
 def test_agent_closes_the_connection_when_its_need_is_met(fresh, tmp_path):
     agents = service(fresh, tmp_path)
     me = fresh.address["consumer"]
-    fresh.load_meter(me)
+    meter = fresh.load_meter(me)
+    assert meter.report(fresh.client, fresh.bank).accepted  # the baseline
     lot_id = list_lot(fresh, 1_000, MILLI, seconds=30)
     agents.configure(fresh.account("consumer"), True, "20", "0.001", "0.002", "1")
     run(agents, fresh, me)
@@ -180,12 +182,25 @@ def test_agent_closes_the_connection_when_its_need_is_met(fresh, tmp_path):
 
     fresh.mint(me, 2_050)  # its own PV fills the battery to the reserve: the need is met
     entries = run(agents, fresh, me)
-    closed = fresh.client.lot(lot_id)
-    assert closed.status == LotStatus.CLOSED
-    # The rest of the escrow comes back: the deposit minus what was charged as delivered.
-    assert fresh.client.credit_of(me) == credit + trade.deposit_wei - closed.paid_wei
     assert any(f"closed trade {lot_id}" in e["text"] and "need is met" in e["text"]
                for e in entries)
+    # The buyer's close is two-phase: the request opens the relays, and the agent asks once.
+    assert fresh.client.lot(lot_id).closing
+    before = nonce(fresh, "consumer")
+    entries = run(agents, fresh, me)
+    assert nonce(fresh, "consumer") == before
+    assert [e["text"] for e in entries] == [
+        f"trade {lot_id}: close requested, the relays are open; your load meter's next reading "
+        "settles what was delivered, then the trade closes"]
+    fresh.advance(10)
+    assert meter.report(fresh.client, fresh.bank, meter.energy_wh + 50).accepted
+    closed = fresh.client.lot(lot_id)
+    assert closed.status == LotStatus.CLOSED
+    # The rest of the escrow comes back: the deposit minus the 50 Wh delivered, or the
+    # market's minimum charge if that is more.
+    charged_wh = max(50, min(1_000, fresh.client.market_parameters()["min_charge_wh"]))
+    assert closed.delivered_wh == 50
+    assert fresh.client.credit_of(me) == credit + trade.deposit_wei - charged_wh * MILLI // 1000
 
 
 @pytest.mark.parametrize(("change", "field", "words"), BAD_SETTINGS)
@@ -385,3 +400,15 @@ def test_the_running_app_lets_the_agent_act_on_each_new_block(make_app, world):
     assert f"offered {(tokens - 2_000) / 1000:.3f} kWh" in html and 'id="agent-household"' in html
     app.extensions["microgrid"].stop_background()
     assert not app.extensions["microgrid"].agents.is_on(me)  # the server stopping forgets it
+
+
+def test_without_a_load_meter_the_agent_says_it_cannot_bid(fresh, tmp_path):
+    agents = service(fresh, tmp_path)
+    me = fresh.address["rival"]  # no load meter offered to it
+    lot_id = list_lot(fresh, 1_000, MILLI)
+    agents.configure(fresh.account("rival"), True, **GOOD)
+    before = nonce(fresh, "rival")
+    entries = run(agents, fresh, me)
+    assert nonce(fresh, "rival") == before and fresh.client.lot(lot_id).buyer is None
+    assert [e["text"] for e in entries if e["kind"] == "note"][0].startswith(
+        "did not bid: only accounts with an accepted load meter may bid")
