@@ -6,7 +6,10 @@ stopping forgets it; logging out does not, the agent holds its own reference). O
 block (`run_once`, called from the live hub's per-block hook, never from a polling loop of its
 own) it builds each household's `HouseholdState` from what the app already knows, asks the pure
 policy (`dapp.agents.policy.decide`) what to do, and sends the Sells, Bids and Closes through the
-market service, which pre-checks them with the market's rules and signs locally. Every decision
+market service, which pre-checks them with the market's rules and signs locally (a server
+without a finalizer account of its own lets each agent also end the auctions it sells or leads,
+once their deadline has passed; the buyer's two-phase close is asked for once, then the agent
+waits for the load meter's reading that finishes it). Every decision
 goes into a bounded log, with the policy's sentences and, for refused actions, the reason in
 words (also for a transaction that fails when mined); each new entry is handed to
 `emit(address, entry)` (the app sends it to the owner's Socket.IO room), and each transaction
@@ -161,6 +164,7 @@ class AgentService:
                  capacity_wh: float = 10_000.0, expiry_s: float = 24 * 3600.0,
                  emit: Callable[[str, dict[str, Any]], None] = lambda address, entry: None,
                  on_sent: Callable[[str, str, str], None] = lambda address, tx, kind: None,
+                 finalize_own: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.market = market
@@ -169,6 +173,7 @@ class AgentService:
         self.expiry_s = float(expiry_s)
         self.emit = emit
         self.on_sent = on_sent
+        self.finalize_own = finalize_own  # no server finalizer: agents end their own auctions
         self._clock = clock
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -367,6 +372,10 @@ class AgentService:
                 entries.append(("note", messages.agent_close_pending(action.trade_id)))
             else:
                 actions.append(action)
+        if self.finalize_own:
+            actions[:0] = [_Finalize(lot.id) for lot in lots
+                           if lot.status == LotStatus.LISTED and chain_now >= lot.deadline
+                           and (_same(lot.seller, address) or _same(lot.buyer, address))]
         if any(isinstance(a, Bid) for a in actions) and not self.client.load_meter_of(address):
             actions = [a for a in actions if not isinstance(a, Bid)]
             entries.append(("note", messages.AGENT_NO_LOAD_METER))
@@ -383,7 +392,9 @@ class AgentService:
             sent += 1
             agent.sent[tx_hash] = (_what(action), self._clock())
             self.on_sent(address, tx_hash, "agent's " + _kind(action))
-            entries.append(("action", f"{action.reason} (transaction {tx_hash})"))
+            reason = (messages.agent_finalized(action.lot_id) if isinstance(action, _Finalize)
+                      else action.reason)
+            entries.append(("action", f"{reason} (transaction {tx_hash})"))
         entries += [("note", text) for text in decision.notes]
         self._note_run(agent, entries, always=sent > 0)
         return sent
@@ -406,9 +417,11 @@ class AgentService:
                     continue  # not mined yet: look again next block
             del agent.sent[tx_hash]
 
-    def _execute(self, account: LocalAccount, action: Sell | Bid | Close) -> str:
+    def _execute(self, account: LocalAccount, action: Sell | Bid | Close | _Finalize) -> str:
         """Send one action through the market service (pre-checked, signed locally)."""
-        if isinstance(action, Sell):
+        if isinstance(action, _Finalize):
+            result = self.market.finalize(account, action.lot_id)
+        elif isinstance(action, Sell):
             energy = str(Decimal(action.energy_wh) / 1000)
             result = self.market.sell(account, energy, str(action.start_price_wei_per_kwh),
                                       "wei", str(action.duration_s), "seconds")
@@ -454,15 +467,26 @@ class AgentService:
         return made
 
 
-def _kind(action: Sell | Bid | Close) -> str:
+@dataclass(frozen=True)
+class _Finalize:
+    """End an auction of the agent's (as seller or leading bidder) whose deadline passed."""
+
+    lot_id: int
+
+
+def _kind(action: Sell | Bid | Close | _Finalize) -> str:
     """The action's kind as the pending list and notices name it."""
+    if isinstance(action, _Finalize):
+        return "finalize"
     if isinstance(action, Sell):
         return "listing"
     return "bid" if isinstance(action, Bid) else "close connection"
 
 
-def _what(action: Sell | Bid | Close) -> str:
+def _what(action: Sell | Bid | Close | _Finalize) -> str:
     """The action in a few words, for a failure in the log."""
+    if isinstance(action, _Finalize):
+        return f"finalize listing {action.lot_id}"
     if isinstance(action, Sell):
         return f"offer {action.energy_wh / 1000:.3f} kWh"
     if isinstance(action, Bid):

@@ -541,3 +541,8 @@ def agent_close_pending(trade_id: object) -> str:
 AGENT_NO_LOAD_METER = (
     "did not bid: only accounts with an accepted load meter may bid (its readings settle the "
     "trade); accept the operator's offer of one on this page")
+
+
+def agent_finalized(lot_id: object) -> str:
+    """The agent ended its own (or its won) auction because the server has no finalizer."""
+    return f"finalized listing {lot_id}: its auction has ended"

@@ -83,7 +83,7 @@ class AppState:
             client, self.market, self.meters, capacity_wh=agent_capacity_wh,
             expiry_s=agent_expiry_s,
             emit=lambda address, entry: socketio.emit("agent", entry, to=user_room(address)),
-            on_sent=self._agent_sent,
+            on_sent=self._agent_sent, finalize_own=not self.finalizer.enabled,
         )
         self.login_per_account = RateLimiter(login_limit_per_account, login_limit_window)
         self.login_per_client = RateLimiter(login_limit_per_client, login_limit_window)

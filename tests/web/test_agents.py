@@ -412,3 +412,31 @@ def test_without_a_load_meter_the_agent_says_it_cannot_bid(fresh, tmp_path):
     assert nonce(fresh, "rival") == before and fresh.client.lot(lot_id).buyer is None
     assert [e["text"] for e in entries if e["kind"] == "note"][0].startswith(
         "did not bid: only accounts with an accepted load meter may bid")
+
+
+def test_without_a_server_finalizer_the_agent_ends_its_own_auctions(fresh, tmp_path):
+    me = fresh.address["producer"]
+    agents = service(fresh, tmp_path, finalize_own=True)
+    agents.configure(fresh.account("producer"), True, **GOOD)
+    run(agents, fresh, me)
+    lot_id = fresh.client.lot_count()
+    fresh.advance(301)
+    fresh.mine(fresh.client.send_ether(fresh.bank, fresh.address["rival"], 1))  # a block
+    entries = run(agents, fresh, me)
+    assert fresh.client.lot(lot_id).status == LotStatus.EXPIRED  # no bids: tokens come back
+    assert fresh.client.token_balance(me) == 5_000
+    assert entries[0]["text"].startswith(f"finalized listing {lot_id}: its auction has ended")
+
+
+def test_with_a_server_finalizer_the_agent_leaves_finalizing_to_it(fresh, tmp_path):
+    me = fresh.address["producer"]
+    agents = service(fresh, tmp_path)
+    agents.configure(fresh.account("producer"), True, **GOOD)
+    run(agents, fresh, me)
+    lot_id = fresh.client.lot_count()
+    fresh.advance(301)
+    fresh.mine(fresh.client.send_ether(fresh.bank, fresh.address["rival"], 1))
+    before = nonce(fresh, "producer")
+    run(agents, fresh, me)
+    assert nonce(fresh, "producer") == before
+    assert fresh.client.lot(lot_id).status == LotStatus.LISTED
