@@ -13,7 +13,7 @@ waits for the load meter's reading that finishes it). Every decision
 goes into a bounded log, with the policy's sentences and, for refused actions, the reason in
 words (also for a transaction that fails when mined); each new entry is handed to
 `emit(address, entry)` (the app sends it to the owner's Socket.IO room), and each transaction
-sent to `on_sent(address, tx_hash, kind)` (the hub shows it as pending and watches it).
+sent to `on_sent(address, tx_hash, kind)` (the app pushes the owner's wallet and the market).
 
 The state of charge is not on the chain and the meters do not report it, so the stored energy is
 estimated: the account's energy tokens, plus those it has listed or still has to deliver (they
