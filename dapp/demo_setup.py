@@ -270,9 +270,10 @@ class DemoSetup:
             else:
                 lines.append(f"  {label:9s} {address}")
         if self.new_passphrases:
-            lines.append("  (the passphrases are shown only now; a copy readable only by you is "
-                         f"in {self.user_passphrase_file})")
+            lines.append(f"  (a copy readable only by you is in {self.user_passphrase_file}; "
+                         "`microgrid demo --status` shows them again)")
         else:
-            lines.append(f"  passphrases: see {self.user_passphrase_file}")
+            lines.append("  passphrases: `microgrid demo --status`, or "
+                         f"{self.user_passphrase_file}")
         lines += ["  Stop with Ctrl-C (the chain is saved; `make run` resumes it).", "=" * 72]
         return "\n".join(lines)

@@ -472,6 +472,49 @@ def as_user_error(exc: BaseException) -> UserError:
     raise TypeError(f"not a service error: {exc!r}")
 
 
+# -- the network, for DApp developers (GET /api/v1/chain, the wallet's Network panel) ----------
+
+
+def no_abi(name: str, known: list[str]) -> str:
+    """An ABI asked for by a name that is none of the deployment's contracts."""
+    return f"There is no contract {name!r} here; the ABIs are {', '.join(known)}."
+
+
+def deployment_unknown(exc: ChainError) -> str:
+    """Why the chain answers but the contracts' addresses are not known."""
+    if isinstance(exc, ChainUnavailable):
+        return unavailable_detail(exc)
+    text = str(exc).strip()
+    text = text[:1].upper() + text[1:]
+    return "The Microgrid contracts on this chain are not known: " + \
+        (text if text.endswith(".") else text + ".")
+
+
+# -- the terminal: one line per trade event (`microgrid serve`, `microgrid demo`) --------------
+
+
+def trade_event_line(name: str, args: dict, who: Callable[[str], str]) -> str | None:
+    """The terminal's line for a market event (listed, bid, won, ended, closed), else None.
+
+    `who` names an account (its label, or its short address).
+    """
+    if name == "Listed":
+        return (f"listed: #{args['listingId']} {_kwh(args['energyWh'])} by "
+                f"{who(args['seller'])}, from {_eth(args['startPricePerKWh'])} per kWh")
+    if name == "BidPlaced":
+        return (f"bid: #{args['listingId']} {_eth(args['pricePerKWh'])} per kWh by "
+                f"{who(args['bidder'])}")
+    if name == "TradeOpened":
+        return (f"won: #{args['tradeId']} by {who(args['buyer'])} at "
+                f"{_eth(args['pricePerKWh'])} per kWh; the trade is open")
+    if name == "ListingExpired":
+        return f"ended: #{args['listingId']} without bids; the tokens went back"
+    if name == "ConnectionClosed":
+        return (f"closed: trade #{args['tradeId']} after {_kwh(args['deliveredWh'])} "
+                "delivered")
+    return None
+
+
 # -- trading agents (dapp/services/agents.py) --------------------------------------------------
 
 AGENT_KEY_NOTE = (

@@ -15,6 +15,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from dapp.chain.client import ChainClient, Meter
+from dapp.chain.contracts import load_artifact
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
 from dapp.services import messages
 from dapp.services.amounts import (
@@ -25,7 +26,12 @@ from dapp.services.amounts import (
     short_address,
 )
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput
-from dapp.services.messages import as_user_error, chain_error_sentence, unavailable_detail
+from dapp.services.messages import (
+    as_user_error,
+    chain_error_sentence,
+    deployment_unknown,
+    unavailable_detail,
+)
 from dapp.services.meters import MeterBoard
 from dapp.wallet.keystore import MAX_KEYFILE_BYTES, MAX_LABEL_LENGTH, Keystore
 from hardware.protocol import LOAD
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 MIN_PASSPHRASE = 8
 MAX_PASSPHRASE = 1024
 PLAIN_TRANSFER_GAS = 21_000
+# The deployment's roles and the contract (artifact) each one is.
+CONTRACTS = {"token": "EnergyToken", "registry": "MeterRegistry", "market": "EnergyMarket"}
 
 
 def check_passphrase(passphrase: object, what: str = "the passphrase") -> str:
@@ -211,6 +219,36 @@ class WalletService:
             "server_time": time.time(),
             "mining": self.mining_status(),
         }
+
+    def network(self) -> dict[str, Any]:
+        """chain_status plus the chain id and the deployment (None while unknown); never raises.
+
+        What a DApp developer needs to find the contracts without logging in. `deployment` is
+        None (with `deployment_message` saying why) when the chain has no Microgrid contracts
+        or cannot be read.
+        """
+        status = self.chain_status()
+        chain_id: int | None = None
+        deployment: dict[str, Any] | None = None
+        why = status["message"]
+        if status["available"]:
+            try:
+                chain_id = self.client.info.chain_id
+                dep = self.client.deployment
+                deployment = {role: getattr(dep, role) for role in CONTRACTS}
+                deployment.update(operator=dep.operator, block=dep.block)
+                why = ""
+            except ChainError as exc:
+                why = deployment_unknown(exc)
+        return {**status, "chain_id": chain_id, "deployment": deployment,
+                "deployment_message": why, "contracts": dict(CONTRACTS)}
+
+    @staticmethod
+    def abi(name: str) -> list[dict[str, Any]] | None:
+        """The ABI of contract `name` from the committed artifacts; None for another name."""
+        if name not in CONTRACTS.values():
+            return None
+        return load_artifact(name).abi
 
     def mining_status(self) -> dict[str, Any]:
         """{"mining", "available", "detail"} (never raises)."""

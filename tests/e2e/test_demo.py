@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,10 @@ from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
+RULE = "=" * 72
+STOPS = ["stopping the web app ... stopped", "stopping the meter bridge (relays open) ... stopped",
+         "stopping the emulated meters ... stopped",
+         "stopping the chain node (saving the chain) ... saved at block "]
 
 
 def _run_demo(data_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
@@ -45,6 +51,25 @@ def _stop(process: subprocess.Popen) -> int:
             process.kill()
 
 
+def _banner_is_last(log: Path) -> None:
+    """The terminal ends with the banner: no request, reading or INFO line after it."""
+    text = log.read_text()
+    assert text.endswith(RULE + "\n"), text[-2000:]
+    banner = text[text.rindex(RULE, 0, len(text) - len(RULE) - 1):]
+    assert "Microgrid Energy Exchange is running: open http://localhost:" in banner
+    assert " INFO " not in text and "werkzeug" not in text and '"GET /' not in text
+
+
+def _stopped_in_order(log: Path) -> int:
+    """Ctrl-C's lines, one per stop, in order; the chain's saved block (the last line)."""
+    text = log.read_text()
+    at = [text.index(line) for line in STOPS]
+    assert at == sorted(at), text[-2000:]
+    saved = re.fullmatch(r"(?s).*saved at block (\d+)\n", text)
+    assert saved, text[-2000:]
+    return int(saved.group(1))
+
+
 def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
     data = tmp_path / "data"
     process, web = _run_demo(data, tmp_path / "first.log")
@@ -53,7 +78,9 @@ def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
         labels = {a["label"] for a in accounts["accounts"]}
         assert {"producer", "consumer"} <= labels
         chain = requests.get(f"http://127.0.0.1:{web}/api/v1/chain", timeout=5).json()
-        assert chain["available"] is True
+        assert chain["available"] is True and chain["deployment"]["market"]
+        time.sleep(5)  # meter readings, live pushes and requests: none of them on the terminal
+        _banner_is_last(tmp_path / "first.log")
     finally:
         assert _stop(process) in (0, 130)
     first = (tmp_path / "first.log").read_text()
@@ -62,13 +89,26 @@ def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
     assert "passphrase:" in first and "deployed: market" in first
     assert (data / "chain" / "anvil-state.json").is_file()
     assert oct((data / "demo" / "user-passphrases").stat().st_mode & 0o777) == "0o600"
+    saved = _stopped_in_order(tmp_path / "first.log")
+    passphrases = re.findall(r"passphrase: (\S+)", first)
+    assert len(passphrases) == 2
 
     process, web = _run_demo(data, tmp_path / "second.log")
     try:
         again = requests.get(f"http://127.0.0.1:{web}/api/v1/accounts", timeout=5).json()
         assert again == accounts  # the same accounts, no new ones
+        chain = requests.get(f"http://127.0.0.1:{web}/api/v1/chain", timeout=5).json()
+        assert chain["block"] >= saved  # the saved chain, resumed
+        status = subprocess.run(
+            [sys.executable, "-m", "dapp.cli", "demo", "--status", "--port", str(web)],
+            cwd=ROOT, env={**os.environ, "MICROGRID_DATA_DIR": str(data)},
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        assert "is running: open http://localhost:" in status
+        assert all(secret in status for secret in passphrases)  # the banner, shown again
     finally:
         _stop(process)
     second = (tmp_path / "second.log").read_text()
     assert "found the market" in second and "deployed: market" not in second
     assert "passphrase:" not in second  # printed once, on the first run only
+    _stopped_in_order(tmp_path / "second.log")
