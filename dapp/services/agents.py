@@ -182,8 +182,18 @@ class AgentService:
 
     # -- settings -------------------------------------------------------------------------------
 
+    def purge_expired(self) -> None:
+        """Turn off the agents whose time is up (their keys are forgotten), saying so."""
+        with self._lock:
+            now = self._clock()
+            expired = [self._agents.pop(k).account.address
+                       for k, a in list(self._agents.items()) if a.expires_at <= now]
+        for address in expired:
+            self._log(address, "status", [messages.agent_expired(self.expiry_s / 3600)])
+
     def is_on(self, address: str) -> bool:
         """Whether the agent of `address` is on."""
+        self.purge_expired()
         with self._lock:
             return address.lower() in self._agents
 
@@ -197,6 +207,7 @@ class AgentService:
 
     def status(self, address: str) -> dict[str, Any]:
         """The agent of `address`: on/off, limits, when it expires, the log (newest first)."""
+        self.purge_expired()
         key = address.lower()
         with self._lock:
             agent = self._agents.get(key)
@@ -271,13 +282,9 @@ class AgentService:
 
     def run_once(self) -> int:
         """Decide and act for every agent that is on; returns the number of actions sent."""
+        self.purge_expired()
         with self._lock:
-            now = self._clock()
-            expired = [self._agents.pop(k).account.address
-                       for k, a in list(self._agents.items()) if a.expires_at <= now]
             agents = list(self._agents.values())
-        for address in expired:
-            self._log(address, "status", [messages.agent_expired(self.expiry_s / 3600)])
         if not agents or not self._run_lock.acquire(blocking=False):
             return 0
         try:
