@@ -266,13 +266,6 @@ class AgentService:
         self._log(account.address, "status", [text])
         return {"message": text, **self.status(account.address)}
 
-    def turn_off(self, address: str) -> None:
-        """Turn the agent of `address` off and forget its key."""
-        with self._lock:
-            gone = self._agents.pop(address.lower(), None)
-        if gone is not None:
-            self._log(address, "status", [messages.AGENT_TURNED_OFF])
-
     def forget_all(self) -> None:
         """Turn every agent off (the server stops): no key stays behind."""
         with self._lock:
