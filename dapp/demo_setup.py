@@ -29,7 +29,7 @@ from dapp.chain.discovery import AmbiguousDeployment
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
 from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
-from hardware.models import LoadProfile, Plant, SolarArray
+from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
 
 ETHER = 10**18
@@ -50,6 +50,12 @@ class DemoSettings:
     acceleration: float = 60.0
     pv_peak_w: float = 800.0
     load_profile: str = "0:150,7:400,12:300,19:600,23:150"
+    # The producer's own household (about 2.8 kWh a day, against some 5 kWh its 800 W of PV
+    # stores on a sunny day) and a battery large enough that it is rarely full: the supply
+    # counter, and so the producer's tokens, grow whenever the sun shines.
+    producer_load_profile: str = "0:60,7:200,9:100,17:250,22:80"
+    battery_wh: float = 6000.0
+    battery_soc: float = 0.4
     min_duration: int = 60
     stall_timeout: int = 180  # the bridge sends a heartbeat at least every third of it
 
@@ -196,8 +202,12 @@ class DemoSetup:
             self.out(f"      deployed: market {dep.market}")
 
     def _plant(self) -> Plant:
-        return Plant(pv=SolarArray(peak_w=self.settings.pv_peak_w),
-                     load=LoadProfile.parse(self.settings.load_profile))
+        settings = self.settings
+        return Plant(pv=SolarArray(peak_w=settings.pv_peak_w),
+                     battery=LeadAcidBattery(capacity_wh=settings.battery_wh,
+                                             soc=settings.battery_soc),
+                     load=LoadProfile.parse(settings.load_profile),
+                     own_load=LoadProfile.parse(settings.producer_load_profile))
 
     def _user(self, label: str):
         """Unlock a demo user's key (a new passphrase, or the copy in the passphrase file)."""

@@ -40,6 +40,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         acceleration=args.acceleration,
         pv_peak_w=args.peak_power,
         load_profile=args.load_profile,
+        producer_load_profile=args.producer_load_profile,
+        battery_wh=args.battery_wh,
     )
     setup = DemoSetup(settings, out=lambda line: print(line, flush=True))
     try:
@@ -180,6 +182,11 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="PV power at noon in W")
     option(p, "--load-profile", env="LOAD_PROFILE", default="0:150,7:400,12:300,19:600,23:150",
            help="the consumer's load, W or hour:W steps")
+    option(p, "--producer-load-profile", env="PRODUCER_LOAD_PROFILE",
+           default="0:60,7:200,9:100,17:250,22:80",
+           help="the producer's own household, drawing from its battery, W or hour:W steps")
+    option(p, "--battery-wh", env="BATTERY_WH", type=float, default=6000.0,
+           help="the producer's battery capacity in Wh (it starts 40 % full)")
     option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
            help="scrypt cost of accounts created on the login page")
     add_log_level_option(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -112,3 +113,42 @@ def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
     assert "found the market" in second and "deployed: market" not in second
     assert "passphrase:" not in second  # printed once, on the first run only
     _stopped_in_order(tmp_path / "second.log")
+
+
+def test_the_demo_stays_alive_tokens_still_grow_after_hours_of_emulated_sun(tmp_path):
+    # 80x: a minute of the test is 80 emulated minutes of the producer's day from noon. With the
+    # old plant (a small battery and no household behind the meter) the battery was full and
+    # the supply counter stood still after about 90 s at 60x.
+    data = tmp_path / "data"
+    web, node = free_port(), free_port()
+    env = {**os.environ, "MICROGRID_DATA_DIR": str(data)}
+    log = tmp_path / "alive.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dapp.cli", "demo", "--port", str(web), "--node-port", str(node),
+         "--acceleration", "80"], cwd=ROOT, env=env, stdout=log.open("w"),
+        stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _serving(process, web, log), timeout=90, step=0.5)
+        state = json.loads((data / "demo" / "demo.json").read_text())
+        from dapp.chain.client import ChainClient
+
+        chain = ChainClient(f"http://127.0.0.1:{node}", tmp_path / "reader")
+        tokens = lambda: chain.token_balance(state["producer"])  # noqa: E731
+        samples = []
+        for _ in range(3):  # a minute of the test, 80 emulated minutes of afternoon sun
+            time.sleep(20)
+            samples.append(tokens())
+        assert samples == sorted(samples) and len(set(samples)) == len(samples), samples
+        # Still growing at the end: well over 100 Wh in the last 27 emulated minutes (the old
+        # plant's battery was full, and its counter still, about 75 s after the start at 80x).
+        assert samples[-1] - samples[-2] > 100, samples
+    finally:
+        _stop(process)
+
+
+def _serving(process: subprocess.Popen, web: int, log: Path) -> bool:
+    assert process.poll() is None, log.read_text()
+    try:
+        return requests.get(f"http://127.0.0.1:{web}/", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
