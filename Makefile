@@ -27,8 +27,10 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# Quick mode by default (a few minutes); `make bench FULL=1` for the full sizes.
 bench: install
 	$(PY) bench/gas.py
+	$(PY) -m bench.run $(if $(FULL),--full)
 	MICROGRID_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/web/test_fuzz_api.py
 
 # Everything from a fresh clone to the app on http://localhost:3000 (Ctrl-C stops it all).

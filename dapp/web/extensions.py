@@ -1,10 +1,11 @@
 """The app's own state, kept in ``app.extensions["microgrid"]``.
 
 `AppState` holds what one app needs: the chain client, the keystore, the unlocked keys, the
-services, the login limiters, the live hub, and the background tasks (the event listener and
-the hub's ticker). Flask-SocketIO (threading mode: web3 and pyserial block) is made per app by
-`make_socketio`, not once at module level: a SocketIO object keeps one server, so two apps in
-one process (the tests make many) would otherwise share it.
+services, the login limiters, the live hub, and the background tasks (the new-heads feed, the
+event listener it wakes and the hub's ticker the listener wakes). Flask-SocketIO (threading
+mode: web3 and pyserial block) is made per app by `make_socketio`, not once at module level: a
+SocketIO object keeps one server, so two apps in one process (the tests make many) would
+otherwise share it.
 
 Every consumer of chain events subscribes to the process's one `EventListener` (its own
 subscriber list is the only one): the meter board, the market service and the live hub from
@@ -32,6 +33,7 @@ from flask_socketio import SocketIO
 
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent, EventListener
+from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
 from dapp.services.agents import AgentService
 from dapp.services.market import AutoFinalizer, MarketService
@@ -92,6 +94,10 @@ class AppState:
                            keys=self.keys, on_block=self._on_block,
                            interval=live_interval)
         self.listener_interval = listener_interval
+        # New blocks by subscription where the node offers it (else a short poll): the listener
+        # polls on each new head and then wakes the hub, instead of each sleeping a fixed time.
+        self.heads = HeadFeed(client.rpc_url, client.block_number,
+                              poll=min(0.1, listener_interval))
         self._lock = threading.Lock()
         self._listener: EventListener | None = None
         self._waiting: dict[int, Subscriber] = {}  # until the listener exists
@@ -165,6 +171,7 @@ class AppState:
             self._stop = stop = threading.Event()
         self.hub.begin()
         self._tasks = [
+            self.socketio.start_background_task(self.heads.run, stop),
             self.socketio.start_background_task(self._listen, stop),
             self.socketio.start_background_task(self.hub.run, stop),
         ]
@@ -208,7 +215,8 @@ class AppState:
             log.info("live: %d recent meter readings loaded", count)
         except Exception as exc:  # noqa: BLE001 - the chart starts empty instead
             log.warning("live: meter history not loaded: %s", exc)
-        listener.run(stop, interval=self.listener_interval)
+        listener.run(stop, interval=self.listener_interval, heads=self.heads,
+                     on_poll=self.hub.wake)
 
     def status(self) -> dict[str, Any]:
         """Chain status for templates and the API."""
