@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "CHART_WINDOW_SECONDS": 6 * 3600,
     "CHART_BUCKET_SECONDS": 600,
     "START_BACKGROUND": True,
+    "AGENT_BATTERY_KWH": 10.0,  # the battery the trading agents assume (no SoC from the meters)
+    "AGENT_EXPIRY_HOURS": 24.0,  # an agent turns itself off (forgets the key) after this
     "NODE_MODULES": str(ROOT / "node_modules"),
     "MAX_CONTENT_LENGTH": 256 * 1024,
     "SESSION_COOKIE_NAME": "microgrid_session",
@@ -143,6 +145,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         listener_interval=float(app.config["LISTENER_INTERVAL"]),
         chart_window=int(app.config["CHART_WINDOW_SECONDS"]),
         chart_bucket=int(app.config["CHART_BUCKET_SECONDS"]),
+        agent_capacity_wh=float(app.config["AGENT_BATTERY_KWH"]) * 1000,
+        agent_expiry_s=float(app.config["AGENT_EXPIRY_HOURS"]) * 3600,
     )
     app.extensions["microgrid"] = ext
 

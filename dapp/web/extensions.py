@@ -35,11 +35,12 @@ from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent, EventListener
 from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
+from dapp.services.agents import AgentService
 from dapp.services.market import AutoFinalizer, MarketService
 from dapp.services.meters import Bridge, MeterBoard
 from dapp.services.wallet import WalletService
 from dapp.wallet.keystore import Keystore, UnlockedKeys
-from dapp.web.live import LiveHub
+from dapp.web.live import LiveHub, user_room
 from dapp.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class AppState:
         listener_interval: float = 1.0,
         chart_window: int = 6 * 3600,
         chart_bucket: int = 600,
+        agent_capacity_wh: float = 10_000.0,
+        agent_expiry_s: float = 24 * 3600.0,
     ) -> None:
         self.client = client
         self.keystore = keystore
@@ -78,11 +81,19 @@ class AppState:
         self.wallet = WalletService(client, keystore, self.meters)
         self.market = MarketService(client, self.meters, names=self.wallet.label_of)
         self.finalizer = AutoFinalizer(self.market, finalizer)
+        # Trading agents act on each new block (the hub's per-block hook), after the finalizer;
+        # their log goes to the owner's room as `agent` events.
+        self.agents = AgentService(
+            client, self.market, self.meters, capacity_wh=agent_capacity_wh,
+            expiry_s=agent_expiry_s,
+            emit=lambda address, entry: socketio.emit("agent", entry, to=user_room(address)),
+            on_sent=self._agent_sent, finalize_own=not self.finalizer.enabled,
+        )
         self.login_per_account = RateLimiter(login_limit_per_account, login_limit_window)
         self.login_per_client = RateLimiter(login_limit_per_client, login_limit_window)
         self.socketio = socketio
         self.hub = LiveHub(socketio, client=client, wallet=self.wallet, market=self.market,
-                           keys=self.keys, on_block=self.finalizer.run_once,
+                           keys=self.keys, on_block=self._on_block,
                            interval=live_interval)
         self.listener_interval = listener_interval
         # New blocks by subscription where the node offers it (else a short poll): the listener
@@ -142,6 +153,16 @@ class AppState:
         if relay_moved:  # the cards show relays; generation alone moves only the owner's wallet
             self.hub.touch_market()
 
+    def _agent_sent(self, address: str, tx_hash: str, kind: str) -> None:
+        """An agent sent a transaction: its owner's pending list and the market change."""
+        self.hub.touch_user(address)
+        self.hub.touch_market()
+
+    def _on_block(self) -> None:
+        """The hub's per-block hook: finalize due auctions, then let the agents act."""
+        self.finalizer.run_once()
+        self.agents.run_once()
+
     # -- background tasks -----------------------------------------------------------------------
 
     def start_background(self) -> None:
@@ -164,6 +185,7 @@ class AppState:
         if stop is None:
             return
         stop.set()
+        self.agents.forget_all()  # no key outlives the server's tasks
         for task in self._tasks:
             task.join(timeout)
         self._tasks = []
