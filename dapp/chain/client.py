@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from web3 import Web3
 from web3.logs import DISCARD
 
@@ -124,6 +124,9 @@ class Reading:
 
 
 ZERO = "0x0000000000000000000000000000000000000000"
+
+# The market events that say which lots exist and which are still Listed or Open.
+LOT_HISTORY = ("Listed", "TradeOpened", "ListingExpired", "ConnectionClosed")
 
 # MeterRegistry.MeterKind, in declaration order (the device side names the kinds).
 METER_KIND_IDS = {SUPPLY: 0, LOAD: 1}
@@ -271,9 +274,30 @@ class ChainClient:
         """Withdrawable credit in the market, in wei."""
         return int(self._market.functions.creditOf(to_checksum_address(address)).call())
 
-    def lot_count(self) -> int:
-        """Number of lots ever listed."""
-        return int(self._market.functions.lotCount().call())
+    def lot_count(self, block: int | str = "latest") -> int:
+        """Number of lots ever listed (as of `block`); ids run from 1 to this."""
+        return int(self._market.functions.lotCount().call(block_identifier=block))
+
+    def lot_history(self, from_block: int, to_block: int) -> list[tuple[str, dict[str, Any]]]:
+        """(event name, args) of the market's Listed, TradeOpened, ListingExpired and
+        ConnectionClosed events in blocks `from_block`..`to_block`, in chain order (one
+        eth_getLogs; keep the window small)."""
+        market = self._market
+        events = {name: getattr(market.events, name)() for name in LOT_HISTORY}
+        by_topic = {"0x" + bytes(event_abi_to_log_topic(e.abi)).hex(): e
+                    for e in events.values()}
+        logs = self._w3.eth.get_logs({
+            "address": market.address, "fromBlock": from_block, "toBlock": to_block,
+            "topics": [list(by_topic)],
+        })
+        out = []
+        for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
+            topic = _hex(entry["topics"][0])
+            event = by_topic.get(topic)
+            if event is not None:
+                decoded = event.process_log(entry)
+                out.append((decoded["event"], dict(decoded["args"])))
+        return out
 
     def lot(self, lot_id: int) -> Lot:
         """One listing or trade."""
