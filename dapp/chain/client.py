@@ -177,7 +177,7 @@ class ChainClient:
     def mining(self) -> MiningControl:
         """Start/stop mining for this node."""
         if self._mining is None:
-            self._mining = MiningControl(self._w3, self.info)
+            self._mining = MiningControl(self._w3, self.info, self.rpc_url)
         return self._mining
 
     def mining_status(self) -> MiningStatus:
