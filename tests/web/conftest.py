@@ -50,7 +50,8 @@ ROLES = ("producer", "consumer", "rival", "finalizer")
 class World:
     """An in-process chain with the contracts, a keystore of people by role, and helpers."""
 
-    def __init__(self, root: Path, tokens_wh: int = 5_000) -> None:
+    def __init__(self, root: Path, tokens_wh: int = 5_000,
+                 buyers: tuple[str, ...] = BUYERS) -> None:
         self.name = f"web-{uuid.uuid4().hex[:10]}"
         self.url = f"inprocess://{self.name}"
         self.chain: InProcessChain = shared_chain(self.name)
@@ -82,7 +83,7 @@ class World:
         self.load_meters: dict[str, SigningMeter] = {}  # owner -> its one load meter
         if tokens_wh:
             self.mint(self.address["producer"], tokens_wh)
-        for role in BUYERS:  # only accounts with an accepted load meter may bid
+        for role in buyers:  # only accounts with an accepted load meter may bid
             assert self.load_meter(self.address[role]).report(self.client, self.bank).accepted
 
     def account(self, role: str) -> Any:
@@ -132,6 +133,11 @@ class World:
         if self.client.lot(trade_id).status == LotStatus.OPEN:  # it was a request
             self.advance(1)
             self.heartbeat(self.address[role])
+
+    def no_open_trades(self, role: str) -> None:
+        """Close the trades other tests left open for `role` (they would be settled first)."""
+        while earlier := self.client.active_trade_of(self.address[role]):
+            self.buyer_closes(role, earlier)
 
     def close(self) -> None:
         """Stop the chain's block timer."""

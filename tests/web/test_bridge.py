@@ -21,6 +21,14 @@ from tests.web.conftest import Browser, World, wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The consumer's load meter is the emulated one here: the world gives it none."""
+    made = World(tmp_path_factory.mktemp("bridge-world"), buyers=("rival",))
+    yield made
+    made.close()
+
+
 @pytest.fixture
 def bridged(make_app, world: World) -> Iterator[tuple[Flask, Any]]:
     """The app with a bridge over an emulated supply (producer) and load (consumer) meter."""

@@ -42,12 +42,6 @@ def bid(world: World, person: Browser, lot: int, price: str) -> None:
     world.mine(pending_tx(person))
 
 
-def no_open_trades(world: World, role: str) -> None:
-    """Close the trades other tests left open for `role` (they would come first)."""
-    while earlier := world.client.active_trade_of(world.address[role]):
-        world.buyer_closes(role, earlier)
-
-
 def card(html: str, kind: str, number: int) -> str:
     """The HTML of one card."""
     match = re.search(rf'<article[^>]*id="{kind}-{number}".*?</article>', html, re.S)
@@ -198,7 +192,7 @@ def test_ended_auction_without_a_server_account_offers_finalize(producer, consum
 
 
 def test_close_connection_rules(producer, consumer, world, app):
-    no_open_trades(world, "consumer")  # this trade is to be the consumer's active one
+    world.no_open_trades("consumer")  # this trade is to be the consumer's active one
     lot = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, lot, "0.001")
     world.advance(601)
@@ -242,7 +236,7 @@ def test_close_connection_rules(producer, consumer, world, app):
 
 
 def test_seller_may_close_a_stalled_trade(producer, consumer, world):
-    no_open_trades(world, "consumer")
+    world.no_open_trades("consumer")
     lot = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, lot, "0.001")
     world.advance(601)
@@ -269,7 +263,7 @@ def test_seller_may_close_a_stalled_trade(producer, consumer, world):
 
 def test_a_queued_trade_shows_as_queued_and_its_seller_waits_for_a_stall(producer, consumer,
                                                                            world):
-    no_open_trades(world, "consumer")
+    world.no_open_trades("consumer")
     oldest = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, oldest, "0.001")
     queued = sell(world, producer, energy="1", price="0.001")
