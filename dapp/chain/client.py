@@ -301,23 +301,33 @@ class ChainClient:
 
     def lot(self, lot_id: int) -> Lot:
         """One listing or trade."""
-        info = self._market.functions.lotOf(lot_id).call()
-        (status, seller, buyer, energy, price, deadline, delivered, active_since, deposit, paid,
-         close_requested) = info
-        return Lot(
-            id=lot_id,
-            status=LotStatus(status),
-            seller=seller,
-            buyer=None if buyer == ZERO else buyer,
-            energy_wh=energy,
-            price_per_kwh=price,
-            deadline=deadline,
-            delivered_wh=delivered,
-            active_since=active_since,
-            deposit_wei=deposit,
-            paid_wei=paid,
-            close_requested_at=close_requested,
-        )
+        return _lot(lot_id, self._market.functions.lotOf(lot_id).call())
+
+    def lots_by_id(self, ids: list[int]) -> list[Lot]:
+        """Several lots (JSON-RPC batches where the node takes them)."""
+        fn = self._market.functions.lotOf
+        return [_lot(i, info) for i, info in zip(ids, self._many([fn(i) for i in ids]),
+                                                 strict=True)]
+
+    def stalls_at_many(self, trade_ids: list[int]) -> list[int]:
+        """`stalls_at` of several trades (JSON-RPC batches where the node takes them)."""
+        fn = self._market.functions.stallsAt
+        return [int(v) for v in self._many([fn(i) for i in trade_ids])]
+
+    def _many(self, calls: list[Any], chunk: int = 200) -> list[Any]:
+        """Results of contract calls, sent in batches of `chunk` (one by one if not possible)."""
+        out: list[Any] = []
+        for start in range(0, len(calls), chunk):
+            part = calls[start:start + chunk]
+            try:
+                with self._w3.batch_requests() as batch:
+                    for call in part:
+                        batch.add(call)
+                    out.extend(batch.execute())
+            except (NotImplementedError, AttributeError, TypeError, ValueError) as exc:
+                log.debug("batch reads unavailable (%s): one call each", exc)
+                out.extend(call.call() for call in part)
+        return out
 
     def lots(self, statuses: set[LotStatus] | None = None, last: int = 200) -> list[Lot]:
         """The newest `last` lots, optionally only those in `statuses`."""
@@ -570,3 +580,23 @@ def _hex(value: Any) -> str:
     if isinstance(value, str):
         return value.lower()
     return "0x" + bytes(value).hex()
+
+
+def _lot(lot_id: int, info: Any) -> Lot:
+    """A Lot from lotOf's answer."""
+    (status, seller, buyer, energy, price, deadline, delivered, active_since, deposit, paid,
+     close_requested) = info
+    return Lot(
+        id=lot_id,
+        status=LotStatus(status),
+        seller=seller,
+        buyer=None if buyer == ZERO else buyer,
+        energy_wh=energy,
+        price_per_kwh=price,
+        deadline=deadline,
+        delivered_wh=delivered,
+        active_since=active_since,
+        deposit_wei=deposit,
+        paid_wei=paid,
+        close_requested_at=close_requested,
+    )

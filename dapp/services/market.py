@@ -166,8 +166,7 @@ class MarketService:
     def lots(self) -> list[Lot]:
         """Every Listed or Open lot, fresh from the chain, oldest first (exact: see OpenLots)."""
         out = []
-        for lot_id in self.board.open_ids():
-            lot = self.client.lot(lot_id)
+        for lot in self.client.lots_by_id(self.board.open_ids()):
             self.board.saw(lot)
             if lot.status in (LotStatus.LISTED, LotStatus.OPEN):
                 out.append(lot)
@@ -224,15 +223,17 @@ class MarketService:
                         if lot.status == LotStatus.LISTED]
             states = self.meters.states()
             buyers: dict[str, tuple[int, int]] = {}  # buyer -> (active trade, carried Wh)
+            open_trades = [lot for lot in lots
+                           if lot.status == LotStatus.OPEN and lot.buyer is not None]
+            stalls = self.client.stalls_at_many([lot.id for lot in open_trades])
             trades = []
-            for lot in lots:
-                if lot.status != LotStatus.OPEN or lot.buyer is None:
-                    continue
-                if lot.buyer not in buyers:
-                    buyers[lot.buyer] = (self.client.active_trade_of(lot.buyer),
-                                         self.client.carried_of(lot.buyer))
-                active, carried = buyers[lot.buyer]
-                trades.append(self._trade(lot, now, params, states, active, carried))
+            for lot, stall_at in zip(open_trades, stalls, strict=True):
+                buyer = lot.buyer or ""
+                if buyer not in buyers:
+                    buyers[buyer] = (self.client.active_trade_of(buyer),
+                                     self.client.carried_of(buyer))
+                active, carried = buyers[buyer]
+                trades.append(self._trade(lot, now, params, states, active, carried, stall_at))
         except ChainError as exc:
             return {"available": False, "message": chain_error_sentence(exc),
                     "listings": [], "trades": [], "cleared": [], "chain_time": None,
@@ -291,9 +292,8 @@ class MarketService:
         }
 
     def _trade(self, lot: Lot, now: int, params: dict[str, int], states: list,
-               active_id: int, carried_wh: int) -> dict[str, Any]:
+               active_id: int, carried_wh: int, stall_at: int) -> dict[str, Any]:
         active = active_id == lot.id
-        stall_at = self.client.stalls_at(lot.id)
         close_at = rules.seller_close_at(stall_at, lot.close_requested_at, params["close_grace"])
         grace_ends = (rules.grace_ends_at(lot.close_requested_at, params["close_grace"])
                       if lot.closing else None)
