@@ -137,10 +137,11 @@ def build(market: MarketBuilder, lots: int) -> dict[str, int]:
     market.meter("producer", "supply", lots * 2)
     market.meter("consumer", "load", 0)
     first = market.client.lot_count() + 1
-    market.bulk("producer", [("list", [2, PRICE, 60], 0)] * (OPEN_TRADES + ended))
+    # An hour each: listing them all takes a while of the node's (wall-clock) time.
+    market.bulk("producer", [("list", [2, PRICE, 3600], 0)] * (OPEN_TRADES + ended))
     deposit = market.client.deposit_for(first, PRICE)
     market.bulk("consumer", [("bid", [first + i, PRICE], deposit) for i in range(OPEN_TRADES)])
-    market.advance(61)
+    market.advance(3601)
     market.bulk("finalizer", [("finalize", [first + i], 0)
                               for i in range(OPEN_TRADES + ended)])
     market.bulk("producer", [("list", [2, PRICE, 7 * 86_400], 0)] * OPEN_LISTINGS)
