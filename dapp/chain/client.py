@@ -329,16 +329,6 @@ class ChainClient:
                 out.extend(call.call() for call in part)
         return out
 
-    def lots(self, statuses: set[LotStatus] | None = None, last: int = 200) -> list[Lot]:
-        """The newest `last` lots, optionally only those in `statuses`."""
-        count = self.lot_count()
-        out = []
-        for lot_id in range(max(1, count - last + 1), count + 1):
-            lot = self.lot(lot_id)
-            if statuses is None or lot.status in statuses:
-                out.append(lot)
-        return out
-
     def deposit_for(self, lot_id: int, price_per_kwh: int) -> int:
         """Wei a bid of `price_per_kwh` on `lot_id` must send."""
         return int(self._market.functions.depositFor(lot_id, price_per_kwh).call())
