@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from dapp.chain.anvil import ManagedAnvil
@@ -160,6 +161,10 @@ def world(tmp_path) -> Iterator[dict]:
             server = MeterServer(emulated)
             urls[key] = server.start()
             meters.append(server)
+        # The second buyer bids too, so it needs a load meter of its own (it never reports here).
+        who["rival_meter"] = Account.create().address
+        offer_meter(producer_dir, node.url, who["operator"], who["rival_meter"], who["rival"],
+                    "load", 3_000, pw)
         # Each household's server forwards its meter's signed readings and pays their gas.
         servers.append(Server("producer", producer_dir, node.url,
                               (urls["supply_meter"], who["supply_meter"]), who["producer"],
@@ -203,10 +208,12 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     assert chain.token_balance(who["producer"]) == 0
     assert chain.meter(who["supply_meter"]).sequence == 0  # no reading was accepted
     for base, http, meter in ((api_p, producer, who["supply_meter"]),
-                              (api_c, consumer, who["load_meter"])):
+                              (api_c, consumer, who["load_meter"]),
+                              (api_c, rival, who["rival_meter"])):
         post(http, f"{base}/meters/{meter}/accept")
     wait_for(lambda: chain.meter(who["supply_meter"]).active
-             and chain.meter(who["load_meter"]).active, timeout=20)
+             and chain.meter(who["load_meter"]).active
+             and chain.meter(who["rival_meter"]).active, timeout=20)
     assert chain.load_meter_of(who["consumer"]) == who["load_meter"]
 
     # 1. The producer's PV charges the battery: the bridge's readings mint tokens, first pending
