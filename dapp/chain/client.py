@@ -281,22 +281,34 @@ class ChainClient:
     def lot_history(self, from_block: int, to_block: int) -> list[tuple[str, dict[str, Any]]]:
         """(event name, args) of the market's Listed, TradeOpened, ListingExpired and
         ConnectionClosed events in blocks `from_block`..`to_block`, in chain order (one
-        eth_getLogs; keep the window small)."""
+        eth_getLogs; keep the window small). Args: the lot id (`listingId` or `tradeId`) and,
+        for Listed and TradeOpened, the numbers their data carries (decoded here by position:
+        a seed reads tens of thousands of these)."""
         market = self._market
-        events = {name: getattr(market.events, name)() for name in LOT_HISTORY}
-        by_topic = {"0x" + bytes(event_abi_to_log_topic(e.abi)).hex(): e
-                    for e in events.values()}
+        topics = {"0x" + bytes(event_abi_to_log_topic(getattr(market.events, name)().abi)).hex():
+                  name for name in LOT_HISTORY}
         logs = self._w3.eth.get_logs({
             "address": market.address, "fromBlock": from_block, "toBlock": to_block,
-            "topics": [list(by_topic)],
+            "topics": [list(topics)],
         })
         out = []
         for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
-            topic = _hex(entry["topics"][0])
-            event = by_topic.get(topic)
-            if event is not None:
-                decoded = event.process_log(entry)
-                out.append((decoded["event"], dict(decoded["args"])))
+            name = topics.get(_hex(entry["topics"][0]))
+            if name is None:
+                continue
+            lot_id = int.from_bytes(bytes(entry["topics"][1]), "big")
+            data = bytes(entry["data"])
+            words = [int.from_bytes(data[i:i + 32], "big") for i in range(0, len(data), 32)]
+            if name == "Listed":  # energyWh, startPricePerKWh, deadline
+                args = {"listingId": lot_id, "energyWh": words[0],
+                        "startPricePerKWh": words[1], "deadline": words[2]}
+            elif name == "TradeOpened":  # energyWh, pricePerKWh
+                args = {"tradeId": lot_id, "energyWh": words[0], "pricePerKWh": words[1]}
+            elif name == "ListingExpired":
+                args = {"listingId": lot_id}
+            else:
+                args = {"tradeId": lot_id}
+            out.append((name, args))
         return out
 
     def lot(self, lot_id: int) -> Lot:

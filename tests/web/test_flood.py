@@ -74,6 +74,8 @@ def test_a_flood_of_listings_hides_no_open_trade_and_no_ended_auction(market):
     assert trade in {t["id"] for t in snapshot["trades"]}
     listings = {item["id"] for item in snapshot["listings"]}
     assert ended in listings and len(listings) == FLOOD + 1
+    cleared = next(c for c in snapshot["cleared"] if c["id"] == trade)
+    assert (cleared["price"], cleared["energy_kwh"]) == ("0.001", "0.5")
     html = person.get("/market/").get_data(as_text=True)
     assert f'id="trade-{trade}"' in html and f'id="listing-{ended}"' in html
     assert f"Trade #{trade}" in html.split('id="close"')[1]  # the consumer's own, by index
