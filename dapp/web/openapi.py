@@ -147,6 +147,15 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "get": _op("Open listings, open trades, cleared prices",
                        _json({"$ref": REF + "Market"}), errors=("401",)),
         },
+        "/market/mine": {
+            "get": _op("The account's own open trades (settlement order) and lots, exactly, from "
+                       "the market's per-account indexes",
+                       _json(_obj(["buying", "selling", "active"],
+                                  buying={"type": "array", "items": {"type": "integer"}},
+                                  selling={"type": "array", "items": {"type": "integer"}},
+                                  active={"type": ["integer", "null"]})),
+                       errors=("401",)),
+        },
         "/market/listings": {
             "post": _op("Sell: list energy tokens for auction", _json(TX_RESULT, "Sent"),
                         body=_obj(["energy", "price", "duration"],

@@ -79,6 +79,8 @@ def test_a_flood_of_listings_hides_no_open_trade_and_no_ended_auction(market):
     html = person.get("/market/").get_data(as_text=True)
     assert f'id="trade-{trade}"' in html and f'id="listing-{ended}"' in html
     assert f"Trade #{trade}" in html.split('id="close"')[1]  # the consumer's own, by index
+    assert person.get("/api/v1/market/mine").get_json() == {
+        "buying": [trade], "selling": [], "active": trade}
 
     finalizer = AutoFinalizer(app.extensions["microgrid"].market, market.account("finalizer"))
     sent = finalizer.run_once()
