@@ -31,6 +31,7 @@ test: install
 bench: install
 	$(PY) bench/gas.py
 	$(PY) -m bench.run $(if $(FULL),--full)
+	$(PY) -m bench.pages
 	MICROGRID_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/web/test_fuzz_api.py
 
 # Everything from a fresh clone to the app on http://localhost:3000 (Ctrl-C stops it all).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from web3 import Web3
 from web3.logs import DISCARD
 
@@ -126,6 +126,9 @@ class Reading:
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
+# The market events that say which lots exist and which are still Listed or Open.
+LOT_HISTORY = ("Listed", "TradeOpened", "ListingExpired", "ConnectionClosed")
+
 # MeterRegistry.MeterKind, in declaration order (the device side names the kinds).
 METER_KIND_IDS = {SUPPLY: 0, LOAD: 1}
 
@@ -175,7 +178,7 @@ class ChainClient:
     def mining(self) -> MiningControl:
         """Start/stop mining for this node."""
         if self._mining is None:
-            self._mining = MiningControl(self._w3, self.info)
+            self._mining = MiningControl(self._w3, self.info, self.rpc_url)
         return self._mining
 
     def mining_status(self) -> MiningStatus:
@@ -272,38 +275,71 @@ class ChainClient:
         """Withdrawable credit in the market, in wei."""
         return int(self._market.functions.creditOf(to_checksum_address(address)).call())
 
-    def lot_count(self) -> int:
-        """Number of lots ever listed."""
-        return int(self._market.functions.lotCount().call())
+    def lot_count(self, block: int | str = "latest") -> int:
+        """Number of lots ever listed (as of `block`); ids run from 1 to this."""
+        return int(self._market.functions.lotCount().call(block_identifier=block))
+
+    def lot_history(self, from_block: int, to_block: int) -> list[tuple[str, dict[str, Any]]]:
+        """(event name, args) of the market's Listed, TradeOpened, ListingExpired and
+        ConnectionClosed events in blocks `from_block`..`to_block`, in chain order (one
+        eth_getLogs; keep the window small). Args: the lot id (`listingId` or `tradeId`) and,
+        for Listed and TradeOpened, the numbers their data carries (decoded here by position:
+        a seed reads tens of thousands of these)."""
+        market = self._market
+        topics = {"0x" + bytes(event_abi_to_log_topic(getattr(market.events, name)().abi)).hex():
+                  name for name in LOT_HISTORY}
+        logs = self._w3.eth.get_logs({
+            "address": market.address, "fromBlock": from_block, "toBlock": to_block,
+            "topics": [list(topics)],
+        })
+        out = []
+        for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
+            name = topics.get(_hex(entry["topics"][0]))
+            if name is None:
+                continue
+            lot_id = int.from_bytes(bytes(entry["topics"][1]), "big")
+            data = bytes(entry["data"])
+            words = [int.from_bytes(data[i:i + 32], "big") for i in range(0, len(data), 32)]
+            if name == "Listed":  # energyWh, startPricePerKWh, deadline
+                args = {"listingId": lot_id, "energyWh": words[0],
+                        "startPricePerKWh": words[1], "deadline": words[2]}
+            elif name == "TradeOpened":  # energyWh, pricePerKWh
+                args = {"tradeId": lot_id, "energyWh": words[0], "pricePerKWh": words[1]}
+            elif name == "ListingExpired":
+                args = {"listingId": lot_id}
+            else:
+                args = {"tradeId": lot_id}
+            out.append((name, args))
+        return out
 
     def lot(self, lot_id: int) -> Lot:
         """One listing or trade."""
-        info = self._market.functions.lotOf(lot_id).call()
-        (status, seller, buyer, energy, price, deadline, delivered, active_since, deposit, paid,
-         close_requested) = info
-        return Lot(
-            id=lot_id,
-            status=LotStatus(status),
-            seller=seller,
-            buyer=None if buyer == ZERO else buyer,
-            energy_wh=energy,
-            price_per_kwh=price,
-            deadline=deadline,
-            delivered_wh=delivered,
-            active_since=active_since,
-            deposit_wei=deposit,
-            paid_wei=paid,
-            close_requested_at=close_requested,
-        )
+        return _lot(lot_id, self._market.functions.lotOf(lot_id).call())
 
-    def lots(self, statuses: set[LotStatus] | None = None, last: int = 200) -> list[Lot]:
-        """The newest `last` lots, optionally only those in `statuses`."""
-        count = self.lot_count()
-        out = []
-        for lot_id in range(max(1, count - last + 1), count + 1):
-            lot = self.lot(lot_id)
-            if statuses is None or lot.status in statuses:
-                out.append(lot)
+    def lots_by_id(self, ids: list[int]) -> list[Lot]:
+        """Several lots (JSON-RPC batches where the node takes them)."""
+        fn = self._market.functions.lotOf
+        return [_lot(i, info) for i, info in zip(ids, self._many([fn(i) for i in ids]),
+                                                 strict=True)]
+
+    def stalls_at_many(self, trade_ids: list[int]) -> list[int]:
+        """`stalls_at` of several trades (JSON-RPC batches where the node takes them)."""
+        fn = self._market.functions.stallsAt
+        return [int(v) for v in self._many([fn(i) for i in trade_ids])]
+
+    def _many(self, calls: list[Any], chunk: int = 200) -> list[Any]:
+        """Results of contract calls, sent in batches of `chunk` (one by one if not possible)."""
+        out: list[Any] = []
+        for start in range(0, len(calls), chunk):
+            part = calls[start:start + chunk]
+            try:
+                with self._w3.batch_requests() as batch:
+                    for call in part:
+                        batch.add(call)
+                    out.extend(batch.execute())
+            except (NotImplementedError, AttributeError, TypeError, ValueError) as exc:
+                log.debug("batch reads unavailable (%s): one call each", exc)
+                out.extend(call.call() for call in part)
         return out
 
     def deposit_for(self, lot_id: int, price_per_kwh: int) -> int:
@@ -566,3 +602,23 @@ def _hex(value: Any) -> str:
     if isinstance(value, str):
         return value.lower()
     return "0x" + bytes(value).hex()
+
+
+def _lot(lot_id: int, info: Any) -> Lot:
+    """A Lot from lotOf's answer."""
+    (status, seller, buyer, energy, price, deadline, delivered, active_since, deposit, paid,
+     close_requested) = info
+    return Lot(
+        id=lot_id,
+        status=LotStatus(status),
+        seller=seller,
+        buyer=None if buyer == ZERO else buyer,
+        energy_wh=energy,
+        price_per_kwh=price,
+        deadline=deadline,
+        delivered_wh=delivered,
+        active_since=active_since,
+        deposit_wei=deposit,
+        paid_wei=paid,
+        close_requested_at=close_requested,
+    )

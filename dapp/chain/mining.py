@@ -2,12 +2,21 @@
 
 `MiningControl` uses anvil/hardhat interval mining, the geth miner API or the in-process block
 timer, as `detect()` found, and says plainly when the node offers none of them.
+
+Mining is offered only where the node is this server's own (`foreign_node_reason`): the node
+URL reaches this machine (the in-process chain, an IPC path, or a loopback host such as
+127.0.0.1, ::1 or localhost) AND the client is one this app can drive (anvil, hardhat, the
+in-process chain, or a geth with the miner API). Through the LAN gateway (client
+"microgridgateway") or at another machine's address the control is refused with the reason: a
+household must not be able to halt the chain every other household relies on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from web3 import Web3
 
@@ -32,14 +41,50 @@ class MiningStatus:
 STOPPED_DETAIL = "new transactions stay pending until mining starts"
 
 
-class MiningControl:
-    """Start/stop mining on whatever node `w3` talks to; status is read back from the node."""
+def node_host(rpc_url: str) -> str | None:
+    """The host a node URL points at; None for the in-process chain and IPC paths (this machine)."""
+    url = rpc_url.strip()
+    if url.lower().startswith(("inprocess://", "file://")) or "://" not in url:
+        return None
+    return urlsplit(url).hostname or ""
 
-    def __init__(self, w3: Web3, info: NodeInfo | None = None) -> None:
+
+def is_local_host(host: str | None) -> bool:
+    """True for this machine: no host (in-process, IPC), localhost or a loopback address."""
+    if host is None:
+        return True
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+            ".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere, so it is not taken as this machine
+
+
+def foreign_node_reason(rpc_url: str) -> str | None:
+    """Why the node at `rpc_url` is not this server's own to mine with (None: it is local)."""
+    host = node_host(rpc_url)
+    if is_local_host(host):
+        return None
+    return (f"the node at {host} is not on this machine; mining is started and stopped only "
+            "where the node runs (this server may not halt a chain others rely on)")
+
+
+class MiningControl:
+    """Start/stop mining on whatever node `w3` talks to; status is read back from the node.
+
+    With `rpc_url`, a node that is not on this machine is never controlled (see the module doc).
+    """
+
+    def __init__(self, w3: Web3, info: NodeInfo | None = None, rpc_url: str | None = None) -> None:
         self.w3 = w3
         self.info = info or detect(w3)
         self._kind = self.info.capabilities.mining
         self._reason = self.info.capabilities.mining_reason
+        foreign = None if rpc_url is None else foreign_node_reason(rpc_url)
+        if foreign is not None:
+            self._kind, self._reason = None, foreign
         # hardhat cannot report its interval; remember what we set (None: unknown).
         self._hardhat_interval: float | None = None
 

@@ -36,14 +36,101 @@ from dapp.services.meters import LOAD, SUPPLY, MeterBoard
 
 log = logging.getLogger(__name__)
 
-# Only the newest lots are shown; older ones are history.
-MAX_LOTS = 500
-MAX_CLEARED = 50
+MAX_CLEARED = 50  # cleared prices on the chart: the newest auctions
+HISTORY_WINDOW = 500  # blocks per eth_getLogs when seeding the open lots (small: see TOOLING)
 
 
 def _eq(a: str | None, b: str | None) -> bool:
     """Addresses equal ignoring case."""
     return bool(a) and bool(b) and str(a).lower() == str(b).lower()
+
+
+class OpenLots:
+    """Which lots are Listed or Open, found exactly (no newest-N window), and the cleared prices.
+
+    Seeded once from the market's history (Listed, TradeOpened, ListingExpired and
+    ConnectionClosed logs, scanned from the deployment block in windows of `window` blocks),
+    then kept by the listener's events (`apply`). Two rules keep it exact even when an event has
+    not arrived yet: lot ids are sequential, so every id above the highest one classified is new
+    (`lotCount`); and each open lot is read from the chain when the board is built, so one that
+    ended is dropped then (`saw`). A flood of listings therefore hides nothing: every open lot is
+    in the set, however many came after it.
+    """
+
+    def __init__(self, client: ChainClient, window: int = HISTORY_WINDOW) -> None:
+        self.client = client
+        self.window = window
+        self._lock = threading.Lock()
+        self._seeded = False
+        self._known = 0  # every id up to this one is classified (open, or ended)
+        self._open: set[int] = set()
+        self._ended: set[int] = set()  # Closed or Expired: never open again
+        self._deadlines: dict[int, int] = {}
+        self._start_prices: dict[int, int] = {}
+        self._cleared: dict[int, tuple[int, int, int]] = {}  # id -> (deadline, price, Wh)
+
+    def apply(self, name: str, args: dict[str, Any]) -> None:
+        """One market event (from the listener or the seed); idempotent, any order."""
+        with self._lock:
+            if name == "Listed":
+                lot_id = int(args["listingId"])
+                self._deadlines[lot_id] = int(args["deadline"])
+                self._start_prices[lot_id] = int(args["startPricePerKWh"])
+                if lot_id not in self._ended:
+                    self._open.add(lot_id)
+            elif name == "TradeOpened":
+                lot_id = int(args["tradeId"])
+                self._cleared[lot_id] = (self._deadlines.get(lot_id, 0),
+                                         int(args["pricePerKWh"]), int(args["energyWh"]))
+            elif name in ("ListingExpired", "ConnectionClosed"):
+                lot_id = int(args["listingId" if name == "ListingExpired" else "tradeId"])
+                self._open.discard(lot_id)
+                self._ended.add(lot_id)
+
+    def seed(self) -> None:
+        """Classify every lot listed so far from the market's logs (once; ChainError if down)."""
+        if self._seeded:
+            return
+        head = self.client.block_number()
+        count = self.client.lot_count(head)
+        first = self.client.deployment.block
+        for start in range(first, head + 1, self.window):
+            for name, args in self.client.lot_history(start, min(head, start + self.window - 1)):
+                self.apply(name, args)
+        with self._lock:
+            self._known = max(self._known, count)
+            self._seeded = True
+        log.info("market: %d lots on chain, %d open", count, len(self._open))
+
+    def open_ids(self) -> list[int]:
+        """Every Listed or Open lot id, oldest first (the newest ids from lotCount)."""
+        self.seed()
+        count = self.client.lot_count()
+        with self._lock:
+            self._open.update(i for i in range(self._known + 1, count + 1)
+                              if i not in self._ended)
+            self._known = max(self._known, count)
+            return sorted(self._open)
+
+    def saw(self, lot: Lot) -> None:
+        """A lot as just read from the chain: drop it if it ended; note its cleared price."""
+        with self._lock:
+            if lot.buyer is not None and lot.status in (LotStatus.OPEN, LotStatus.CLOSED):
+                self._cleared[lot.id] = (lot.deadline, lot.price_per_kwh, lot.energy_wh)
+            if lot.status in (LotStatus.CLOSED, LotStatus.EXPIRED):
+                self._open.discard(lot.id)
+                self._ended.add(lot.id)
+
+    def start_price(self, lot_id: int) -> int | None:
+        """The start price the listing's Listed event carried, if seen."""
+        with self._lock:
+            return self._start_prices.get(lot_id)
+
+    def cleared(self, last: int = MAX_CLEARED) -> list[tuple[int, int, int, int]]:
+        """(id, deadline, price, Wh) of the newest `last` auctions that ended with a buyer."""
+        with self._lock:
+            rows = [(i, *v) for i, v in self._cleared.items()]
+        return sorted(rows, key=lambda row: (row[1], row[0]))[-last:]
 
 
 class MarketService:
@@ -60,7 +147,7 @@ class MarketService:
         self.names = names
         self._lock = threading.Lock()
         self._params: dict[str, int] | None = None
-        self._final: dict[int, Lot] = {}  # closed/expired lots never change again
+        self.board = OpenLots(client)
         self._start_prices: dict[int, int] = {}
 
     # -- reads ----------------------------------------------------------------------------------
@@ -72,32 +159,43 @@ class MarketService:
         return self._params
 
     def on_event(self, event: ChainEvent) -> None:
-        """Listener subscriber: remember each listing's start price."""
-        if event.contract == "EnergyMarket" and event.name == "Listed":
-            with self._lock:
-                self._start_prices[int(event.args["listingId"])] = int(
-                    event.args["startPricePerKWh"]
-                )
+        """Listener subscriber: keep the set of open lots (and start prices) up to date."""
+        if event.contract == "EnergyMarket":
+            self.board.apply(event.name, event.args)
 
     def lots(self) -> list[Lot]:
-        """The newest lots, fresh from the chain except those that can no longer change."""
-        count = self.client.lot_count()
+        """Every Listed or Open lot, fresh from the chain, oldest first (exact: see OpenLots)."""
         out = []
-        for lot_id in range(max(1, count - MAX_LOTS + 1), count + 1):
-            with self._lock:
-                lot = self._final.get(lot_id)
-            if lot is None:
-                lot = self.client.lot(lot_id)
-                if lot.status in (LotStatus.CLOSED, LotStatus.EXPIRED):
-                    with self._lock:
-                        self._final[lot_id] = lot
-            out.append(lot)
+        for lot in self.client.lots_by_id(self.board.open_ids()):
+            self.board.saw(lot)
+            if lot.status in (LotStatus.LISTED, LotStatus.OPEN):
+                out.append(lot)
         return out
+
+    def own(self, address: str) -> dict[str, Any]:
+        """The account's own open trades (as buyer, in settlement order) and lots (as seller),
+        from the market's per-account indexes; empty when the chain cannot be read."""
+        try:
+            buying = self.client.trades_of_buyer(address)
+            selling = sorted(self.client.lots_of_seller(address))
+        except ChainError as exc:
+            log.debug("market: own lots of %s unknown: %s", address, exc)
+            return {"buying": [], "selling": [], "active": None}
+        return {"buying": buying, "selling": selling, "active": buying[0] if buying else None}
+
+    def can_bid(self, address: str) -> bool:
+        """Whether the account has the accepted load meter bidding needs (True if unknown)."""
+        try:
+            return rules.may_bid(self.client.load_meter_of(address))
+        except ChainError:
+            return True  # the chain is down: the bid itself will say so
 
     def start_price(self, lot: Lot) -> int | None:
         """The listing's start price: seen before its first bid, from the event, or looked up."""
         with self._lock:
             known = self._start_prices.get(lot.id)
+        if known is None:
+            known = self.board.start_price(lot.id)
         if known is not None:
             return known
         if lot.buyer is None and lot.status == LotStatus.LISTED:
@@ -124,17 +222,22 @@ class MarketService:
             listings = [self._listing(lot, now, params) for lot in lots
                         if lot.status == LotStatus.LISTED]
             states = self.meters.states()
-            open_lots = {lot.id: lot for lot in lots if lot.status == LotStatus.OPEN}
-            trades = [self._trade(lot, now, params, states, self._oldest_activity(lot, open_lots))
-                      for lot in open_lots.values()]
+            buyers: dict[str, tuple[int, int]] = {}  # buyer -> (active trade, carried Wh)
+            open_trades = [lot for lot in lots
+                           if lot.status == LotStatus.OPEN and lot.buyer is not None]
+            stalls = self.client.stalls_at_many([lot.id for lot in open_trades])
+            trades = []
+            for lot, stall_at in zip(open_trades, stalls, strict=True):
+                buyer = lot.buyer or ""
+                if buyer not in buyers:
+                    buyers[buyer] = (self.client.active_trade_of(buyer),
+                                     self.client.carried_of(buyer))
+                active, carried = buyers[buyer]
+                trades.append(self._trade(lot, now, params, states, active, carried, stall_at))
         except ChainError as exc:
             return {"available": False, "message": chain_error_sentence(exc),
                     "listings": [], "trades": [], "cleared": [], "chain_time": None,
                     "server_time": time.time()}
-        cleared = sorted(
-            (lot for lot in lots if lot.status in (LotStatus.OPEN, LotStatus.CLOSED)),
-            key=lambda lot: (lot.deadline, lot.id),
-        )[-MAX_CLEARED:]
         return {
             "available": True,
             "message": "",
@@ -144,14 +247,17 @@ class MarketService:
                 "min_duration": params["min_duration"],
                 "max_duration": params["max_duration"],
                 "min_increment": format_ether(params["min_increment_per_kwh"]),
-                "delivery_timeout": params["delivery_timeout"],
+                "stall_timeout": params["stall_timeout"],
+                "close_grace": params["close_grace"],
+                "min_charge_wh": params["min_charge_wh"],
+                "min_charge_kwh": format_kwh(params["min_charge_wh"]),
             },
             "listings": listings,
             "trades": trades,
             "cleared": [
-                {"id": lot.id, "time": lot.deadline, "price": format_ether(lot.price_per_kwh),
-                 "price_wei": str(lot.price_per_kwh), "energy_kwh": format_kwh(lot.energy_wh)}
-                for lot in cleared
+                {"id": lot_id, "time": deadline, "price": format_ether(price),
+                 "price_wei": str(price), "energy_kwh": format_kwh(energy)}
+                for lot_id, deadline, price, energy in self.board.cleared()
             ],
         }
 
@@ -162,6 +268,7 @@ class MarketService:
         start = self.start_price(lot)
         has_bid = lot.buyer is not None
         minimum = rules.min_next_bid(lot.price_per_kwh, has_bid, params["min_increment_per_kwh"])
+        charge_wh = rules.minimum_charge_wh(lot.energy_wh, params["min_charge_wh"])
         return {
             "id": lot.id,
             "seller": self._party(lot.seller),
@@ -174,24 +281,38 @@ class MarketService:
             "deposit": format_ether(lot.deposit_wei) if has_bid else None,
             "min_bid": format_ether(minimum),
             "min_bid_wei": str(minimum),
+            "min_charge_kwh": format_kwh(charge_wh),
+            "min_charge_at_min_bid": format_ether(rules.paid_wei(charge_wh, minimum)),
+            "min_charge_note": messages.minimum_charge_note(charge_wh,
+                                                            rules.paid_wei(charge_wh, minimum)),
             "deadline": lot.deadline,
             "deadline_text": format_time(lot.deadline),
             "ends_in": max(0, lot.deadline - now),
             "ended": rules.auction_ended(now, lot.deadline),
         }
 
-    def _oldest_activity(self, lot: Lot, known: dict[int, Lot] | None = None) -> int | None:
-        """The last delivery to the buyer's oldest open trade, if `lot` is queued behind it."""
-        oldest_id = self.client.oldest_open_trade(lot.buyer or "")
-        if oldest_id in (0, lot.id):
-            return None
-        oldest = (known or {}).get(oldest_id) or self.client.lot(oldest_id)
-        return oldest.last_delivery_at
-
     def _trade(self, lot: Lot, now: int, params: dict[str, int], states: list,
-               oldest_activity: int | None) -> dict[str, Any]:
-        timeout_at = rules.seller_close_at(lot.last_delivery_at, params["delivery_timeout"],
-                                           oldest_activity)
+               active_id: int, carried_wh: int, stall_at: int) -> dict[str, Any]:
+        active = active_id == lot.id
+        close_at = rules.seller_close_at(stall_at, lot.close_requested_at, params["close_grace"])
+        grace_ends = (rules.grace_ends_at(lot.close_requested_at, params["close_grace"])
+                      if lot.closing else None)
+        buyer_close = rules.buyer_close(active, lot.close_requested_at, now,
+                                        params["close_grace"])
+        stalled = rules.seller_can_close(now, stall_at)
+        charge_wh = rules.minimum_charge_wh(lot.energy_wh, params["min_charge_wh"])
+        if lot.closing:
+            state = "closing"
+            note = messages.trade_closing_note(grace_ends or 0)
+        elif not active:
+            state = "queued"
+            note = messages.trade_queued_note(active_id)
+        elif stalled:
+            state = "stalled"
+            note = messages.trade_stalled_note(stall_at)
+        else:
+            state = "delivering"
+            note = messages.trade_delivering_note(stall_at)
         return {
             "id": lot.id,
             "seller": self._party(lot.seller),
@@ -207,8 +328,24 @@ class MarketService:
             "deposit": format_ether(lot.deposit_wei),
             "relay": self.meters.relay(lot.buyer, LOAD, states),
             "seller_relay": self.meters.relay(lot.seller, SUPPLY, states),
-            "seller_can_close_at": timeout_at,
-            "seller_can_close": rules.seller_can_close(now, timeout_at),
+            "active": active,
+            "state": state,
+            "state_note": note,
+            "closing": lot.closing,
+            "close_requested_at": lot.close_requested_at or None,
+            "grace_ends_at": grace_ends,
+            "stalls_at": stall_at,
+            "stalled": stalled,
+            "carried_wh": carried_wh if active else 0,
+            "carried_kwh": format_kwh(carried_wh if active else 0),
+            "min_charge_kwh": format_kwh(charge_wh),
+            "min_charge_fee": format_ether(rules.minimum_charge_fee_wei(
+                lot.energy_wh, lot.delivered_wh, lot.price_per_kwh, params["min_charge_wh"])),
+            "refund_if_closed": format_ether(rules.close_refund_wei(
+                lot.energy_wh, lot.delivered_wh, lot.price_per_kwh, params["min_charge_wh"])),
+            "seller_can_close_at": close_at,
+            "seller_can_close": rules.seller_can_close(now, close_at),
+            "buyer_close": buyer_close,
         }
 
     def due(self) -> list[Lot]:
@@ -252,6 +389,8 @@ class MarketService:
             raise ActionRefused(messages.listing_closed_for_bids(lot_id))
         if _eq(lot.seller, account.address):
             raise ActionRefused(messages.SELLER_CANNOT_BID)
+        if not rules.may_bid(self._read(lambda: self.client.load_meter_of(account.address))):
+            raise ActionRefused(messages.NO_LOAD_METER)
         now = self._read(self.client.latest_timestamp)
         if rules.auction_ended(now, lot.deadline):
             raise ActionRefused(messages.auction_ended(lot_id))
@@ -268,21 +407,35 @@ class MarketService:
         return {"tx_hash": tx_hash, "message": messages.bid_sent(wei, lot_id, deposit)}
 
     def close(self, account: LocalAccount, trade_id: object) -> dict[str, str]:
-        """Close an open trade: the buyer any time, the seller after the delivery timeout."""
+        """Close an open trade, or (the buyer, on its delivering trade) ask to close it.
+
+        The buyer: a queued trade closes at once; the active one is a request (the relays open,
+        the meter's next reading settles the tail), refused while a request is within its
+        grace. The seller: once the trade is stalled or the buyer's request is past its grace.
+        """
         trade_id = parse_lot_id(trade_id)
         lot = self._open_lot(trade_id)
         if lot.status != LotStatus.OPEN:
             raise ActionRefused(messages.trade_not_open(trade_id))
         if not (_eq(account.address, lot.buyer) or _eq(account.address, lot.seller)):
             raise ActionRefused(messages.not_trade_party(trade_id))
-        if not _eq(account.address, lot.buyer):
-            timeout_at = rules.seller_close_at(
-                lot.last_delivery_at, self._read(self.parameters)["delivery_timeout"],
-                self._read(lambda: self._oldest_activity(lot)),
-            )
-            if not rules.seller_can_close(self._read(self.client.latest_timestamp), timeout_at):
-                raise ActionRefused(messages.seller_close_too_early(trade_id, timeout_at))
+        grace = self._read(self.parameters)["close_grace"]
+        now = self._read(self.client.latest_timestamp)
+        if _eq(account.address, lot.buyer):
+            active = self._read(lambda: self.client.active_trade_of(account.address)) == trade_id
+            effect = rules.buyer_close(active, lot.close_requested_at, now, grace)
+            if effect == rules.WAITS:
+                raise ActionRefused(messages.close_already_requested(
+                    trade_id, rules.grace_ends_at(lot.close_requested_at, grace)))
+        else:
+            effect = rules.CLOSES
+            close_at = rules.seller_close_at(self._read(lambda: self.client.stalls_at(trade_id)),
+                                             lot.close_requested_at, grace)
+            if not rules.seller_can_close(now, close_at):
+                raise ActionRefused(messages.seller_close_too_early(trade_id, close_at))
         tx_hash = self._act(lambda: self.client.close_connection(account, trade_id))
+        if effect == rules.REQUESTS:
+            return {"tx_hash": tx_hash, "message": messages.close_request_sent(trade_id, grace)}
         return {"tx_hash": tx_hash, "message": messages.close_sent(trade_id)}
 
     def finalize(self, account: LocalAccount, lot_id: object) -> dict[str, str]:

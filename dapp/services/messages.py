@@ -127,10 +127,54 @@ def not_trade_party(trade_id: object) -> str:
     return f"Only the buyer or the seller of trade #{trade_id} can close it."
 
 
-def seller_close_too_early(trade_id: int, close_at: int) -> str:
-    """The seller closing before the delivery timeout (pre-check)."""
-    return (f"As the seller you can close trade #{trade_id} only when no delivery has "
-            f"come for a while: from {format_time(close_at)}.")
+def seller_close_too_early(trade_id: object, close_at: int) -> str:
+    """The seller closing before the trade stalls or the buyer's close request's grace ends."""
+    return (f"As the seller you can close trade #{trade_id} only once it is stalled (the "
+            "buyer's meter silent for the stall timeout) or the buyer's close request has "
+            f"waited its grace time: from {format_time(close_at)}.")
+
+
+def close_already_requested(trade_id: object, grace_ends_at: int) -> str:
+    """The buyer asking again to close while its request is within the grace time."""
+    return (f"You already asked to close trade #{trade_id}: the relays are open and your "
+            "meter's next reading settles the tail and closes it. If no reading comes, you "
+            f"can close it from {format_time(grace_ends_at)}.")
+
+
+NO_LOAD_METER = ("Only an account with an accepted load meter can bid: its signed readings "
+                 "are what settle a trade. Accept the load meter the grid operator offered "
+                 "you on the wallet page (or ask the operator for one), then bid.")
+
+
+def minimum_charge_note(charge_wh: int, charge_wei: int) -> str:
+    """On a listing's card: what winning costs even if the winner takes nothing."""
+    return (f"Winning costs at least {format_ether(charge_wei)} ETH at this bid (the minimum "
+            f"charge, {format_kwh(charge_wh)} kWh), even if you take nothing.")
+
+
+def trade_closing_note(grace_ends_at: int) -> str:
+    """On a trade's card: the buyer asked to close (two-phase close)."""
+    return ("Closing: relays open; the buyer's next reading settles the tail (if none comes, "
+            f"either party can close it from {format_time(grace_ends_at)}).")
+
+
+def trade_queued_note(active_id: int) -> str:
+    """On a queued trade's card: another trade of the buyer is being settled first."""
+    return (f"Queued behind trade #{active_id}: its seller does not export and is not paid "
+            "until this trade is the buyer's active one.")
+
+
+def trade_stalled_note(stall_at: int) -> str:
+    """On a stalled trade's card."""
+    return (f"Stalled since {format_time(stall_at)}: the buyer's meter is silent; the seller's "
+            "relay is open and the seller may close it, charging the most the meter could "
+            "have drawn.")
+
+
+def trade_delivering_note(stall_at: int) -> str:
+    """On a delivering trade's card: when it stalls if the buyer's meter stays silent."""
+    return (f"Delivering; it stalls at {format_time(stall_at)} if the buyer's meter stays "
+            "silent until then (each reading moves this on).")
 
 
 def already_finalized(lot_id: int) -> str:
@@ -156,6 +200,13 @@ def bid_sent(price_wei: int, lot_id: int, deposit_wei: int) -> str:
 def close_sent(trade_id: int) -> str:
     """A close is on its way."""
     return f"Closing the connection of trade #{trade_id}."
+
+
+def close_request_sent(trade_id: int, grace_seconds: int) -> str:
+    """The buyer's close request (first phase) is on its way."""
+    return (f"Asking to close trade #{trade_id}: the relays open once it is mined, and your "
+            "meter's next reading settles the tail and closes the trade (if no reading comes "
+            f"within {format_duration(grace_seconds)}, close it again).")
 
 
 def finalize_sent(lot_id: int) -> str:
@@ -336,10 +387,13 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
     ),
     "MarketTradeNotOpen": lambda a: trade_not_open(_arg(a, 0)),
     "MarketNotTradeParty": lambda a: not_trade_party(_arg(a, 0)),
-    "MarketDeliveryNotTimedOut": lambda a: (
-        f"As the seller you can close trade #{_arg(a, 0)} only after deliveries stop; "
-        f"wait until {format_time(_arg(a, 1))}."
+    "MarketTradeNotStalled": lambda a: seller_close_too_early(
+        _arg(a, 0), int(_arg(a, 1))  # type: ignore[call-overload]
     ),
+    "MarketCloseAlreadyRequested": lambda a: close_already_requested(
+        _arg(a, 0), int(_arg(a, 1))  # type: ignore[call-overload]
+    ),
+    "MarketBidderHasNoLoadMeter": lambda a: NO_LOAD_METER,
     "MarketCallerNotRegistry": lambda a: "Only the meter registry can report deliveries.",
     "MarketNothingToWithdraw": lambda a: "You have no credit to withdraw.",
     "MarketWithdrawalFailed": lambda a: (

@@ -6,13 +6,18 @@ tests/contracts/test_rules.py compares every function here with the contract on 
 cases: a rule changed on one side fails that test.
 
 Times are chain times (block timestamps, seconds). A page checks against the latest block; the
-transaction is mined in a later block, never an earlier one, so "ended" and "timed out" computed
+transaction is mined in a later block, never an earlier one, so "ended" and "stalled" computed
 now stay true when it is mined.
 """
 
 from __future__ import annotations
 
 WH_PER_KWH = 1000  # prices are per kWh; lots, deliveries and tokens are counted in Wh
+
+# What the buyer's Close does to a trade (buyer_close).
+CLOSES = "closes"  # a queued trade, or a close request past its grace: it closes now
+REQUESTS = "requests"  # the active trade: the relays open, the next reading settles the tail
+WAITS = "waits"  # already requested and within the grace: the next reading ends it
 
 
 def deposit_wei(energy_wh: int, price_per_kwh: int) -> int:
@@ -23,6 +28,11 @@ def deposit_wei(energy_wh: int, price_per_kwh: int) -> int:
 def paid_wei(delivered_wh: int, price_per_kwh: int) -> int:
     """EnergyMarket._paid: what the seller is owed for `delivered_wh`, rounded down."""
     return delivered_wh * price_per_kwh // WH_PER_KWH
+
+
+def may_bid(load_meter: str | None) -> bool:
+    """EnergyMarket.bid: only an account with an accepted, active load meter may bid."""
+    return load_meter is not None
 
 
 def min_next_bid(price_per_kwh: int, has_bid: bool, min_increment_per_kwh: int) -> int:
@@ -40,20 +50,62 @@ def duration_allowed(seconds: int, min_duration: int, max_duration: int) -> bool
     return min_duration <= seconds <= max_duration
 
 
-def seller_close_at(last_delivery_at: int, delivery_timeout: int,
-                    oldest_last_delivery_at: int | None = None) -> int:
-    """EnergyMarket.closeConnection: when the seller may close the trade.
+def minimum_charge_wh(energy_wh: int, min_charge_wh: int) -> int:
+    """EnergyMarket._close: every trade pays for at least `min_charge_wh` (or the whole lot)."""
+    return min(min_charge_wh, energy_wh)
 
-    The timeout runs from the trade's last delivery (or its opening). A trade queued behind the
-    buyer's oldest open trade is delivered only after that one, so it also waits for the oldest
-    trade's last delivery: pass `oldest_last_delivery_at` for it, None for the oldest itself.
-    """
-    last = last_delivery_at
-    if oldest_last_delivery_at is not None:
-        last = max(last, oldest_last_delivery_at)
-    return last + delivery_timeout
+
+def minimum_charge_fee_wei(energy_wh: int, delivered_wh: int, price_per_kwh: int,
+                           min_charge_wh: int) -> int:
+    """EnergyMarket._close: what closing now credits the seller beyond the delivered energy."""
+    minimum = minimum_charge_wh(energy_wh, min_charge_wh)
+    if delivered_wh >= minimum:
+        return 0
+    return paid_wei(minimum, price_per_kwh) - paid_wei(delivered_wh, price_per_kwh)
+
+
+def close_refund_wei(energy_wh: int, delivered_wh: int, price_per_kwh: int,
+                     min_charge_wh: int) -> int:
+    """EnergyMarket._close: the buyer's refund, deposit - paid - the minimum-charge fee."""
+    return (deposit_wei(energy_wh, price_per_kwh) - paid_wei(delivered_wh, price_per_kwh)
+            - minimum_charge_fee_wei(energy_wh, delivered_wh, price_per_kwh, min_charge_wh))
+
+
+def stalls_at(last_reading_at: int, active_since: int, stall_timeout: int) -> int:
+    """EnergyMarket.stallsAt: the buyer's load meter's last accepted reading, or when the trade
+    opened or became active if later, plus the stall timeout."""
+    return max(last_reading_at, active_since) + stall_timeout
+
+
+def grace_ends_at(close_requested_at: int, close_grace: int) -> int:
+    """EnergyMarket.closeConnection: a close request ends by the next reading or at this time."""
+    return close_requested_at + close_grace
+
+
+def seller_close_at(stall_at: int, close_requested_at: int, close_grace: int) -> int:
+    """EnergyMarket.closeConnection: the seller may close from when the trade stalls, or from
+    the end of the buyer's close request's grace if that comes first (0: not requested)."""
+    if close_requested_at:
+        return min(stall_at, grace_ends_at(close_requested_at, close_grace))
+    return stall_at
 
 
 def seller_can_close(now: int, close_at: int) -> bool:
     """EnergyMarket.closeConnection: the seller's close is accepted from `close_at` on."""
     return now >= close_at
+
+
+def buyer_close(active: bool, close_requested_at: int, now: int, close_grace: int) -> str:
+    """EnergyMarket.closeConnection by the buyer: CLOSES, REQUESTS or WAITS.
+
+    A queued trade closes at once (its seller never exported). The active trade closes in two
+    phases: the first call is a request; within the grace a second call is refused; after it,
+    the call closes the trade under the stall rule.
+    """
+    if not active:
+        return CLOSES
+    if not close_requested_at:
+        return REQUESTS
+    if now < grace_ends_at(close_requested_at, close_grace):
+        return WAITS
+    return CLOSES

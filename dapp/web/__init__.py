@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 from dapp.chain.client import ChainClient
 from dapp.errors import WalletError
 from dapp.services import messages
-from dapp.services.amounts import format_duration, short_address
+from dapp.services.amounts import format_duration, format_time, short_address
 from dapp.services.errors import UserError
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
 from dapp.web import hosts
@@ -170,6 +170,7 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
     """CSRF, background start, template globals, vendor files and error pages."""
     app.jinja_env.filters["short"] = short_address
     app.jinja_env.filters["duration"] = format_duration
+    app.jinja_env.filters["clock"] = format_time
 
     @app.before_request
     def _before() -> None:

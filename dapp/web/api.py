@@ -278,6 +278,13 @@ def market() -> ResponseReturnValue:
     return jsonify(app_state().market.snapshot())
 
 
+@bp.get("/market/mine")
+@login_required
+def market_mine() -> ResponseReturnValue:
+    """The account's own open trades as buyer (active first) and lots as seller."""
+    return jsonify(app_state().market.own(g.user.address))
+
+
 @bp.post("/market/listings")
 @login_required
 def sell() -> ResponseReturnValue:

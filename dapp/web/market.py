@@ -18,11 +18,19 @@ SELL_FIELDS = ("energy", "price", "price_unit", "duration", "duration_unit")
 
 
 def board_context() -> dict[str, Any]:
-    """What the cards need: the snapshot, who is looking, whether the server finalizes."""
+    """What the cards need: the snapshot, who is looking, their own trades (the market's
+    per-account index), whether they may bid, whether the server finalizes."""
     ext = app_state()
+    snapshot = ext.market.snapshot()
+    me = g.user.address
+    by_id = {t["id"]: t for t in snapshot["trades"]}
+    own = ext.market.own(me) if snapshot["available"] else {"buying": []}
     return {
-        "snapshot": ext.market.snapshot(),
-        "me": g.user.address,
+        "snapshot": snapshot,
+        "me": me,
+        "own_trades": [by_id[i] for i in own["buying"] if i in by_id],
+        "can_bid": not snapshot["listings"] or ext.market.can_bid(me),
+        "no_load_meter": messages.NO_LOAD_METER,
         "auto_finalize": ext.finalizer.enabled,
     }
 

@@ -158,6 +158,15 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "get": _op("Open listings, open trades, cleared prices",
                        _json({"$ref": REF + "Market"}), errors=("401",)),
         },
+        "/market/mine": {
+            "get": _op("The account's own open trades (settlement order) and lots, exactly, from "
+                       "the market's per-account indexes",
+                       _json(_obj(["buying", "selling", "active"],
+                                  buying={"type": "array", "items": {"type": "integer"}},
+                                  selling={"type": "array", "items": {"type": "integer"}},
+                                  active={"type": ["integer", "null"]})),
+                       errors=("401",)),
+        },
         "/market/listings": {
             "post": _op("Sell: list energy tokens for auction", _json(TX_RESULT, "Sent"),
                         body=_obj(["energy", "price", "duration"],
@@ -183,7 +192,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         status="202", errors=write, params=LOT_ID),
         },
         "/market/trades/{trade_id}/close": {
-            "post": _op("Close Connection: end an open trade", _json(TX_RESULT, "Sent"),
+            "post": _op("Close Connection: end an open trade (the buyer's active trade: a request;"
+                        " its meter's next reading closes it)", _json(TX_RESULT, "Sent"),
                         status="202", errors=write, params=TRADE_ID),
         },
     }
@@ -260,12 +270,24 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             bidder={"oneOf": [party, {"type": "null"}]},
             min_bid={"type": "string"}, deadline={"type": "integer"},
             ends_in={"type": "integer"}, ended={"type": "boolean"},
+            min_charge_kwh={"type": "string", "description": "the minimum charge of a trade"},
+            min_charge_at_min_bid={"type": "string",
+                                   "description": "ETH the minimum charge costs at min_bid"},
         ),
         "Trade": _obj(
             ["id", "seller", "buyer", "price"], id={"type": "integer"}, seller=party,
             buyer=party, energy_kwh={"type": "string"}, price={"type": "string"},
             delivered_kwh={"type": "string"}, paid={"type": "string"},
             relay={"type": "string", "description": "closed, open, offline, unknown, no meter"},
+            state={"type": "string", "enum": ["delivering", "queued", "stalled", "closing"]},
+            active={"type": "boolean",
+                    "description": "the buyer's readings settle this trade (its seller exports)"},
+            closing={"type": "boolean", "description": "the buyer asked to close (two-phase)"},
+            stalls_at={"type": "integer", "description": "chain time it stalls if silent"},
+            seller_can_close_at={"type": "integer"}, seller_can_close={"type": "boolean"},
+            carried_kwh={"type": "string",
+                         "description": "measured, settled by the buyer's next reading"},
+            min_charge_kwh={"type": "string"},
         ),
         "Market": _obj(
             ["available", "listings", "trades", "cleared"], available={"type": "boolean"},

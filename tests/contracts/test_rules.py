@@ -3,9 +3,12 @@
 Each test lets Hypothesis pick lots, prices and times, asks the Python rule what the market will
 do, and has the market do it: the deposit the rule computes is the one the market takes (and one
 wei less is refused), a bid at the rule's minimum is accepted and one wei below is refused, a
-bid or finalize at the rule's deadline goes the way the rule says, and the seller's close is
-refused one second before the rule's timeout and accepted at it, also for a trade queued behind
-the buyer's oldest. Every example starts from the same snapshot.
+bid or finalize at the rule's deadline goes the way the rule says, the stall time the rule computes
+is the market's `stallsAt` and the seller's close is refused one second before the rule's time
+and accepted at it (active and queued trades, with and without the buyer's close request), the
+buyer's close is a request, a refusal or a close as the rule says, the refund and the seller's
+minimum-charge fee are the rule's to the wei, and a bidder without a load meter is refused.
+Every example starts from the same snapshot.
 """
 
 from __future__ import annotations
@@ -22,21 +25,27 @@ from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
 from tests.contracts.helpers import (
     LOAD,
     LOAD_W,
+    ZERO_ADDRESS,
     Status,
     advance_to,
     block_time,
-    end_auction,
+    buyer_closes,
+    credit,
+    ensure_load_meter,
     install_meter,
     list_lot,
     lot_of,
     measure,
     mint,
     open_trade,
+    paid_wei,
     run_ahead_of_wall_clock,
 )
 
 STOCK = 40_000  # Wh the seller holds when an example starts
-TIMEOUT = PARAMS.delivery_timeout
+STALL = PARAMS.stall_timeout
+GRACE = PARAMS.close_grace
+MIN_CHARGE = PARAMS.min_charge_wh
 INC = PARAMS.min_increment_per_kwh
 MAX_PRICE = 2**96 - 1
 RICH = 10**21  # deposits up to 1000 ether: every test account can pay them
@@ -47,6 +56,7 @@ EXAMPLES = settings(
     phases=(Phase.explicit, Phase.reuse, Phase.generate),  # shrinking a chain story is slow
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+FEW = settings(EXAMPLES, max_examples=8)  # examples that walk a whole trade (the suite < ~30 s)
 
 
 @pytest.fixture
@@ -98,6 +108,7 @@ def test_minimum_next_bid(market, seller, buyer, rival, energy, start, first_bid
     with fresh(market):
         lot = list_lot(market, seller, energy, start)
         if first_bid is not None:
+            ensure_load_meter(market, rival)
             opening = start + first_bid
             bid(market, rival, lot, opening, rules.deposit_wei(energy, opening))
         info = lot_of(market, lot)
@@ -139,48 +150,47 @@ def test_auction_end(market, seller, buyer, duration, offset, finalize):
 @EXAMPLES
 @given(
     energies=st.tuples(st.integers(50, 3_000), st.integers(50, 3_000)),
-    gap=st.integers(0, 2 * TIMEOUT),
-    delivered=st.integers(0, 6_000),
-    deliver_after_second=st.booleans(),
-    wait=st.integers(0, 2 * TIMEOUT),
-    buyer_closes_oldest=st.booleans(),
-    target=st.sampled_from(["oldest", "queued"]),
+    gap=st.integers(0, 2 * STALL),
+    delivered=st.integers(0, 4_000),
+    silence=st.integers(0, 2 * STALL),
+    request=st.booleans(),
+    target=st.sampled_from(["active", "queued"]),
 )
-# Always: the oldest trade is delivered to after the queued one opened (the queued trade waits).
-@example(energies=(1_000, 1_000), gap=0, delivered=300, deliver_after_second=True, wait=60,
-         buyer_closes_oldest=False, target="queued")
-def test_seller_close_timeout(market, seller, buyer, load_meter, energies, gap, delivered,
-                              deliver_after_second, wait, buyer_closes_oldest, target):
+# Always: a reading, then silence past the grace of a close request (the grace ends it first).
+@example(energies=(1_000, 1_000), gap=30, delivered=300, silence=GRACE + 5, request=True,
+         target="active")
+# Always: the queued trade's seller waits for the buyer's silence, counted from its reading.
+@example(energies=(1_000, 1_000), gap=0, delivered=300, silence=60, request=False,
+         target="queued")
+def test_seller_close_needs_a_stall(market, seller, buyer, load_meter, energies, gap, delivered,
+                                    silence, request, target):
     with fresh(market):
         oldest = open_trade(market, seller, buyer, energies[0], PRICE)
-        if delivered and not deliver_after_second:
-            measure(market, load_meter, delivered)
         if gap:
             market.advance(gap)
-        queued = list_lot(market, seller, energies[1], PRICE)
-        bid(market, buyer, queued, PRICE, rules.deposit_wei(energies[1], PRICE))
-        end_auction(market, queued, seller)
-        if wait:
-            market.advance(wait)
-        if delivered and deliver_after_second:
+        queued = open_trade(market, seller, buyer, energies[1], PRICE)
+        if delivered:
             measure(market, load_meter, delivered)
-        if buyer_closes_oldest and lot_of(market, oldest).status == Status.OPEN:
-            market.send(market.market.functions.closeConnection(oldest), buyer)
-        trade = oldest if target == "oldest" else queued
-        if lot_of(market, trade).status != Status.OPEN:  # delivered in full, or closed by the buyer
-            trade = queued if lot_of(market, queued).status == Status.OPEN else None
-        if trade is None:
+        head = market.market.functions.activeTradeOf(buyer).call()
+        if request and head:
+            market.send(market.market.functions.closeConnection(head), buyer)
+            assert lot_of(market, head).close_requested_at == market.now()
+        if silence:
+            market.advance(silence)
+        open_ids = [i for i in (oldest, queued) if lot_of(market, i).status == Status.OPEN]
+        if not open_ids:
             return
-        head = market.market.functions.openTradesOf(buyer).call()[0]
-        close_at = rules.seller_close_at(
-            lot_of(market, trade).last_delivery_at, TIMEOUT,
-            None if head == trade else lot_of(market, head).last_delivery_at,
-        )
+        trade = open_ids[0] if target == "active" else open_ids[-1]
+        info = lot_of(market, trade)
+        read_at, _ = market.registry.functions.lastLoadReadingOf(buyer).call()
+        stall = rules.stalls_at(read_at, info.active_since, STALL)
+        assert market.market.functions.stallsAt(trade).call() == stall
+        close_at = rules.seller_close_at(stall, info.close_requested_at, GRACE)
         close = market.market.functions.closeConnection(trade)
         if close_at - 1 > market.now():
             advance_to(market, close_at - 1)
             assert not rules.seller_can_close(close_at - 1, close_at)
-            with reverts("MarketDeliveryNotTimedOut", trade, close_at):
+            with reverts("MarketTradeNotStalled", trade, close_at):
                 market.send(close, seller)
         if close_at > market.now():
             advance_to(market, close_at)
@@ -190,6 +200,87 @@ def test_seller_close_timeout(market, seller, buyer, load_meter, energies, gap, 
 
 
 @EXAMPLES
+@given(
+    queued=st.booleans(),
+    second_after=st.none() | st.integers(1, 2 * GRACE),
+    energy=st.integers(1, 3_000),
+    delivered=st.integers(0, 3_000),
+)
+@example(queued=False, second_after=GRACE - 1, energy=500, delivered=0)
+@example(queued=False, second_after=GRACE, energy=500, delivered=0)
+def test_the_buyers_close_is_two_phase(market, seller, buyer, load_meter, queued, second_after,
+                                       energy, delivered):
+    with fresh(market):
+        first = open_trade(market, seller, buyer, 20_000 if queued else energy, PRICE)
+        trade = open_trade(market, seller, buyer, energy, PRICE) if queued else first
+        if delivered:
+            measure(market, load_meter, min(delivered, energy - 1) or 1)
+        if lot_of(market, trade).status != Status.OPEN:
+            return
+        active = market.market.functions.activeTradeOf(buyer).call() == trade
+        info = lot_of(market, trade)
+        close = market.market.functions.closeConnection(trade)
+        # Every block is one second after the last (run_ahead_of_wall_clock): the call's block.
+        effect = rules.buyer_close(active, info.close_requested_at, market.now() + 1, GRACE)
+        market.send(close, buyer)
+        info = lot_of(market, trade)
+        if effect == rules.CLOSES:
+            assert info.status == Status.CLOSED
+            return
+        assert effect == rules.REQUESTS
+        assert info.status == Status.OPEN and info.close_requested_at == market.now()
+        if second_after is None:
+            return
+        ends = rules.grace_ends_at(info.close_requested_at, GRACE)
+        at = info.close_requested_at + second_after  # the second call is mined then
+        advance_to(market, at)
+        effect = rules.buyer_close(True, info.close_requested_at, at, GRACE)
+        if effect == rules.WAITS:
+            with reverts("MarketCloseAlreadyRequested", trade, ends):
+                market.send(close, buyer)
+        else:
+            market.send(close, buyer)
+            assert lot_of(market, trade).status == Status.CLOSED
+
+
+@FEW
+@given(energy=st.integers(1, 3_000), price=st.integers(1, 10**18),
+       delivered=st.integers(0, 3_000))
+@example(energy=50, price=PRICE, delivered=0)  # a lot below the minimum charge
+@example(energy=1_000, price=PRICE, delivered=MIN_CHARGE + 1)  # delivered beyond it
+def test_minimum_charge(market, seller, buyer, load_meter, energy, price, delivered):
+    with fresh(market):
+        trade = open_trade(market, seller, buyer, energy, min(price, RICH // energy))
+        price = lot_of(market, trade).price_per_kwh
+        delivered = min(delivered, energy - 1)
+        if delivered:
+            measure(market, load_meter, delivered)
+        delivered = lot_of(market, trade).delivered_wh
+        refund = rules.close_refund_wei(energy, delivered, price, MIN_CHARGE)
+        fee = rules.minimum_charge_fee_wei(energy, delivered, price, MIN_CHARGE)
+        seller_before = credit(market, seller)
+        buyer_before = credit(market, buyer)
+        buyer_closes(market, trade, buyer)  # the request, then a heartbeat settles and closes
+        assert lot_of(market, trade).status == Status.CLOSED
+        assert credit(market, buyer) - buyer_before == refund
+        assert credit(market, seller) - seller_before == fee
+        assert paid_wei(delivered, price) + fee == rules.paid_wei(
+            max(delivered, rules.minimum_charge_wh(energy, MIN_CHARGE)), price)
+
+
+def test_only_a_bidder_with_a_load_meter_may_bid(market, seller, buyer, rival):
+    with fresh(market):
+        lot = list_lot(market, seller, 100, PRICE)
+        deposit = rules.deposit_wei(100, PRICE)
+        meter = market.registry.functions.loadMeterOf(rival).call()
+        assert not rules.may_bid(None if meter == ZERO_ADDRESS else meter)
+        with reverts("MarketBidderHasNoLoadMeter", rival):
+            bid(market, rival, lot, PRICE, deposit)
+        assert rules.may_bid(market.registry.functions.loadMeterOf(buyer).call())
+        bid(market, buyer, lot, PRICE, deposit)
+
+
+@FEW
 @given(energy=st.integers(10, 3_000), price=st.integers(1, 10**18),
        readings=st.lists(st.integers(1, 3_000), min_size=1, max_size=3))
 def test_payment_for_delivered_energy(market, seller, buyer, load_meter, energy, price,

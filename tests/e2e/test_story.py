@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from dapp.chain.anvil import ManagedAnvil
@@ -88,6 +89,14 @@ class Server:
         self.log.close()
 
 
+# A minimum charge below the 100 Wh lot (so the story pays what was metered, or the minimum if
+# less was), a stall timeout far beyond the story, and a grace within which the consumer's
+# bridge forwards the next reading that ends the two-phase close.
+MIN_CHARGE_WH = 20
+MIN_CHARGE_PARAMS = MarketParameters(min_duration=20, stall_timeout=600, close_grace=120,
+                                     min_charge_wh=MIN_CHARGE_WH)
+
+
 def offer_meter(data_dir: Path, rpc: str, operator: str, meter: str, owner: str, kind: str,
                 rated_power_w: int, passphrase_file: Path) -> None:
     """The grid operator runs `microgrid meter offer` (its key is in `data_dir`'s keystore)."""
@@ -133,7 +142,7 @@ def world(tmp_path) -> Iterator[dict]:
             chain.fund_dev_account(address, 100 * ETHER)
         operator = ks_p.unlock(who["operator"], PASSPHRASE)
         dep = deploy(_web3(node.url), operator,
-                     MarketParameters(min_duration=20, stall_timeout=600))
+                     MIN_CHARGE_PARAMS)
         chain.use_deployment(dep)
         pw = tmp_path / "passphrase"
         pw.write_text(PASSPHRASE + "\n")
@@ -152,6 +161,10 @@ def world(tmp_path) -> Iterator[dict]:
             server = MeterServer(emulated)
             urls[key] = server.start()
             meters.append(server)
+        # The second buyer bids too, so it needs a load meter of its own (it never reports here).
+        who["rival_meter"] = Account.create().address
+        offer_meter(producer_dir, node.url, who["operator"], who["rival_meter"], who["rival"],
+                    "load", 3_000, pw)
         # Each household's server forwards its meter's signed readings and pays their gas.
         servers.append(Server("producer", producer_dir, node.url,
                               (urls["supply_meter"], who["supply_meter"]), who["producer"],
@@ -195,10 +208,12 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     assert chain.token_balance(who["producer"]) == 0
     assert chain.meter(who["supply_meter"]).sequence == 0  # no reading was accepted
     for base, http, meter in ((api_p, producer, who["supply_meter"]),
-                              (api_c, consumer, who["load_meter"])):
+                              (api_c, consumer, who["load_meter"]),
+                              (api_c, rival, who["rival_meter"])):
         post(http, f"{base}/meters/{meter}/accept")
     wait_for(lambda: chain.meter(who["supply_meter"]).active
-             and chain.meter(who["load_meter"]).active, timeout=20)
+             and chain.meter(who["load_meter"]).active
+             and chain.meter(who["rival_meter"]).active, timeout=20)
     assert chain.load_meter_of(who["consumer"]) == who["load_meter"]
 
     # 1. The producer's PV charges the battery: the bridge's readings mint tokens, first pending
@@ -247,24 +262,29 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     assert chain.lot(lot_id).delivered_wh < lot_wh
     assert chain.credit_of(who["producer"]) == chain.lot(lot_id).paid_wei > 0
 
-    # 6. The consumer closes the connection: relays open, refunds credited.
+    # 6. The consumer closes the connection: a request (relays open at once); the consumer's
+    #    meter's next reading, forwarded by its server, settles the tail and closes the trade.
     trades = consumer.get(f"{api_c}/market", timeout=5).json()["trades"]
     assert [str(t["id"]) for t in trades] == [str(lot_id)]
-    post(consumer, f"{api_c}/market/trades/{lot_id}/close")
-    wait_for(lambda: chain.lot(lot_id).status == LotStatus.CLOSED, timeout=20)
+    asked = post(consumer, f"{api_c}/market/trades/{lot_id}/close")
+    assert "your meter's next reading settles the tail" in asked["message"]
+    wait_for(lambda: chain.lot(lot_id).status == LotStatus.CLOSED, timeout=60, step=0.5)
     wait_for(lambda: not supply.relay_closed and not load.relay_closed, timeout=20)
 
-    # 7. The books: every wei and every Wh where it belongs.
+    # 7. The books: every wei and every Wh where it belongs. The seller is paid for what was
+    #    metered, or for the minimum charge if less was delivered.
     closed = chain.lot(lot_id)
     delivered, paid = closed.delivered_wh, closed.paid_wei
     deposit = (lot_wh * price + 999) // 1000
     assert paid == delivered * price // 1000
-    assert chain.credit_of(who["producer"]) == paid
+    charged = max(delivered, min(MIN_CHARGE_WH, lot_wh)) * price // 1000
+    assert chain.credit_of(who["producer"]) == charged
     first_deposit = (lot_wh * 10**16 + 999) // 1000  # the consumer's own outbid first bid
-    assert chain.credit_of(who["consumer"]) == first_deposit + deposit - paid
+    assert chain.credit_of(who["consumer"]) == first_deposit + deposit - charged
     assert chain.credit_of(who["rival"]) == rival_deposit
     market = chain.deployment.market
-    assert chain.ether_balance(market) == paid + first_deposit + (deposit - paid) + rival_deposit
+    assert chain.ether_balance(market) == charged + first_deposit + (deposit - charged) \
+        + rival_deposit
     assert chain.token_balance(market) == 0
     minted = chain.meter(who["supply_meter"]).cumulative_wh - _baseline(chain, who["supply_meter"])
     assert chain.token_balance(who["producer"]) == minted - delivered

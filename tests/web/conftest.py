@@ -26,7 +26,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dapp.chain.client import ChainClient
+from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.deploy import MarketParameters, deploy
 from dapp.chain.inprocess import InProcessChain, close_shared_chains, shared_chain
 from dapp.wallet.keystore import Keystore
@@ -35,9 +35,14 @@ from tests.support import SigningMeter, free_port, wait_for  # noqa: F401 - re-e
 
 ETHER = 10**18
 PASSPHRASE = "correct horse battery staple"
+# Deliberate values: a trade stalls after 60 s of its buyer's meter's silence, a close request
+# waits 30 s for the buyer's next reading, and every trade costs its winner at least 100 Wh
+# (at 0.001 ETH/kWh: 0.0001 ETH to the seller), which the tests that walk away assert.
 PARAMS = MarketParameters(
-    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, stall_timeout=60
+    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, stall_timeout=60,
+    close_grace=30, min_charge_wh=100,
 )
+BUYERS = ("consumer", "rival")  # they bid, so they have accepted load meters
 RATED_W = 65_000
 ROLES = ("producer", "consumer", "rival", "finalizer")
 
@@ -45,7 +50,8 @@ ROLES = ("producer", "consumer", "rival", "finalizer")
 class World:
     """An in-process chain with the contracts, a keystore of people by role, and helpers."""
 
-    def __init__(self, root: Path, tokens_wh: int = 5_000) -> None:
+    def __init__(self, root: Path, tokens_wh: int = 5_000,
+                 buyers: tuple[str, ...] = BUYERS) -> None:
         self.name = f"web-{uuid.uuid4().hex[:10]}"
         self.url = f"inprocess://{self.name}"
         self.chain: InProcessChain = shared_chain(self.name)
@@ -77,6 +83,8 @@ class World:
         self.load_meters: dict[str, SigningMeter] = {}  # owner -> its one load meter
         if tokens_wh:
             self.mint(self.address["producer"], tokens_wh)
+        for role in buyers:  # only accounts with an accepted load meter may bid
+            assert self.load_meter(self.address[role]).report(self.client, self.bank).accepted
 
     def account(self, role: str) -> Any:
         """The decrypted key of a role (for setting up state directly)."""
@@ -113,6 +121,23 @@ class World:
             meter = self.load_meters[owner] = SigningMeter("load", RATED_W)
             meter.offer_to(self.client, self.bank, self.keystore.unlock(owner, PASSPHRASE))
         return meter
+
+    def heartbeat(self, owner: str) -> None:
+        """`owner`'s load meter reports its unchanged counter (a reading of 0 Wh)."""
+        outcome = self.load_meter(owner).report(self.client, self.bank)
+        assert outcome.accepted, outcome.reason
+
+    def buyer_closes(self, role: str, trade_id: int) -> None:
+        """The buyer closes a trade: asks, and its meter's next reading settles the tail."""
+        self.mine(self.client.close_connection(self.account(role), trade_id))
+        if self.client.lot(trade_id).status == LotStatus.OPEN:  # it was a request
+            self.advance(1)
+            self.heartbeat(self.address[role])
+
+    def no_open_trades(self, role: str) -> None:
+        """Close the trades other tests left open for `role` (they would be settled first)."""
+        while earlier := self.client.active_trade_of(self.address[role]):
+            self.buyer_closes(role, earlier)
 
     def close(self) -> None:
         """Stop the chain's block timer."""

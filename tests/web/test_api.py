@@ -236,6 +236,7 @@ def test_mining_over_the_api(api_producer, world):
 
 
 def test_market_round_trip_over_the_api(api_producer, api_consumer, world):
+    world.no_open_trades("consumer")  # this trade is to be the consumer's active one
     lot = listing(world, api_producer, energy="1.5", price="1000000", price_unit="gwei")
     market = api_consumer.client.get("/api/v1/market").get_json()
     shown = next(item for item in market["listings"] if item["id"] == lot)
@@ -257,10 +258,20 @@ def test_market_round_trip_over_the_api(api_producer, api_consumer, world):
     assert trade["buyer"]["address"] == world.address["consumer"]
     assert trade["price"] == "0.002" and trade["delivered_kwh"] == "0" and trade["paid"] == "0"
     assert trade["relay"] == "no meter"
+    assert trade["state"] == "delivering" and trade["min_charge_kwh"] == "0.1"
+    credit = world.client.credit_of(world.address["consumer"])
     closed = api_consumer.api("POST", f"/api/v1/market/trades/{lot}/close")
     assert closed.status_code == 202
+    assert "your meter's next reading settles the tail" in closed.get_json()["message"]
     world.mine(closed.get_json()["tx_hash"])
+    trades = api_consumer.client.get("/api/v1/market").get_json()["trades"]
+    trade = next(t for t in trades if t["id"] == lot)
+    assert trade["state"] == "closing" and trade["closing"] is True
+    world.advance(1)
+    world.heartbeat(world.address["consumer"])  # the next reading settles the tail: 0 Wh
     assert world.client.lot(lot).status == LotStatus.CLOSED
+    # The refund is the deposit less the minimum charge (100 Wh at 0.002 ETH/kWh).
+    assert world.client.credit_of(world.address["consumer"]) == credit + 3 * 10**15 - 2 * 10**14
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,14 @@ from tests.web.conftest import Browser, World, wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The consumer's load meter is the emulated one here: the world gives it none."""
+    made = World(tmp_path_factory.mktemp("bridge-world"), buyers=("rival",))
+    yield made
+    made.close()
+
+
 @pytest.fixture
 def bridged(make_app, world: World) -> Iterator[tuple[Flask, Any]]:
     """The app with a bridge over an emulated supply (producer) and load (consumer) meter."""
@@ -73,7 +81,8 @@ def test_generation_relays_and_deliveries_reach_the_pages(bridged, world):
         trades = consumer.client.get("/api/v1/market").get_json()["trades"]
         return next((t for t in trades if t["id"] == lot), None)
 
-    shown = wait_for(lambda: (t := trade()) and t["relay"] == "closed" and t, timeout=30)
+    shown = wait_for(lambda: (t := trade()) and t["relay"] == "closed"
+                     and t["seller_relay"] == "closed" and t, timeout=30)
     assert shown["seller_relay"] == "closed"
     assert "relay: closed" in consumer.text("/market/board")
     delivered = wait_for(lambda: (t := trade()) and t["delivered_wh"] > 0 and t, timeout=40)

@@ -169,11 +169,16 @@ def test_sell_bid_trade_close_live_in_two_browsers(site, people):
     assert producer.page.evaluate("window.__notReloaded") is True
     expect(consumer.page.locator("#close")).to_contain_text(f"Trade #{lot}")
 
-    # The consumer closes the connection; the trade disappears from both pages.
+    # The consumer closes the connection: a request, shown on both pages as closing; the
+    # consumer's meter's next reading settles the tail and the trade disappears from both.
     consumer.page.locator(f"#trade-{lot} button[type=submit]").click()
     consumer.page.wait_for_url("**/market/")
     expect(consumer.page.locator(".flash-ok")).to_contain_text(
-        f"Closing the connection of trade #{lot}")
+        f"Asking to close trade #{lot}: the relays open once it is mined")
+    for person in (producer, consumer):
+        expect(person.page.locator(f"#trade-{lot} .trade-state")).to_contain_text(
+            "Closing: relays open; the buyer's next reading settles the tail", timeout=20_000)
+    world.heartbeat(world.address["consumer"])
     for person in (producer, consumer):
         expect(person.page.locator(f"#trade-{lot}")).to_have_count(0, timeout=20_000)
         person.shot("closed")

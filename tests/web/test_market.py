@@ -192,6 +192,7 @@ def test_ended_auction_without_a_server_account_offers_finalize(producer, consum
 
 
 def test_close_connection_rules(producer, consumer, world, app):
+    world.no_open_trades("consumer")  # this trade is to be the consumer's active one
     lot = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, lot, "0.001")
     world.advance(601)
@@ -206,34 +207,63 @@ def test_close_connection_rules(producer, consumer, world, app):
 
     tokens = world.client.token_balance(world.address["producer"])
     credit = world.client.credit_of(world.address["consumer"])
-    assert consumer.post("/market/close", {"trade": str(lot)}).status_code == 303
-    world.mine(pending_tx(consumer))
+    seller_credit = world.client.credit_of(world.address["producer"])
+    # The buyer's close is a request: the trade shows as closing until the meter's next reading.
+    asked = consumer.post("/market/close", {"trade": str(lot)})
+    assert asked.status_code == 303
+    page = consumer.text("/market/")
+    assert f"Asking to close trade #{lot}: the relays open once it is mined" in page
+    world.mine(re.search(r"Transaction (0x[0-9a-f]{64}) is pending", page).group(1))
+    assert world.client.lot(lot).status == LotStatus.OPEN
+    shown = card(consumer.text("/market/"), "trade", lot)
+    assert "Closing: relays open; the buyer&#39;s next reading settles the tail" in shown
+    assert "Close connection" not in shown and "Close now" not in shown
+    again = consumer.post("/market/close", {"trade": str(lot)})
+    assert again.status_code == 409
+    assert f"You already asked to close trade #{lot}" in again.get_data(as_text=True)
+    world.advance(1)
+    world.heartbeat(world.address["consumer"])  # the next reading: nothing more drawn
     assert world.client.lot(lot).status == LotStatus.CLOSED
     assert world.client.token_balance(world.address["producer"]) == tokens + 1000
-    assert world.client.credit_of(world.address["consumer"]) == credit + 10**15
+    # Walking away costs the winner the minimum charge: 100 Wh at 0.001 ETH/kWh.
+    charge = 10**14
+    assert world.client.credit_of(world.address["consumer"]) == credit + 10**15 - charge
+    assert world.client.credit_of(world.address["producer"]) == seller_credit + charge
     assert f'id="trade-{lot}"' not in consumer.text("/market/")
     closed = consumer.post("/market/close", {"trade": str(lot)})
     assert closed.status_code == 409 and f"Trade #{lot} is not open." in closed.get_data(
         as_text=True)
 
 
-def test_seller_may_close_after_the_delivery_timeout(producer, consumer, world):
+def test_seller_may_close_a_stalled_trade(producer, consumer, world):
+    world.no_open_trades("consumer")
     lot = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, lot, "0.001")
     world.advance(601)
     world.mine(world.client.finalize(world.account("rival"), lot))
-    world.advance(61)
-    assert "Close connection" in card(producer.text("/market/"), "trade", lot)
+    opened = world.client.lot(lot).active_since
+    seller_view = card(producer.text("/market/"), "trade", lot)
+    assert "Close connection" not in seller_view and "Delivering; it stalls at" in seller_view
+    world.advance(61)  # the buyer's meter says nothing for longer than the stall timeout
+    shown = card(producer.text("/market/"), "trade", lot)
+    assert "Close connection" in shown and "Stalled since" in shown
+    trade = next(t for t in producer.client.get("/api/v1/market").get_json()["trades"]
+                 if t["id"] == lot)
+    assert trade["stalled"] is True and trade["stalls_at"] == opened + 60
+    seller_credit = world.client.credit_of(world.address["producer"])
     assert producer.post("/market/close", {"trade": str(lot)}).status_code == 303
     world.mine(pending_tx(producer))
-    assert world.client.lot(lot).status == LotStatus.CLOSED
+    closed = world.client.lot(lot)
+    assert closed.status == LotStatus.CLOSED
+    # Silent for over a minute at 65 kW: the meter could have drawn the whole 1 kWh lot, so the
+    # seller is paid for all of it from the escrow.
+    assert closed.delivered_wh == 1000
+    assert world.client.credit_of(world.address["producer"]) == seller_credit + 10**15
 
 
-def test_a_trade_queued_behind_the_buyers_oldest_waits_for_its_deliveries(producer, consumer,
-                                                                         world):
-    # Trades other tests left open would come first: the consumer starts with none.
-    while earlier := world.client.oldest_open_trade(world.address["consumer"]):
-        world.mine(world.client.close_connection(world.account("consumer"), earlier))
+def test_a_queued_trade_shows_as_queued_and_its_seller_waits_for_a_stall(producer, consumer,
+                                                                           world):
+    world.no_open_trades("consumer")
     oldest = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, oldest, "0.001")
     queued = sell(world, producer, energy="1", price="0.001")
@@ -242,20 +272,50 @@ def test_a_trade_queued_behind_the_buyers_oldest_waits_for_its_deliveries(produc
     world.mine(world.client.finalize(world.account("rival"), oldest))
     world.mine(world.client.finalize(world.account("rival"), queued))
     meter = world.load_meter(world.address["consumer"])  # its readings go to the oldest trade
-    assert meter.report(world.client, world.bank).accepted  # a baseline (or a heartbeat)
     world.advance(30)
     assert meter.report(world.client, world.bank, meter.energy_wh + 100).accepted
-    delivered_at = world.client.lot(oldest).last_delivery_at
-    assert delivered_at > world.client.lot(queued).last_delivery_at
-    world.advance(40)  # past the queued trade's own timeout, not past the oldest one's delivery
+    read_at = world.now()
+    assert world.client.lot(oldest).delivered_wh == 100
+    world.advance(40)  # past the queued trade's opening + 60 s, not past the reading + 60 s
 
     trades = producer.client.get("/api/v1/market").get_json()["trades"]
     shown = next(t for t in trades if t["id"] == queued)
+    assert shown["state"] == "queued" and shown["active"] is False
     assert shown["seller_can_close"] is False
-    assert shown["seller_can_close_at"] == delivered_at + 60
+    assert shown["seller_can_close_at"] == read_at + 60 == world.client.stalls_at(queued)
+    assert f"Queued behind trade #{oldest}" in card(producer.text("/market/"), "trade", queued)
     refused = producer.post("/market/close", {"trade": str(queued)})
     assert refused.status_code == 409
-    assert "only when no delivery has come for a while" in refused.get_data(as_text=True)
+    assert "only once it is stalled" in refused.get_data(as_text=True)
+    # The buyer closes a queued trade at once (its seller never exported).
+    assert consumer.post("/market/close", {"trade": str(queued)}).status_code == 303
+    world.mine(pending_tx(consumer))
+    assert world.client.lot(queued).status == LotStatus.CLOSED
+    own = consumer.text("/market/").split('id="close"')[1]
+    assert f"Trade #{oldest}" in own and f"Trade #{queued}" not in own
+
+
+def test_a_bidder_without_a_load_meter_is_told_before_sending(producer, world, app):
+    lot = sell(world, producer, energy="0.5", price="0.001")
+    finalizer = Browser(app.test_client(), world)
+    assert finalizer.login("finalizer").status_code == 303  # no load meter offered to it
+    shown = card(finalizer.text("/market/"), "listing", lot)
+    assert "Only an account with an accepted load meter can bid" in shown
+    assert "bid-form" not in shown
+    nonce = world.w3.eth.get_transaction_count(world.address["finalizer"], "pending")
+    response = finalizer.post("/market/bid", {"lot": str(lot), "price": "0.001"})
+    assert response.status_code == 409
+    assert "Only an account with an accepted load meter can bid" in response.get_data(
+        as_text=True)
+    assert world.w3.eth.get_transaction_count(world.address["finalizer"], "pending") == nonce
+
+
+def test_the_listing_card_states_the_minimum_charge(producer, consumer, world):
+    lot = sell(world, producer, energy="0.5", price="0.002")
+    shown = card(consumer.text("/market/"), "listing", lot)
+    # 100 Wh at the minimum bid of 0.002 ETH/kWh.
+    assert ("Winning costs at least 0.0002 ETH at this bid (the minimum charge, 0.1 kWh)"
+            in shown)
 
 
 @pytest.mark.parametrize("field", ["lot", "trade"])
@@ -270,7 +330,8 @@ def test_garbage_ids_never_make_a_server_error(consumer, url, field):
 def test_auto_finalizer_waits_for_the_chain_clock(producer, consumer, world, app):
     ext = app.extensions["microgrid"]
     finalizer = AutoFinalizer(ext.market, world.account("finalizer"))
-    for tx_hash in finalizer.run_once():  # listings other tests left behind
+    world.advance(601)  # listings other tests left behind have ended
+    for tx_hash in finalizer.run_once():
         world.mine(tx_hash)
     lot = sell(world, producer, energy="1", price="0.001", duration="600")
     bid(world, consumer, lot, "0.002")
@@ -289,7 +350,8 @@ def test_two_servers_finalize_once_and_nobody_sees_an_error(producer, consumer, 
     first, second = make_app(), make_app()
     a = AutoFinalizer(first.extensions["microgrid"].market, world.account("finalizer"))
     b = AutoFinalizer(second.extensions["microgrid"].market, world.account("rival"))
-    for tx_hash in a.run_once():  # listings other tests left behind
+    world.advance(601)  # listings other tests left behind have ended
+    for tx_hash in a.run_once():
         world.mine(tx_hash)
     lot = sell(world, producer, energy="1", price="0.001", duration="600")
     world.advance(601)

@@ -141,6 +141,7 @@ def test_live_auction_reaches_both_people_without_reloading(live, world):
     seller, buyer = connect(live, producer), connect(live, consumer)
     if world.client.token_balance(world.address["producer"]) < 1000:
         world.mint(world.address["producer"], 5000)
+    world.no_open_trades("consumer")  # the trade below is to be the consumer's active one
 
     world.chain.stop_mining()
     try:
@@ -179,6 +180,12 @@ def test_live_auction_reaches_both_people_without_reloading(live, world):
 
     close = consumer.api("POST", f"/api/v1/market/trades/{lot}/close")
     assert close.status_code == 202
+    # Two-phase: the card shows the trade closing, then the meter's next reading closes it.
+    for person in (seller, buyer):
+        person.wait("market", lambda m: any(t["id"] == lot and t["closing"]
+                                            for t in m["trades"]))
+    world.advance(1)
+    world.heartbeat(world.address["consumer"])
     for person in (seller, buyer):
         person.wait("market", lambda m: lot not in [t["id"] for t in m["trades"]])
         person.wait("notice", lambda n: f"Trade #{lot} closed" in n["text"])
