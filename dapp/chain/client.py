@@ -495,7 +495,7 @@ class ChainClient:
         return self._send(account, self._market, "finalize", [lot_id], "finalize auction")
 
     def close_connection(self, account: LocalAccount, trade_id: int) -> str:
-        """Close an open trade (buyer; or seller after the delivery timeout)."""
+        """Close an open trade: the buyer asks (two-phase), or the seller once it is stalled."""
         return self._send(account, self._market, "closeConnection", [trade_id],
                           "close connection")
 
