@@ -85,11 +85,12 @@ class SimulationSettings:
     seed: int = 1
     block_s: int = 60  # chain time per block (anvil_setBlockTimestampInterval)
     interval_s: int = 900  # the report's interval
-    agent_interval_s: int = 900  # how often each agent decides
+    agent_interval_s: int = 300  # how often each agent decides (auctions outlast it)
     poll_s: int = 60  # how often the bridge reads each meter
-    auction_s: int = 300
+    auction_s: int = 600
     household_funds_wei: int = 10 * ETHER
     limits: Limits = DEFAULT_LIMITS
+    household_limits: dict[str, Limits] = field(default_factory=dict)  # overrides by name
     community_factory: Callable[[], Community] | None = None  # default: Community.generate
     data_dir: Path | None = None  # default: a temporary directory, removed afterwards
 
@@ -104,6 +105,10 @@ class SimulationSettings:
         if self.interval_s % self.block_s or self.agent_interval_s % self.block_s \
                 or self.poll_s % self.block_s:
             raise ValueError("the interval, agent interval and poll time must be whole blocks")
+
+    def limits_of(self, name: str) -> Limits:
+        """The limits household `name`'s owner set."""
+        return self.household_limits.get(name, self.limits)
 
     def make_community(self) -> Community:
         """A fresh copy of the community (the baseline gets its own)."""
@@ -404,11 +409,10 @@ class ChainSimulation:
                 listings=self.book.open_listings(now_chain),
                 trades=self.book.trades_of(address),
                 spent_today_wei=self.book.spent_today(address, self._day()))
-            decision = decide(state, s.limits, terms)
+            decision = decide(state, s.limits_of(name), terms)
             house.decisions += 1
             day = self._day()
             house.log += [f"day {day} {self._clock_text()}: {line}" for line in decision.log]
-            del house.log[:-50]
             for action in decision.actions:
                 self._send(name, lambda a=action, acct=house.account: self._act(acct, a))
             if self.book.credit(address) >= WITHDRAW_MIN_WEI:
@@ -532,13 +536,40 @@ class ChainSimulation:
                     self.series[n].intervals == [] or self.series[n].intervals[-1].t_s
                     < self.time_s for n in self.series) and self.time_s > 0:
                 self._record_interval()  # the partial last interval
-            if self._submit_job is not None:
-                self._submit_job.join(120)
+            if self.time_s > 0:
+                self._closing_readings()
             self.trading = self._collect()
         finally:
             self.wall_s = time.monotonic() - started
             self.close()
         return self.trading
+
+    def _closing_readings(self) -> None:
+        """One last pass over every meter, forwarded and mined: the chain has the final
+        counters (no physics runs in this block)."""
+        assert self.bridge is not None and self.chain is not None
+        for port in self.bridge.ports:
+            port.next_read = 0.0
+            self._due[id(port)] = 0.0
+        self._step_ports()
+        self._submit()
+        self._mine()
+        if self._submit_job is not None:
+            self._submit_job.join(120)
+        self.chain.listener.poll_once()
+        self._after_block()
+        flows = self.book.drain()  # settled by the closing readings: part of the last interval
+        for name, series in self.series.items():
+            if not series.intervals:
+                continue
+            last = series.intervals[-1]
+            money = flows.get(self.households[name].account.address, {})
+            last.paid_wei += money.get("paid_wei", 0)
+            last.ether_out_wei += money.get("deposited_wei", 0)
+            last.ether_in_wei += money.get("withdrawn_wei", 0)
+            gas, txs = self.gas_interval.pop(name, [0, 0])
+            last.gas_used += gas
+            last.transactions += txs
 
     def _status(self) -> str:
         day = self.time_s / DAY_S
@@ -625,15 +656,15 @@ class ChainSimulation:
     def _check_limits(self) -> None:
         """From the chain's events: no bid above the ceiling, no listing below the floor, no
         day's settled payments above the daily limit."""
-        limits = self.settings.limits
+        limits = self.settings.limits_of
         for bidder, lot, price in self.book.bids:
-            if price > limits.ceiling_wei_per_kwh:
+            if price > limits(self.by_address[bidder]).ceiling_wei_per_kwh:
                 self.limit_violations.append(f"{self.by_address[bidder]} bid {price} on {lot}")
         for seller, lot, price in self.book.listings:
-            if price < limits.floor_wei_per_kwh:
+            if price < limits(self.by_address[seller]).floor_wei_per_kwh:
                 self.limit_violations.append(f"{self.by_address[seller]} listed {lot} at {price}")
         for (account, day), paid in self.book.spent_by_day.items():
-            if paid > limits.daily_limit_wei:
+            if paid > limits(self.by_address[account]).daily_limit_wei:
                 self.limit_violations.append(f"{self.by_address[account]} paid {paid} on day {day}")
 
     def write(self, out_dir: Path) -> dict:
