@@ -29,6 +29,7 @@ test: install
 
 bench: install
 	$(PY) bench/gas.py
+	$(PY) bench/simulate.py
 	MICROGRID_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/web/test_fuzz_api.py
 
 # Everything from a fresh clone to the app on http://localhost:3000 (Ctrl-C stops it all).

@@ -86,7 +86,7 @@ class SimulationSettings:
     block_s: int = 60  # chain time per block (anvil_setBlockTimestampInterval)
     interval_s: int = 900  # the report's interval
     agent_interval_s: int = 300  # how often each agent decides (auctions outlast it)
-    poll_s: int = 60  # how often the bridge reads each meter
+    poll_s: int = 120  # how often the bridge reads each meter (relays follow every block)
     auction_s: int = 600
     household_funds_wei: int = 10 * ETHER
     limits: Limits = DEFAULT_LIMITS
