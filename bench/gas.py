@@ -19,7 +19,7 @@ from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
 from dapp.chain.contracts import load_artifact
-from dapp.chain.deploy import MarketParameters, deploy
+from dapp.chain.deploy import create_address
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 TARGETS = {
@@ -31,6 +31,28 @@ TARGETS = {
 }
 PRICE = 10**15  # wei per kWh
 BATCH = 20  # readings per batch: 20 supply meters of 20 households, steady state
+# minDuration, maxDuration, minIncrementPerKWh, stallTimeout, closeGrace, minChargeWh
+MARKET_RULES = [60, 7 * 86_400, 10**12, 900, 120, 100]
+
+
+def deploy(w3: Web3, deployer: str) -> tuple[Any, Any, Any]:
+    """Token, registry and market from `deployer`, wired through predicted addresses."""
+    nonce = w3.eth.get_transaction_count(deployer)
+    token_at, registry_at, market_at = (create_address(deployer, nonce + i) for i in range(3))
+    plan = [
+        ("EnergyToken", [registry_at, market_at]),
+        ("MeterRegistry", [deployer, token_at, market_at]),
+        ("EnergyMarket", [token_at, registry_at, *MARKET_RULES]),
+    ]
+    for name, args in plan:
+        art = load_artifact(name)
+        w3.eth.contract(abi=art.abi, bytecode=art.bytecode).constructor(*args).transact(
+            {"from": deployer}
+        )
+    return tuple(
+        w3.eth.contract(address=a, abi=load_artifact(n).abi)
+        for a, (n, _) in zip((token_at, registry_at, market_at), plan, strict=True)
+    )
 
 
 def reading_signature(
@@ -63,10 +85,7 @@ def main() -> int:
     w3 = Web3(EthereumTesterProvider(tester))
     keys = tester.backend.account_keys
     operator, seller, buyer, rival, carrier = (Account.from_key(k).address for k in keys[:5])
-    dep = deploy(w3, Account.from_key(keys[0]), MarketParameters(min_duration=60))
-    token = w3.eth.contract(address=dep.token, abi=load_artifact("EnergyToken").abi)
-    registry = w3.eth.contract(address=dep.registry, abi=load_artifact("MeterRegistry").abi)
-    market = w3.eth.contract(address=dep.market, abi=load_artifact("EnergyMarket").abi)
+    token, registry, market = deploy(w3, operator)
     chain_id = w3.eth.chain_id
     gas: dict[str, int] = {}
     clock = [w3.eth.get_block("latest")["timestamp"]]
@@ -105,6 +124,9 @@ def main() -> int:
 
     install("supply", seller, 0)
     install("load", buyer, 1)
+    rival_meter = Account.from_key(Web3.keccak(text="bench meter rival")).address
+    send(None, registry.functions.offerMeter(rival_meter, rival, 1, 5000), operator)
+    send(None, registry.functions.acceptMeter(rival_meter), rival)
     # Supply: baseline, a first mint (fresh balance), then a steady-state mint.
     read(None, "supply", 1000)
     advance(3600)
@@ -131,9 +153,11 @@ def main() -> int:
     advance(60)
     read("load_reading", "load", 540)
     advance(60)
-    send("close_connection", market.functions.closeConnection(lot), buyer)
+    send("close_request", market.functions.closeConnection(lot), buyer)
+    advance(5)
+    read("close_connection", "load", 540)  # the heartbeat that settles the tail and closes
     send("withdraw", market.functions.withdraw(), rival)
-    assert token.functions.balanceOf(dep.market).call() == 0
+    assert token.functions.balanceOf(market.address).call() == 0
 
     # A gateway's batch: 20 supply meters of 20 households, each past its first mint.
     batch_keys = [Web3.keccak(text=f"bench batch meter {i}") for i in range(BATCH)]

@@ -13,7 +13,8 @@ LABELS = {
     "bid_first": "`bid_first`",
     "bid_outbid": "`bid_outbid`",
     "finalize": "`finalize`",
-    "close_connection": "`close_connection`",
+    "close_request": "`close_request` (buyer, phase one)",
+    "close_connection": "`close_connection` (the next reading closes)",
     "withdraw": "`withdraw`",
 }
 

@@ -9,6 +9,14 @@ interface IEnergyTokenEscrow is IERC20 {
     function burnDelivered(uint256 energyWh) external;
 }
 
+interface IMeterRegistryView {
+    function loadMeterOf(address owner) external view returns (address);
+    function lastLoadReadingOf(address owner)
+        external
+        view
+        returns (uint256 readAt, uint256 ratedPowerW);
+}
+
 /// @title EnergyMarket
 /// @notice English auctions of energy tokens with an Ether escrow that pays the seller per Wh the
 /// buyer's load meter measures.
@@ -19,7 +27,14 @@ interface IEnergyTokenEscrow is IERC20 {
 ///
 /// Work per reading is bounded: {settleDelivery} walks at most MAX_TRADES_PER_READING of the
 /// buyer's open trades (oldest first, a linked list per buyer); it stops at the first trade the
-/// reading does not complete, so only completed trades cost more than one step.
+/// reading does not complete, so only completed trades cost more than one step. What a reading
+/// cannot walk is carried over to the buyer's next reading, never dropped.
+///
+/// Exposure is bounded (README, "The market"): only the buyer's oldest open trade is delivering
+/// ({activeTradeOf}); a trade whose buyer's load meter has been silent for `stallTimeout` is
+/// stalled and its seller may close it, charging the most the meter could have drawn while
+/// silent; every trade costs its winner at least `minChargeWh`; the buyer closes in two phases
+/// (relays open at once, the next reading settles the tail).
 contract EnergyMarket is ReentrancyGuard {
     /// @notice Lifecycle of a lot.
     enum Status {
@@ -39,29 +54,36 @@ contract EnergyMarket is ReentrancyGuard {
         uint256 pricePerKWh; // start price until the first bid, then the highest bid
         uint256 deadline;
         uint256 deliveredWh;
-        uint256 lastDeliveryAt;
+        uint256 activeSince; // when it opened, or became the buyer's active trade if later
         uint256 depositWei; // escrowed by the buyer (0 while nobody has bid)
-        uint256 paidWei; // already credited to the seller
+        uint256 paidWei; // already credited to the seller for delivered energy
+        uint256 closeRequestedAt; // when the buyer asked to close (0: not asked)
     }
 
-    /// @dev Three slots. A delivery reads and writes slot 0 and reads the seller from slot 1.
+    /// @dev Three slots. A delivery reads and writes slot 0 and reads slot 1 (seller and the
+    /// close request). Slot 0: 8 + 48 + 40 + 96 + 48 = 240 bits; slot 1: 160 + 32 + 32 + 32 =
+    /// 256; slot 2: 160 + 48 + 48 = 256.
     struct Lot {
         Status status;
         uint48 deliveredWh;
-        uint40 lastDeliveryAt;
+        uint40 activeSince; // when it opened, or became the buyer's active trade if later
         uint96 pricePerKWh;
         uint48 energyWh;
         address seller;
-        uint40 deadline;
+        uint32 deadline;
+        uint32 closeRequestedAt; // 0 unless the buyer asked to close (two-phase close)
+        uint32 sellerSlot; // 1 + its index in the seller's active lots (0: not there)
         address buyer;
         uint48 prevOfBuyer;
         uint48 nextOfBuyer;
     }
 
-    /// @dev A buyer's open trades, oldest first.
+    /// @dev A buyer's open trades, oldest first, and the energy a reading could not walk yet.
+    /// One slot: 48 + 48 + 64 bits.
     struct Queue {
         uint48 head;
         uint48 tail;
+        uint64 carryWh;
     }
 
     /// @notice At most this many of a buyer's trades are settled by one reading.
@@ -72,12 +94,15 @@ contract EnergyMarket is ReentrancyGuard {
     uint256 private immutable _minDuration;
     uint256 private immutable _maxDuration;
     uint256 private immutable _minIncrementPerKWh;
-    uint256 private immutable _deliveryTimeout;
+    uint256 private immutable _stallTimeout;
+    uint256 private immutable _closeGrace;
+    uint256 private immutable _minChargeWh;
 
     uint256 private _lotCount;
     mapping(uint256 id => Lot) private _lots;
     mapping(address buyer => Queue) private _queues;
     mapping(address account => uint256) private _credits;
+    mapping(address seller => uint256[]) private _lotsOfSeller; // Listed and Open, any order
 
     /// @notice The market was deployed, wired to `token` and `registry`. Servers joining a chain
     /// find the deployment by this event alone (a log query with no address filter).
@@ -120,6 +145,14 @@ contract EnergyMarket is ReentrancyGuard {
         uint256 refundWei,
         uint256 returnedWh
     );
+    /// @notice The buyer asked to close trade `tradeId`: the relays open now; the buyer's next
+    /// load reading (or, after the close grace, the stall rule) settles the tail, then it closes.
+    event CloseRequested(uint256 indexed tradeId, address indexed buyer, uint256 settlesBy);
+    /// @notice `tradeId` closed while stalled or unfinished: `energyWh` (the most the buyer's
+    /// meter could have drawn while silent, capped at the lot) was charged as delivered.
+    event StallCharged(
+        uint256 indexed tradeId, uint256 silentSince, uint256 silentUntil, uint256 energyWh
+    );
     /// @notice `account` withdrew `amountWei` of its credit.
     event Withdrawn(address indexed account, uint256 amountWei);
 
@@ -145,8 +178,13 @@ contract EnergyMarket is ReentrancyGuard {
     error MarketTradeNotOpen(uint256 tradeId);
     /// @notice Only the buyer and the seller of a trade may close it.
     error MarketNotTradeParty(uint256 tradeId, address caller);
-    /// @notice The seller may close only after the delivery timeout without readings.
-    error MarketDeliveryNotTimedOut(uint256 tradeId, uint256 timesOutAt);
+    /// @notice The seller may close only once the trade is stalled (the buyer's load meter
+    /// silent for the stall timeout) or the buyer's close request is past its grace time.
+    error MarketTradeNotStalled(uint256 tradeId, uint256 stallsAt);
+    /// @notice The buyer already asked to close; the next reading, or the grace time, ends it.
+    error MarketCloseAlreadyRequested(uint256 tradeId, uint256 graceEndsAt);
+    /// @notice Only accounts with an accepted, active load meter may bid.
+    error MarketBidderHasNoLoadMeter(address bidder);
     /// @notice Only the meter registry reports deliveries.
     error MarketCallerNotRegistry(address caller);
     /// @notice The caller has no credit to withdraw.
@@ -162,9 +200,14 @@ contract EnergyMarket is ReentrancyGuard {
         uint256 minDuration_,
         uint256 maxDuration_,
         uint256 minIncrementPerKWh_,
-        uint256 deliveryTimeout_
+        uint256 stallTimeout_,
+        uint256 closeGrace_,
+        uint256 minChargeWh_
     ) {
-        if (minDuration_ == 0 || maxDuration_ < minDuration_ || deliveryTimeout_ == 0) {
+        if (
+            minDuration_ == 0 || maxDuration_ < minDuration_ || maxDuration_ > type(uint32).max
+                || stallTimeout_ == 0 || closeGrace_ == 0
+        ) {
             revert MarketInvalidParameters();
         }
         _token = IEnergyTokenEscrow(token_);
@@ -172,7 +215,9 @@ contract EnergyMarket is ReentrancyGuard {
         _minDuration = minDuration_;
         _maxDuration = maxDuration_;
         _minIncrementPerKWh = minIncrementPerKWh_;
-        _deliveryTimeout = deliveryTimeout_;
+        _stallTimeout = stallTimeout_;
+        _closeGrace = closeGrace_;
+        _minChargeWh = minChargeWh_;
         emit MarketDeployed(token_, registry_);
     }
 
@@ -196,10 +241,13 @@ contract EnergyMarket is ReentrancyGuard {
         uint256 deadline = block.timestamp + duration;
         Lot storage lot = _lots[listingId];
         lot.seller = msg.sender;
-        lot.deadline = uint40(deadline);
+        lot.deadline = uint32(deadline);
         lot.pricePerKWh = uint96(startPricePerKWh);
         lot.energyWh = uint48(energyWh);
         lot.status = Status.Listed;
+        uint256[] storage own = _lotsOfSeller[msg.sender];
+        own.push(listingId);
+        lot.sellerSlot = uint32(own.length);
         emit Listed(listingId, msg.sender, energyWh, startPricePerKWh, deadline);
         _token.escrowFrom(msg.sender, energyWh);
     }
@@ -208,13 +256,17 @@ contract EnergyMarket is ReentrancyGuard {
     /// (see {depositFor}). The previous highest bidder's deposit becomes their credit.
     /// Requirements: listing Listed and before its deadline; caller is not the seller; price at
     /// least the start price (first bid) or the highest bid plus the minimum increment; msg.value
-    /// equals the deposit. Emits {BidPlaced}, and {Credited} for the outbid bidder.
+    /// equals the deposit; the caller has an accepted, active load meter (the only thing that
+    /// can settle the trade). Emits {BidPlaced}, and {Credited} for the outbid bidder.
     function bid(uint256 listingId, uint256 pricePerKWh) external payable {
         Lot storage lot = _lots[listingId];
         if (lot.status != Status.Listed) revert MarketListingNotOpen(listingId);
         if (block.timestamp >= lot.deadline) revert MarketAuctionEnded(listingId, lot.deadline);
         if (msg.sender == lot.seller) revert MarketSellerCannotBid(listingId);
         if (pricePerKWh > type(uint96).max) revert MarketPriceOutOfRange(pricePerKWh);
+        if (IMeterRegistryView(_registry).loadMeterOf(msg.sender) == address(0)) {
+            revert MarketBidderHasNoLoadMeter(msg.sender);
+        }
 
         address previousBidder = lot.buyer;
         uint256 previousPrice = lot.pricePerKWh;
@@ -249,12 +301,13 @@ contract EnergyMarket is ReentrancyGuard {
         uint256 energyWh = lot.energyWh;
         if (buyer == address(0)) {
             lot.status = Status.Expired;
+            _removeFromSeller(seller, lot);
             emit ListingExpired(listingId, seller, energyWh);
             _transferTokens(seller, energyWh);
             return;
         }
         lot.status = Status.Open;
-        lot.lastDeliveryAt = uint40(block.timestamp);
+        lot.activeSince = uint40(block.timestamp);
         Queue storage queue = _queues[buyer];
         uint48 id48 = uint48(listingId);
         uint48 tail = queue.tail;
@@ -268,61 +321,102 @@ contract EnergyMarket is ReentrancyGuard {
         emit TradeOpened(listingId, seller, buyer, energyWh, lot.pricePerKWh);
     }
 
-    /// @notice Settles `energyWh` measured by `buyer`'s load meter against the buyer's open
-    /// trades, oldest first, at most MAX_TRADES_PER_READING of them: each Wh moves its price from
-    /// the buyer's escrow to the seller's credit; a fully delivered trade closes itself. Energy
-    /// beyond the open lots is not billed. Delivered tokens stay locked in escrow (nobody can
-    /// move them) and are burned when the trade closes, which keeps a reading's gas low.
+    /// @notice Settles `energyWh` measured by `buyer`'s load meter (0 for a heartbeat), plus
+    /// what earlier readings could not walk, against the buyer's open trades, oldest first, at
+    /// most MAX_TRADES_PER_READING of them: each Wh moves its price from the buyer's escrow to the
+    /// seller's credit; a fully delivered trade closes itself, and so does the oldest trade once
+    /// a reading newer than the buyer's close request has settled its tail. What is left when the
+    /// walk limit is reached is carried to the next reading; energy beyond every open lot was not
+    /// bought and is not billed. Delivered tokens stay locked in escrow (nobody can move them) and
+    /// are burned when the trade closes, which keeps a reading's gas low.
+    /// Returns the energy carried over to the next reading.
     /// Requirements: called by the meter registry. Emits {DeliverySettled} per trade, and
-    /// {ConnectionClosed}, {Credited} and the token's {Transfer}s for trades it completes.
-    function settleDelivery(address buyer, uint256 energyWh) external {
+    /// {ConnectionClosed}, {Credited} and the token's {Transfer}s for trades it closes.
+    function settleDelivery(address buyer, uint256 energyWh) external returns (uint256 leftWh) {
         if (msg.sender != _registry) revert MarketCallerNotRegistry(msg.sender);
-        uint256 id = _queues[buyer].head;
-        uint256 left = energyWh;
-        for (uint256 i; i < MAX_TRADES_PER_READING && id != 0 && left != 0; ++i) {
+        Queue storage queue = _queues[buyer];
+        (uint256 id, uint256 carried) = _headAndCarry(queue);
+        if (id == 0) return 0; // nothing bought: the buyer used its own energy
+        leftWh = energyWh + carried;
+        for (uint256 i; i < MAX_TRADES_PER_READING; ++i) {
             Lot storage lot = _lots[id];
-            uint256 price = lot.pricePerKWh;
-            uint256 lotWh = lot.energyWh;
-            uint256 before = lot.deliveredWh;
-            uint256 take = lotWh - before;
-            if (take > left) take = left;
-            // take <= left, so this cannot underflow.
-            unchecked {
-                left -= take;
+            // Slots 0 and 1 are read once each, as words (layout: see the Lot struct).
+            uint256 word0;
+            uint256 word1;
+            assembly ("memory-safe") {
+                word0 := sload(lot.slot)
+                word1 := sload(add(lot.slot, 1))
             }
-            uint256 delivered = before + take;
-            uint256 paid = _paid(delivered, price) - _paid(before, price);
-            lot.deliveredWh = uint48(delivered);
-            lot.lastDeliveryAt = uint40(block.timestamp);
-            _credits[lot.seller] += paid;
-            emit DeliverySettled(id, take, paid, delivered);
-            if (delivered != lotWh) break;
+            uint256 lotWh = uint48(word0 >> 192);
+            uint256 delivered = uint48(word0 >> 8);
+            if (leftWh != 0) {
+                uint256 take = lotWh - delivered;
+                if (take > leftWh) take = leftWh;
+                // take <= leftWh, so this cannot underflow.
+                unchecked {
+                    leftWh -= take;
+                }
+                uint256 paid;
+                (delivered, paid) = _settle(lot, word0, word1, take);
+                emit DeliverySettled(id, take, paid, delivered);
+            }
+            if (delivered != lotWh) {
+                // Not delivered: it closes only if the buyer asked before this reading's block.
+                uint256 requested = uint32(word1 >> 192);
+                if (requested == 0 || block.timestamp <= requested) break;
+            }
             uint256 next = lot.nextOfBuyer;
-            _close(id, lot, address(0));
+            _close(id, lot, delivered == lotWh ? address(0) : buyer);
             id = next;
+            if (id == 0) {
+                leftWh = 0; // beyond every open lot: not bought, not billed
+                break;
+            }
         }
+        if (leftWh != carried) queue.carryWh = uint64(leftWh);
     }
 
-    /// @notice Closes an open trade: the relays open, the buyer's unspent deposit is credited back
-    /// and the undelivered tokens return to the seller.
-    /// Requirements: trade Open; caller is the buyer, or the seller once no delivery was reported
-    /// for the delivery timeout (for a trade queued behind the buyer's older trade: no delivery to
-    /// that older trade either). Emits {ConnectionClosed}, {Credited} (when a refund is due) and
-    /// the token's {Transfer} (when tokens return).
+    /// @notice Closes an open trade, or (the buyer, on the active trade) asks to close it.
+    /// The buyer: a queued trade closes at once (its seller was not exporting); the active trade
+    /// ({activeTradeOf}) is closed in two phases: this call records the request and the relays
+    /// open; the buyer's next load reading settles the tail and closes it, or, after the close
+    /// grace, a second call by either party closes it under the stall rule. The seller: once
+    /// the trade is stalled (the buyer's load meter silent for the stall timeout) or the buyer's
+    /// request is past its grace. Closing a stalled or unfinished active trade charges the most
+    /// the buyer's meter could have drawn while silent (rating x silent time, capped at the lot);
+    /// every close charges at least `minChargeWh` (or the whole lot if smaller). The unspent
+    /// deposit is credited to the buyer; undelivered tokens return to the seller.
+    /// Requirements: trade Open; caller is its buyer or seller, under the rules above.
+    /// Emits {CloseRequested}, or {StallCharged}/{DeliverySettled} when charged, then
+    /// {ConnectionClosed}, {Credited} and the token's {Transfer}s.
     function closeConnection(uint256 tradeId) external {
         Lot storage lot = _lots[tradeId];
         if (lot.status != Status.Open) revert MarketTradeNotOpen(tradeId);
-        if (msg.sender != lot.buyer) {
-            if (msg.sender != lot.seller) revert MarketNotTradeParty(tradeId, msg.sender);
-            uint256 lastActivity = lot.lastDeliveryAt;
-            if (lot.prevOfBuyer != 0) {
-                // Waiting behind the buyer's older trade: stalled only if that one is stalled.
-                uint256 headActivity = _lots[_queues[lot.buyer].head].lastDeliveryAt;
-                if (headActivity > lastActivity) lastActivity = headActivity;
+        address buyer = lot.buyer;
+        bool active = lot.prevOfBuyer == 0;
+        uint256 requested = lot.closeRequestedAt;
+        if (msg.sender == buyer) {
+            if (!active) {
+                _close(tradeId, lot, msg.sender);
+                return;
             }
-            uint256 timesOutAt = lastActivity + _deliveryTimeout;
-            if (block.timestamp < timesOutAt) revert MarketDeliveryNotTimedOut(tradeId, timesOutAt);
+            if (requested == 0) {
+                lot.closeRequestedAt = uint32(block.timestamp);
+                emit CloseRequested(tradeId, buyer, block.timestamp + _closeGrace);
+                return;
+            }
+            if (block.timestamp < requested + _closeGrace) {
+                revert MarketCloseAlreadyRequested(tradeId, requested + _closeGrace);
+            }
+        } else {
+            if (msg.sender != lot.seller) revert MarketNotTradeParty(tradeId, msg.sender);
+            uint256 stallsAt = _silentSince(lot, buyer) + _stallTimeout;
+            if (requested != 0 && requested + _closeGrace < stallsAt) {
+                stallsAt = requested + _closeGrace;
+            }
+            if (block.timestamp < stallsAt) revert MarketTradeNotStalled(tradeId, stallsAt);
         }
+        if (active) _chargeSilence(tradeId, lot, buyer, requested);
         _close(tradeId, lot, msg.sender);
     }
 
@@ -358,14 +452,48 @@ contract EnergyMarket is ReentrancyGuard {
         info.pricePerKWh = lot.pricePerKWh;
         info.deadline = lot.deadline;
         info.deliveredWh = lot.deliveredWh;
-        info.lastDeliveryAt = lot.lastDeliveryAt;
+        info.activeSince = lot.activeSince;
         if (lot.buyer != address(0)) info.depositWei = _deposit(lot.energyWh, lot.pricePerKWh);
         info.paidWei = _paid(lot.deliveredWh, lot.pricePerKWh);
+        info.closeRequestedAt = lot.closeRequestedAt;
     }
 
     /// @notice Number of lots ever listed; ids run from 1 to this.
     function lotCount() external view returns (uint256) {
         return _lotCount;
+    }
+
+    /// @notice The trade `buyer`'s readings are settling now (its oldest open trade; 0 when
+    /// none): the only one whose seller's export relay may be closed.
+    function activeTradeOf(address buyer) external view returns (uint256) {
+        return _queues[buyer].head;
+    }
+
+    /// @notice Energy (Wh) a reading of `buyer` could not walk yet; the next reading settles it.
+    function carriedOf(address buyer) external view returns (uint256) {
+        return _queues[buyer].carryWh;
+    }
+
+    /// @notice Every open trade of `buyer`, in settlement order (the first is active).
+    function tradesOfBuyer(address buyer) external view returns (uint256[] memory ids) {
+        uint256 n;
+        for (uint256 id = _queues[buyer].head; id != 0; id = _lots[id].nextOfBuyer) ++n;
+        ids = new uint256[](n);
+        uint256 i;
+        for (uint256 id = _queues[buyer].head; id != 0; id = _lots[id].nextOfBuyer) ids[i++] = id;
+    }
+
+    /// @notice Every Listed or Open lot of `seller`, in no particular order.
+    function lotsOfSeller(address seller) external view returns (uint256[] memory) {
+        return _lotsOfSeller[seller];
+    }
+
+    /// @notice When trade `tradeId` stalls (or stalled) if the buyer's load meter stays silent:
+    /// the start of the silence plus the stall timeout (0 unless the trade is Open).
+    function stallsAt(uint256 tradeId) external view returns (uint256) {
+        Lot storage lot = _lots[tradeId];
+        if (lot.status != Status.Open) return 0;
+        return _silentSince(lot, lot.buyer) + _stallTimeout;
     }
 
     /// @notice The oldest and newest open trade of `buyer` (0 when none).
@@ -389,50 +517,168 @@ contract EnergyMarket is ReentrancyGuard {
             uint256 minDuration,
             uint256 maxDuration,
             uint256 minIncrementPerKWh,
-            uint256 deliveryTimeout
+            uint256 stallTimeout,
+            uint256 closeGrace,
+            uint256 minChargeWh
         )
     {
         return (
             address(_token), _registry, _minDuration, _maxDuration, _minIncrementPerKWh,
-            _deliveryTimeout
+            _stallTimeout, _closeGrace, _minChargeWh
         );
     }
 
-    /// @dev Closes `lot`: unlinks it from the buyer's queue, credits the unspent deposit to the
-    /// buyer, burns the delivered tokens and returns the undelivered ones to the seller.
+    /// @dev The queue's head and carried energy, from one SLOAD of its slot.
+    function _headAndCarry(Queue storage queue)
+        private
+        view
+        returns (uint256 head, uint256 carried)
+    {
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(queue.slot) // head 0-47, tail 48-95, carryWh 96-159
+        }
+        return (uint48(word), uint64(word >> 96));
+    }
+
+    /// @dev Adds `take` Wh to `lot`'s delivered energy (one SSTORE of slot 0, `word0`) and
+    /// credits their price to the seller (from slot 1, `word1`); returns the new total and the
+    /// price credited.
+    function _settle(Lot storage lot, uint256 word0, uint256 word1, uint256 take)
+        private
+        returns (uint256 delivered, uint256 paid)
+    {
+        uint256 before = uint48(word0 >> 8);
+        delivered = before + take;
+        uint256 price = uint96(word0 >> 96);
+        paid = _paid(delivered, price) - _paid(before, price);
+        // A credit never exceeds the Ether the market holds.
+        unchecked {
+            _credits[address(uint160(word1))] += paid;
+        }
+        // delivered <= energyWh < 2^48: it fits the 48 bits it replaces.
+        uint256 updated = (word0 & ~(uint256(type(uint48).max) << 8)) | (delivered << 8);
+        assembly ("memory-safe") {
+            sstore(lot.slot, updated)
+        }
+    }
+
+    /// @dev Start of the buyer's silence for `lot`: its load meter's last accepted reading, or
+    /// when the trade opened or became active, whichever is later.
+    function _silentSince(Lot storage lot, address buyer) private view returns (uint256 since) {
+        (uint256 readAt,) = IMeterRegistryView(_registry).lastLoadReadingOf(buyer);
+        since = lot.activeSince;
+        if (readAt > since) since = readAt;
+    }
+
+    /// @dev Charges the active trade `lot`, as delivered, for what a reading could not walk yet
+    /// and the most the buyer's load meter could have drawn while silent (until the close
+    /// request, when there is one, since the relays opened then), capped at the undelivered lot.
+    function _chargeSilence(uint256 id, Lot storage lot, address buyer, uint256 requested)
+        private
+    {
+        (uint256 since, uint256 until, uint256 silentWh) = _silence(lot, buyer, requested);
+        uint256 undelivered = lot.energyWh - lot.deliveredWh;
+        uint256 charged = _takeCarry(buyer, undelivered) + silentWh;
+        if (charged > undelivered) charged = undelivered;
+        emit StallCharged(id, since, until, charged);
+        if (charged != 0) _deliver(id, lot, charged);
+    }
+
+    /// @dev The buyer's silence on the active trade `lot`: from its start to now (or to the
+    /// close request), and the most its load meter could have drawn meanwhile (rounded down).
+    function _silence(Lot storage lot, address buyer, uint256 requested)
+        private
+        view
+        returns (uint256 since, uint256 until, uint256 silentWh)
+    {
+        (uint256 readAt, uint256 ratedPowerW) =
+            IMeterRegistryView(_registry).lastLoadReadingOf(buyer);
+        since = lot.activeSince;
+        if (readAt > since) since = readAt;
+        until = block.timestamp;
+        if (requested != 0 && requested < until) until = requested;
+        if (until > since) silentWh = (ratedPowerW * (until - since)) / 3600;
+    }
+
+    /// @dev Takes up to `maxWh` of what `buyer`'s readings could not walk yet; returns it.
+    function _takeCarry(address buyer, uint256 maxWh) private returns (uint256 taken) {
+        Queue storage queue = _queues[buyer];
+        uint256 carried = queue.carryWh;
+        taken = carried < maxWh ? carried : maxWh;
+        if (taken != 0) queue.carryWh = uint64(carried - taken);
+    }
+
+    /// @dev Settles `energyWh` more of `lot` (at most its undelivered rest) to its seller.
+    function _deliver(uint256 id, Lot storage lot, uint256 energyWh) private {
+        uint256 price = lot.pricePerKWh;
+        uint256 before = lot.deliveredWh;
+        uint256 total = before + energyWh;
+        uint256 paid = _paid(total, price) - _paid(before, price);
+        lot.deliveredWh = uint48(total);
+        _credits[lot.seller] += paid;
+        emit DeliverySettled(id, energyWh, paid, total);
+    }
+
+    /// @dev Closes `lot`: unlinks it from the buyer's queue and the seller's lots, charges the
+    /// minimum, credits the unspent deposit to the buyer, burns the delivered tokens and returns
+    /// the undelivered ones to the seller.
     function _close(uint256 id, Lot storage lot, address closedBy) private {
         address buyer = lot.buyer;
+        address seller = lot.seller;
         uint256 lotWh = lot.energyWh;
         uint256 delivered = lot.deliveredWh;
         uint256 price = lot.pricePerKWh;
         lot.status = Status.Closed;
+        _removeFromSeller(seller, lot);
 
         Queue storage queue = _queues[buyer];
         uint48 prev = lot.prevOfBuyer;
         uint48 next = lot.nextOfBuyer;
         if (prev == 0) {
             queue.head = next;
-            // The next trade starts delivering only now: its delivery timeout starts now too,
+            // The next trade starts delivering only now: its silence is counted from now too,
             // so its seller cannot close it for the time it spent waiting behind this one.
-            if (next != 0) _lots[next].lastDeliveryAt = uint40(block.timestamp);
+            if (next != 0) _lots[next].activeSince = uint40(block.timestamp);
         } else {
             _lots[prev].nextOfBuyer = next;
         }
         if (next == 0) queue.tail = prev;
         else _lots[next].prevOfBuyer = prev;
+        if (queue.head == 0 && queue.carryWh != 0) queue.carryWh = 0; // no trade left to bill
         lot.prevOfBuyer = 0;
         lot.nextOfBuyer = 0;
 
-        // paid never exceeds the deposit: floor(d * p / 1000) <= ceil(lot * p / 1000) for d <= lot.
-        uint256 refund = _deposit(lotWh, price) - _paid(delivered, price);
+        // Walking away costs the winner: the seller is paid for at least the minimum charge.
+        uint256 minimumWh = _minChargeWh < lotWh ? _minChargeWh : lotWh;
+        uint256 fee = delivered < minimumWh ? _paid(minimumWh, price) - _paid(delivered, price) : 0;
+        // paid + fee = floor(max(d, m) * p / 1000) <= ceil(lot * p / 1000): the deposit covers it.
+        uint256 refund = _deposit(lotWh, price) - _paid(delivered, price) - fee;
         uint256 returned = lotWh - delivered;
         emit ConnectionClosed(id, closedBy, delivered, refund, returned);
+        if (fee != 0) {
+            _credits[seller] += fee;
+            emit Credited(seller, id, fee);
+        }
         if (refund != 0) {
             _credits[buyer] += refund;
             emit Credited(buyer, id, refund);
         }
         if (delivered != 0) _token.burnDelivered(delivered);
-        if (returned != 0) _transferTokens(lot.seller, returned);
+        if (returned != 0) _transferTokens(seller, returned);
+    }
+
+    /// @dev Takes `lot` out of `seller`'s active lots (swap with the last, pop).
+    function _removeFromSeller(address seller, Lot storage lot) private {
+        uint256[] storage own = _lotsOfSeller[seller];
+        uint256 index = lot.sellerSlot - 1;
+        uint256 last = own[own.length - 1];
+        if (index != own.length - 1) {
+            own[index] = last;
+            _lots[last].sellerSlot = uint32(index + 1);
+        }
+        own.pop();
+        lot.sellerSlot = 0;
     }
 
     /// @dev Sends escrowed tokens; the market's own token, so a failure reverts.

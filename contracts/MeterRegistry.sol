@@ -10,7 +10,7 @@ interface IEnergyTokenMinter {
 }
 
 interface IDeliverySettlement {
-    function settleDelivery(address buyer, uint256 energyWh) external;
+    function settleDelivery(address buyer, uint256 energyWh) external returns (uint256 leftWh);
 }
 
 /// @title MeterRegistry
@@ -217,7 +217,7 @@ contract MeterRegistry is AccessControl, EIP712 {
     /// heartbeat.
     /// Requirements: `signature` is `meter`'s EIP-712 signature of the reading for this chain
     /// and registry; the meter is Active. Emits {ReadingRecorded}, and the token's {Transfer}
-    /// (supply) or the market's delivery events (load) when the counter grew.
+    /// (supply, when the counter grew) or the market's delivery events (load).
     function report(address meter, uint64 energyWh, uint64 sequence, bytes calldata signature)
         external
     {
@@ -264,6 +264,19 @@ contract MeterRegistry is AccessControl, EIP712 {
     /// `owner`'s trades.
     function loadMeterOf(address owner) external view returns (address) {
         return _loadMeters[owner];
+    }
+
+    /// @notice The last accepted reading time (0: none yet) and the rating of `owner`'s active
+    /// load meter (both 0 when it has none): what the market's stall rule needs.
+    function lastLoadReadingOf(address owner)
+        external
+        view
+        returns (uint256 readAt, uint256 ratedPowerW)
+    {
+        address meter = _loadMeters[owner];
+        if (meter == address(0)) return (0, 0);
+        Meter storage m = _meters[meter];
+        return (m.readAt, m.ratedPowerW);
     }
 
     /// @notice The EIP-712 digest `meter` signs for this reading on this chain and registry.
@@ -313,13 +326,12 @@ contract MeterRegistry is AccessControl, EIP712 {
         }
         emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
 
-        if (deltaWh != 0) {
-            // An Active load meter is its owner's only load meter (see {acceptMeter}).
-            if (MeterKind(uint8(word >> 192)) == MeterKind.Supply) {
-                _token.mint(_owners[meter], deltaWh);
-            } else {
-                _market.settleDelivery(_owners[meter], deltaWh);
-            }
+        if (MeterKind(uint8(word >> 192)) == MeterKind.Supply) {
+            if (deltaWh != 0) _token.mint(_owners[meter], deltaWh);
+        } else {
+            // An Active load meter is its owner's only load meter (see {acceptMeter}). Every
+            // reading, heartbeats too, goes to the market: it may end a requested close.
+            _market.settleDelivery(_owners[meter], deltaWh);
         }
     }
 

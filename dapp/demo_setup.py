@@ -29,7 +29,7 @@ from dapp.chain.discovery import AmbiguousDeployment
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
 from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
-from hardware.models import LoadProfile, Plant, SolarArray
+from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
 
 ETHER = 10**18
@@ -50,8 +50,14 @@ class DemoSettings:
     acceleration: float = 60.0
     pv_peak_w: float = 800.0
     load_profile: str = "0:150,7:400,12:300,19:600,23:150"
+    # The producer's own household (about 2.8 kWh a day, against some 5 kWh its 800 W of PV
+    # stores on a sunny day) and a battery large enough that it is rarely full: the supply
+    # counter, and so the producer's tokens, grow whenever the sun shines.
+    producer_load_profile: str = "0:60,7:200,9:100,17:250,22:80"
+    battery_wh: float = 6000.0
+    battery_soc: float = 0.4
     min_duration: int = 60
-    delivery_timeout: int = 300
+    stall_timeout: int = 180  # the bridge sends a heartbeat at least every third of it
 
 
 @dataclass
@@ -191,13 +197,17 @@ class DemoSetup:
             raise  # several valid deployments: the user chooses, the demo adds no other
         except ChainError:
             params = MarketParameters(min_duration=self.settings.min_duration,
-                                      delivery_timeout=self.settings.delivery_timeout)
+                                      stall_timeout=self.settings.stall_timeout)
             dep = self.client.deploy(self._unlock(self.state.operator), params)
             self.out(f"      deployed: market {dep.market}")
 
     def _plant(self) -> Plant:
-        return Plant(pv=SolarArray(peak_w=self.settings.pv_peak_w),
-                     load=LoadProfile.parse(self.settings.load_profile))
+        settings = self.settings
+        return Plant(pv=SolarArray(peak_w=settings.pv_peak_w),
+                     battery=LeadAcidBattery(capacity_wh=settings.battery_wh,
+                                             soc=settings.battery_soc),
+                     load=LoadProfile.parse(settings.load_profile),
+                     own_load=LoadProfile.parse(settings.producer_load_profile))
 
     def _user(self, label: str):
         """Unlock a demo user's key (a new passphrase, or the copy in the passphrase file)."""
@@ -270,9 +280,10 @@ class DemoSetup:
             else:
                 lines.append(f"  {label:9s} {address}")
         if self.new_passphrases:
-            lines.append("  (the passphrases are shown only now; a copy readable only by you is "
-                         f"in {self.user_passphrase_file})")
+            lines.append(f"  (a copy readable only by you is in {self.user_passphrase_file}; "
+                         "`microgrid demo --status` shows them again)")
         else:
-            lines.append(f"  passphrases: see {self.user_passphrase_file}")
+            lines.append("  passphrases: `microgrid demo --status`, or "
+                         f"{self.user_passphrase_file}")
         lines += ["  Stop with Ctrl-C (the chain is saved; `make run` resumes it).", "=" * 72]
         return "\n".join(lines)

@@ -151,19 +151,24 @@ class Plant:
     """PV array, battery and load wired together, advanced in simulated seconds.
 
     PV charges the battery through the supply meter; the battery feeds the load through the load
-    meter only while the load is connected (the load meter's relay is closed). Energy totals are
-    what the two meters count.
+    meter only while the load is connected (the load meter's relay is closed). `own_load`, if
+    any, is the producer's own household: it draws from the battery all the time, behind the
+    supply meter and outside any trade (so the battery is rarely full and the supply counter
+    keeps growing with the sun). Energy totals are what the two meters count.
     """
 
     pv: SolarArray = field(default_factory=SolarArray)
     battery: LeadAcidBattery = field(default_factory=LeadAcidBattery)
     load: LoadProfile = field(default_factory=LoadProfile)
+    own_load: LoadProfile | None = None
     time_s: float = 12 * 3600.0  # simulated seconds since midnight of day 0
     load_connected: bool = False
     supply_wh: float = 0.0  # PV -> battery, cumulative
     load_wh: float = 0.0  # battery -> consumer, cumulative
+    own_wh: float = 0.0  # battery -> the producer's own household, cumulative
     supply_w: float = 0.0  # at the last step
     load_w: float = 0.0  # at the last step
+    own_w: float = 0.0  # at the last step
 
     MAX_STEP_S = 60.0  # integration step; the sun curve changes little in a minute
 
@@ -180,7 +185,10 @@ class Plant:
             self.supply_w = self.battery.charge(self.pv.power_at(mid_hour), dt)
             wanted = self.load.power_at(mid_hour) if self.load_connected else 0.0
             self.load_w = self.battery.discharge(wanted, dt)
+            own = self.own_load.power_at(mid_hour) if self.own_load is not None else 0.0
+            self.own_w = self.battery.discharge(own, dt) if own else 0.0
             self.supply_wh += self.supply_w * dt / 3600.0
             self.load_wh += self.load_w * dt / 3600.0
+            self.own_wh += self.own_w * dt / 3600.0
             self.time_s += dt
             seconds -= dt

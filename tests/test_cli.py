@@ -17,8 +17,8 @@ def test_help_names_each_variable_and_its_default(capsys):
     text = _help(capsys, "node")
     assert "(MICROGRID_NODE_PORT; default 8545)" in text
     assert "(MICROGRID_BLOCK_TIME; default 1)" in text
-    text = _help(capsys, "meter", "register")
-    assert "(MICROGRID_REGISTER_KIND)" in text  # required, no default
+    text = _help(capsys, "meter", "offer")
+    assert "(MICROGRID_OFFER_KIND)" in text  # required, no default
 
 
 def test_a_variable_sets_the_default_and_a_flag_wins(monkeypatch):

@@ -7,3 +7,8 @@ interface IAttackedMarket {
     function closeConnection(uint256 tradeId) external;
     function withdraw() external;
 }
+
+/// @notice The part of MeterRegistry a contract bidder calls to accept its load meter.
+interface IAcceptingRegistry {
+    function acceptMeter(address meter) external;
+}

@@ -11,9 +11,10 @@ interface ILensMarket {
         uint256 pricePerKWh;
         uint256 deadline;
         uint256 deliveredWh;
-        uint256 lastDeliveryAt;
+        uint256 activeSince;
         uint256 depositWei;
         uint256 paidWei;
+        uint256 closeRequestedAt;
     }
 
     function lotCount() external view returns (uint256);

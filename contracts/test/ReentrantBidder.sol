@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {IAttackedMarket} from "./IAttackedMarket.sol";
+import {IAcceptingRegistry, IAttackedMarket} from "./IAttackedMarket.sol";
 
 /// @title ReentrantBidder
 /// @notice Test-only attacker: a bidder whose `receive` re-enters the market while a withdrawal
@@ -70,6 +70,11 @@ contract ReentrantBidder {
         _bidPrice = bidPrice;
         _bidValue = bidValue;
         _closeLot = closeLot;
+    }
+
+    /// @notice Accepts a meter the operator offered to this contract (bidders need a load meter).
+    function acceptMeter(IAcceptingRegistry registry, address meter) external {
+        registry.acceptMeter(meter);
     }
 
     /// @notice Bids on the market with the Ether sent along.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {IAttackedMarket} from "./IAttackedMarket.sol";
+import {IAcceptingRegistry, IAttackedMarket} from "./IAttackedMarket.sol";
 
 /// @title RevertingBidder
 /// @notice Test-only griefer: a bidder (and buyer) that refuses every Ether transfer, to show it
@@ -19,6 +19,11 @@ contract RevertingBidder {
     /// @notice Refuses all Ether.
     receive() external payable {
         revert RevertingBidderRefusesEther();
+    }
+
+    /// @notice Accepts a meter the operator offered to this contract (bidders need a load meter).
+    function acceptMeter(IAcceptingRegistry registry, address meter) external {
+        registry.acceptMeter(meter);
     }
 
     /// @notice Bids on the market with the Ether sent along.

@@ -17,8 +17,10 @@ household's computer can withhold a reading but never forge or alter one.
 * **Readings** (`rules.py`, `submitter.py`): a sane reading is forwarded once the counter grew
   by `submit_step_wh` and `submit_interval` passed, an unchanged one every `heartbeat_interval`
   (the chain sees a live meter); all that is due goes in one batch from the `submitter` account.
-* **Relays** (`trades.py`): closed only while the chain wants it (the owner's open trade) and
-  nothing about the meter is wrong; everything else is open.
+* **Relays** (`trades.py`): closed only while the chain wants it and nothing about the meter is
+  wrong: a buyer's load relay while it has a delivering trade it has not asked to close; a
+  seller's export relay only while its trade is the one the buyer's readings settle and is not
+  stalled. A halted chain (no block for `halt_after` seconds) opens every relay.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ class MeterBridge:
         reconnect_backoff: tuple[float, float] = (0.5, 30.0),
         registry_recheck: float = 30.0,
         receipt_timeout: float = 120.0,
-        scan_lots: int = 1000,
         workers: int = 8,
+        halt_after: float = 10.0,
+        head_interval: float = 0.5,
         batch_interval: float = 0.5,
         max_batch: int = 200,
     ) -> None:
@@ -95,7 +98,9 @@ class MeterBridge:
         self.registry_recheck = registry_recheck
         self.clock = clock
         self.on_change = on_change
-        self.trades = TradeBook(chain, scan_lots=scan_lots, on_change=self._relays_changed)
+        self.head_interval = head_interval
+        self.trades = TradeBook(chain, owners=self._owners, on_change=self._relays_changed,
+                                halt_after=halt_after, clock=clock)
         self.ports = [MeterPort(self, m) for m in meters]
         self.submitter = ReadingSubmitter(chain, submitter, lambda: self.ports, clock=clock,
                                           interval=batch_interval, max_batch=max_batch,
@@ -106,6 +111,7 @@ class MeterBridge:
         self._stopping = threading.Event()
         self._resync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
+        self._head_thread: threading.Thread | None = None
         self._listener_stop = threading.Event()
         self._listener_thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -120,6 +126,7 @@ class MeterBridge:
         self._started = True
         self._stopping.clear()
         try:
+            self.trades.on_head(*self.chain.head())
             self.trades.resync()
         except ChainError as exc:
             # Relays stay open until the chain answers; the sync thread keeps trying.
@@ -128,6 +135,9 @@ class MeterBridge:
         self._sync_thread = threading.Thread(target=self._sync_loop, name="bridge-sync",
                                              daemon=True)
         self._sync_thread.start()
+        self._head_thread = threading.Thread(target=self._head_loop, name="bridge-head",
+                                             daemon=True)
+        self._head_thread.start()
         self._pool.start()
         self.submitter.start()
 
@@ -145,9 +155,10 @@ class MeterBridge:
         self._pool.stop(timeout)
         _parallel([lambda p=p: p.shutdown(open_relays) for p in self.ports],
                   self._pool.size, timeout)
-        if self._sync_thread is not None:
-            self._sync_thread.join(timeout)
-            self._sync_thread = None
+        for thread in (self._sync_thread, self._head_thread):
+            if thread is not None:
+                thread.join(timeout)
+        self._sync_thread = self._head_thread = None
         self._started = False
 
     def start_listener(self, interval: float = 1.0) -> None:
@@ -256,9 +267,8 @@ class MeterBridge:
                         port.recheck_registry()
                         self._pool.wake(port)
                 return
-            trade_id = self.trades.concerns(event, self._owners())
-            if trade_id is not None:
-                self.trades.refresh(trade_id)
+            for owner in self.trades.concerns(event, self._owners()):
+                self.trades.refresh(owner)
         except ChainError as exc:
             log.warning("bridge: cannot read trade state for %s (%s); full re-sync queued",
                         event.name, exc)
@@ -278,6 +288,24 @@ class MeterBridge:
     def _relays_changed(self) -> None:
         for port in self.ports:
             self._pool.wake(port)
+
+    def _head_loop(self) -> None:
+        """Read the chain's head every `head_interval`: chain time for the stall rule, and a
+        halted chain (no new block for `halt_after` seconds, or no node) opens every relay."""
+        was_halted = False
+        while not self._stopping.wait(self.head_interval):
+            try:
+                number, timestamp = self.chain.head()
+            except ChainError:
+                pass  # no node is a halted chain too: the book says so after `halt_after`
+            else:
+                self.trades.on_head(number, timestamp)
+            halted = self.trades.halted()
+            if halted and not was_halted:
+                log.warning("bridge: no new block for %.0f s; every relay opens until blocks "
+                            "return", self.trades.halt_after)
+                self._relays_changed()
+            was_halted = halted
 
     def _sync_loop(self) -> None:
         """Run requested re-syncs; retry with back-off while the chain is unreachable."""

@@ -543,11 +543,12 @@ class MeterPort:
                 return None
             registered = self.registered
             on_chain = registered.read_at != 0 or registered.sequence != 0
+            prompt = self.kind == "load" and self.bridge.trades.closing(self.owner)
             if not rules.due(self.bridge.cadence, counter=signed.energy_wh,
                              sequence=signed.sequence,
                              chain_wh=registered.cumulative_wh if on_chain else None,
                              chain_sequence=registered.sequence if on_chain else None,
-                             forwarded=self.forwarded, now=now):
+                             forwarded=self.forwarded, now=now, prompt=prompt):
                 return None
             self.forwarded = (signed.energy_wh, signed.sequence, now)
             self.in_flight = signed

@@ -81,11 +81,13 @@ def judge(counter: int, *, previous: tuple[int, float] | None, chain_wh: int | N
 
 def due(cadence: Cadence, *, counter: int, sequence: int, chain_wh: int | None,
         chain_sequence: int | None, forwarded: tuple[int, int, float] | None,
-        now: float) -> bool:
+        now: float, prompt: bool = False) -> bool:
     """Whether a sane reading should be forwarded now.
 
     `forwarded` is the last reading sent (counter, sequence, when); `chain_*` what the
     registry holds (None: the meter has no reading on chain yet, so the first one goes at once).
+    `prompt`: a reading is awaited (the buyer asked to close: the next one settles the tail),
+    so an unchanged counter goes after `interval`, not `heartbeat`.
     """
     if chain_sequence is not None and sequence <= chain_sequence:
         return False  # the chain has this reading or a newer one
@@ -95,6 +97,6 @@ def due(cadence: Cadence, *, counter: int, sequence: int, chain_wh: int | None,
         return True
     base = max(chain_wh or 0, forwarded[0] if forwarded is not None else 0)
     since = now - forwarded[2] if forwarded is not None else float("inf")
-    if counter - base >= cadence.step_wh:
+    if counter - base >= cadence.step_wh or prompt:
         return since >= cadence.interval
     return since >= cadence.heartbeat

@@ -67,9 +67,15 @@ class Lot:
     price_per_kwh: int
     deadline: int
     delivered_wh: int
-    last_delivery_at: int
+    active_since: int  # when it opened, or became the buyer's delivering trade if later
     deposit_wei: int
     paid_wei: int
+    close_requested_at: int = 0  # when the buyer asked to close (0: not asked)
+
+    @property
+    def closing(self) -> bool:
+        """The buyer asked to close: relays open, the next reading settles the tail."""
+        return self.close_requested_at != 0
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,11 @@ class ChainClient:
         """Latest block number."""
         return self._w3.eth.block_number
 
+    def head(self) -> tuple[int, int]:
+        """(number, timestamp) of the latest block, in one call."""
+        block = self._w3.eth.get_block("latest")
+        return int(block["number"]), int(block["timestamp"])
+
     def latest_timestamp(self) -> int:
         """Timestamp of the latest block (the chain's "now")."""
         return self.block_timestamp("latest")
@@ -267,7 +278,8 @@ class ChainClient:
     def lot(self, lot_id: int) -> Lot:
         """One listing or trade."""
         info = self._market.functions.lotOf(lot_id).call()
-        status, seller, buyer, energy, price, deadline, delivered, last, deposit, paid = info
+        (status, seller, buyer, energy, price, deadline, delivered, active_since, deposit, paid,
+         close_requested) = info
         return Lot(
             id=lot_id,
             status=LotStatus(status),
@@ -277,9 +289,10 @@ class ChainClient:
             price_per_kwh=price,
             deadline=deadline,
             delivered_wh=delivered,
-            last_delivery_at=last,
+            active_since=active_since,
             deposit_wei=deposit,
             paid_wei=paid,
+            close_requested_at=close_requested,
         )
 
     def lots(self, statuses: set[LotStatus] | None = None, last: int = 200) -> list[Lot]:
@@ -302,14 +315,40 @@ class ChainClient:
         return int(oldest)
 
     def market_parameters(self) -> dict[str, int]:
-        """minDuration, maxDuration, minIncrementPerKWh, deliveryTimeout."""
-        _, _, min_d, max_d, inc, timeout = self._market.functions.parameters().call()
+        """minDuration, maxDuration, minIncrementPerKWh, stallTimeout, closeGrace, minChargeWh."""
+        (_, _, min_d, max_d, inc, stall, grace,
+         min_charge) = self._market.functions.parameters().call()
         return {
             "min_duration": min_d,
             "max_duration": max_d,
             "min_increment_per_kwh": inc,
-            "delivery_timeout": timeout,
+            "stall_timeout": stall,
+            "close_grace": grace,
+            "min_charge_wh": min_charge,
         }
+
+    def active_trade_of(self, buyer: str) -> int:
+        """The buyer's delivering trade (its oldest open one; 0 when none): the one its readings
+        settle and whose seller alone exports."""
+        return int(self._market.functions.activeTradeOf(to_checksum_address(buyer)).call())
+
+    def trades_of_buyer(self, buyer: str) -> list[int]:
+        """The buyer's open trades, oldest first (exact: the market's own index)."""
+        ids = self._market.functions.tradesOfBuyer(to_checksum_address(buyer)).call()
+        return [int(i) for i in ids]
+
+    def lots_of_seller(self, seller: str) -> list[int]:
+        """The seller's listings and open trades (exact: the market's own index)."""
+        ids = self._market.functions.lotsOfSeller(to_checksum_address(seller)).call()
+        return [int(i) for i in ids]
+
+    def stalls_at(self, trade_id: int) -> int:
+        """Chain time from which `trade_id` counts as stalled (its buyer's meter silent)."""
+        return int(self._market.functions.stallsAt(trade_id).call())
+
+    def carried_of(self, buyer: str) -> int:
+        """Wh the buyer's readings measured that are still to be settled (carried over)."""
+        return int(self._market.functions.carriedOf(to_checksum_address(buyer)).call())
 
     def meter(self, address: str) -> Meter | None:
         """A registered (or offered) meter, or None."""

@@ -21,7 +21,13 @@ class MarketParameters:
     min_duration: int = 60
     max_duration: int = 7 * 24 * 3600
     min_increment_per_kwh: int = 10**12
-    delivery_timeout: int = 15 * 60
+    # A delivering trade whose buyer's load meter is silent this long is stalled: its seller's
+    # export relay opens and the seller may close it, charging the most the meter could draw.
+    stall_timeout: int = 15 * 60
+    # After the buyer asks to close, how long its next reading may take to settle the tail.
+    close_grace: int = 5 * 60
+    # What winning a lot costs at least, in Wh of the lot, even if the winner takes nothing.
+    min_charge_wh: int = 100
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,9 @@ def deploy(
                 params.min_duration,
                 params.max_duration,
                 params.min_increment_per_kwh,
-                params.delivery_timeout,
+                params.stall_timeout,
+                params.close_grace,
+                params.min_charge_wh,
             ],
             market_addr,
         ),

@@ -29,7 +29,7 @@ class MiningStatus:
     block_time: float | None = None
 
 
-STOPPED_DETAIL = "stopped: new transactions stay pending until mining starts"
+STOPPED_DETAIL = "new transactions stay pending until mining starts"
 
 
 class MiningControl:

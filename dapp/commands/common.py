@@ -4,8 +4,9 @@
 default and the help text ends with "(MICROGRID_NAME; default D)" by itself. A variable's value
 is passed to argparse as a string, so the option's `type` converts it and a malformed variable
 is a usage error of the command that reads it, not a crash of every command at parser build
-time. Also here: the run-until-signal helper, the logging set-up, meter specs (URL[:ADDRESS],
-from --meter or MICROGRID_METERS) and the options several commands share.
+time. Also here: the run-until-signal helper, the logging set-up (--log-level, and the
+terminal's one line per trade event), meter specs (URL[:ADDRESS], from --meter or
+MICROGRID_METERS) and the options several commands share.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dapp.errors import MicrogridError
 
 if TYPE_CHECKING:
     from dapp.bridge import BridgeMeter
+    from dapp.chain.listener import ChainEvent
+    from dapp.web.extensions import AppState
 
 PREFIX = "MICROGRID_"
 DEFAULT_RPC = "http://127.0.0.1:8545"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The terminal's trade lines (listed, bid, won, ended, closed): shown up to --log-level WARNING.
+TRADES_LOGGER = "microgrid.trades"
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -136,9 +142,80 @@ def add_submitter_options(parser: argparse.ArgumentParser, fallback: str | None 
            help="file whose first line unlocks the submitter's key")
 
 
+def log_level(text: str) -> str:
+    """Parse --log-level / MICROGRID_LOG_LEVEL: one of LOG_LEVELS, any case."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return level
+
+
+def add_log_level_option(parser: argparse.ArgumentParser, default: str = "WARNING") -> None:
+    """--log-level (MICROGRID_LOG_LEVEL): how much the terminal shows."""
+    option(parser, "--log-level", env="LOG_LEVEL", type=log_level, default=default,
+           help="DEBUG, INFO (every request and meter reading), WARNING (warnings, errors "
+           "and one line per trade event) or ERROR")
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr with time, level and logger name (level: DEBUG, INFO, WARNING, ...)."""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
+    """Log to stderr with time, level and logger name (level: DEBUG, INFO, WARNING, ERROR).
+
+    Safe to call again (the level changes, no second handler). werkzeug's logger gets the same
+    level (werkzeug sets INFO, a line per request, on a logger nobody set). Trade events
+    (`TRADES_LOGGER`) print as "HH:MM:SS trade: ..." at every level up to WARNING.
+    """
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    root.setLevel(numeric)
+    logging.getLogger("werkzeug").setLevel(numeric)
+    trades = logging.getLogger(TRADES_LOGGER)
+    trades.setLevel(logging.INFO if numeric <= logging.WARNING else numeric)
+    if not trades.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s trade: %(message)s", "%H:%M:%S"))
+        trades.addHandler(handler)
+        trades.propagate = False
+
+
+class TradeLog:
+    """Listener subscriber: one terminal line per market event mined after `since_block`.
+
+    Listed, bid, won (the trade opens), ended without bids, closed: each as a sentence from
+    dapp/services/messages.py, accounts by their keystore label (`label_of`) or short address.
+    """
+
+    def __init__(self, label_of: Callable[[str], str | None], since_block: int) -> None:
+        self._label_of = label_of
+        self.since_block = since_block
+        self._log = logging.getLogger(TRADES_LOGGER)
+
+    def _who(self, address: str) -> str:
+        from dapp.services.amounts import short_address
+
+        return self._label_of(address) or short_address(address)
+
+    def __call__(self, event: ChainEvent) -> None:
+        """Print the event's line if it is a fresh market event."""
+        from dapp.services.messages import trade_event_line
+
+        if event.contract != "EnergyMarket" or event.block_number <= self.since_block:
+            return
+        line = trade_event_line(event.name, event.args, self._who)
+        if line:
+            self._log.info(line)
+
+
+def log_trade_events(state: AppState) -> Callable[[], None]:
+    """Subscribe a TradeLog to the app's one event listener (events from now on); unsubscribe."""
+    from dapp.errors import ChainError
+
+    try:
+        head = state.client.block_number()
+    except ChainError:
+        head = -1  # the chain is down at start: every event it delivers later is news
+    return state.subscribe(TradeLog(state.wallet.label_of, head))
 
 
 @contextlib.contextmanager

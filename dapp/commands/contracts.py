@@ -45,7 +45,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         min_duration=args.min_duration,
         max_duration=args.max_duration,
         min_increment_per_kwh=args.min_increment,
-        delivery_timeout=args.delivery_timeout,
+        stall_timeout=args.stall_timeout,
+        close_grace=args.close_grace,
+        min_charge_wh=args.min_charge,
     )
     deployment = deploy(w3, account, params)
     print(json.dumps(deployment.as_dict(), indent=2))
@@ -69,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="longest auction in seconds")
     option(p, "--min-increment", env="MIN_INCREMENT", type=int, default=10**12,
            help="minimum bid increment in wei per kWh")
-    option(p, "--delivery-timeout", env="DELIVERY_TIMEOUT", type=int, default=900,
-           help="seconds without readings before the seller may close")
+    option(p, "--stall-timeout", env="STALL_TIMEOUT", type=int, default=900,
+           help="seconds of chain time a delivering buyer's load meter may be silent before "
+           "the trade is stalled (its seller's relay opens and the seller may close it)")
+    option(p, "--close-grace", env="CLOSE_GRACE", type=int, default=300,
+           help="seconds the buyer's next reading has to settle the tail after it asks to close")
+    option(p, "--min-charge", env="MIN_CHARGE_WH", type=int, default=100,
+           help="Wh every won lot costs its winner at least (walking away is not free)")
     p.set_defaults(func=cmd_deploy)

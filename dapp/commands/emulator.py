@@ -1,4 +1,8 @@
-"""`microgrid meter-emulator`: an emulated meter (PV, battery, load) on TCP or a pseudo-terminal."""
+"""`microgrid meter-emulator`: an emulated meter (PV, battery, load) on TCP or a pseudo-terminal.
+
+The meter keeps its own key in `--key-file` (its EEPROM: the key, the last signed counter and
+sequence, the installed domain), made on first start with mode 0600 and never sent anywhere.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from hardware.protocol import KINDS
 
 def cmd_meter_emulator(args: argparse.Namespace) -> int:
     """Serve one emulated meter until interrupted."""
-    from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
+    from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
     from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
     from hardware.protocol import MAX_RATED_POWER_W
 
@@ -23,9 +27,12 @@ def cmd_meter_emulator(args: argparse.Namespace) -> int:
             time_s=args.start_hour * 3600.0,
         )
         grid = Microgrid(plant, acceleration=args.acceleration)
+        state = (MeterState.open(args.key_file) if args.key_file
+                 else MeterState.ephemeral())
         meter = EmulatedMeter(args.kind, grid, meter_id=args.meter_id,
-                              rated_power_w=args.rated_power, watchdog_s=args.watchdog)
-    except ValueError as exc:
+                              rated_power_w=args.rated_power, watchdog_s=args.watchdog,
+                              state=state)
+    except (ValueError, OSError) as exc:
         print(f"microgrid meter-emulator: {exc}", file=sys.stderr)
         return 2
     setup_logging()
@@ -33,8 +40,12 @@ def cmd_meter_emulator(args: argparse.Namespace) -> int:
     server = MeterServer(meter, transport=transport, host=args.host, port=port)
     url = server.start()
     ident = meter.identity
-    print(f"{ident.kind} meter {ident.meter_id} on {url} (rated {ident.rated_power_w} W, "
-          f"watchdog {ident.watchdog_s} s, acceleration {args.acceleration:g}x)", flush=True)
+    print(f"{ident.kind} meter {ident.meter_id} {meter.address} on {url} (rated "
+          f"{ident.rated_power_w} W, watchdog {ident.watchdog_s} s, acceleration "
+          f"{args.acceleration:g}x)", flush=True)
+    if not args.key_file:
+        print("warning: no --key-file: the meter's key lives in memory only; a restart makes a "
+              "new meter, which the grid operator must offer again", file=sys.stderr)
     if ident.rated_power_w > MAX_RATED_POWER_W:
         print(f"warning: rated power x acceleration = {ident.rated_power_w} W exceeds the "
               f"registry's {MAX_RATED_POWER_W} W; lower --acceleration or the powers",
@@ -55,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Speaks hardware/PROTOCOL.md like a real meter. A supply meter counts "
         "PV -> battery energy; a load meter counts battery -> consumer energy while its relay is "
         "closed. With --acceleration A the counters advance A times faster than real time, so "
-        "register the meter with the rated power it reports (rating x A).",
+        "offer the meter with the rated power it reports (rating x A). The meter signs its "
+        "readings with its own key, kept in --key-file.",
     )
     option(p, "--kind", env="METER_KIND", choices=KINDS, required=True,
            help="what the meter measures")
@@ -66,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="serve on a new pseudo-terminal and print its path "
                        "(MICROGRID_METER_PTY=1)")
     option(p, "--host", env="METER_HOST", default="127.0.0.1", help="TCP address to listen on")
+    option(p, "--key-file", env="METER_KEY_FILE", metavar="PATH",
+           shown_default="none: a key in memory, forgotten on exit",
+           help="the meter's EEPROM: its key, last signed counter and sequence and installed "
+           "domain; created with mode 0600 on first start")
     option(p, "--meter-id", env="METER_ID", shown_default="emu-KIND",
            help="meter id reported by ID")
     option(p, "--watchdog", env="METER_WATCHDOG", type=int, default=10,

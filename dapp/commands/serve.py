@@ -12,7 +12,8 @@ live generation and relays. --operator (MICROGRID_OPERATOR),
 --behind-tls (MICROGRID_BEHIND_TLS) and --accounts-from-network
 (MICROGRID_ACCOUNTS_FROM_NETWORK): see dapp/web/hosts.py. Everything else the app reads from
 MICROGRID_* variables (see dapp/web/__init__.py), e.g. MICROGRID_SECRET_KEY and
-MICROGRID_SESSION_IDLE_TIMEOUT.
+MICROGRID_SESSION_IDLE_TIMEOUT. The terminal shows warnings, errors and one line per trade event;
+--log-level INFO (MICROGRID_LOG_LEVEL) adds every request and meter reading.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from dapp.commands.common import (
+    add_log_level_option,
     add_market_option,
     add_meter_option,
     add_rpc_option,
     add_submitter_options,
     kdf_n,
+    log_trade_events,
     meter_specs,
     option,
     setup_logging,
@@ -47,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dapp.web import create_app
 
-    setup_logging()
+    setup_logging(getattr(args, "log_level", "WARNING"))
     config = {
         "RPC": args.rpc,
         "DATA_DIR": args.data_dir,
@@ -65,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     app = create_app({k: v for k, v in config.items() if v is not None})
     ext = app.extensions["microgrid"]
+    log_trade_events(ext)
     bridge = _bridge(args, ext)
     try:
         server = make_server(args.host, args.port, app, threaded=True)
@@ -87,15 +91,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             finalizer = "on" if ext.finalizer.enabled else "off (no --finalizer account)"
             print(f"serving on http://{args.host}:{server.port} (chain {args.rpc}, "
                   f"auto-finalize {finalizer})", flush=True)
+            ready = getattr(args, "on_ready", None)  # `microgrid demo`: its banner, last
+            if ready is not None:
+                ready()
             stop.wait()
         finally:
+            print("stopping the web app ...", end=" ", flush=True)
             server.shutdown()
             thread.join(timeout=5)
             server.server_close()
-            if bridge is not None:
-                bridge.stop()
             ext.stop_background()
-    print("stopped", flush=True)
+            print("stopped", flush=True)
+            if bridge is not None:
+                print("stopping the meter bridge (relays open) ...", end=" ", flush=True)
+                bridge.stop()
+                print("stopped", flush=True)
     return 0
 
 
@@ -156,4 +166,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_meter_option(p, "run the meter bridge here for the meter on this port (optionally "
                      ":ADDRESS to insist on that meter); repeat for more")
     add_submitter_options(p, fallback="the --finalizer account")
+    add_log_level_option(p)
     p.set_defaults(func=cmd_serve)

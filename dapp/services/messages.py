@@ -36,6 +36,36 @@ def _kwh(value: object) -> str:
     return f"{format_kwh(int(value))} kWh"  # type: ignore[arg-type]
 
 
+# MeterRegistry.MeterStatus, in declaration order, in a few words.
+_METER_STATES = ("never offered", "waiting for its owner's answer", "accepted", "declined",
+                 "deactivated")
+_METER_INACTIVE = (
+    "No meter was ever offered at that address.",
+    "That meter is waiting for its owner's answer.",
+    "That meter has already been accepted; there is no offer to answer.",
+    "That meter's offer was declined; it counts for nobody unless the operator offers it again.",
+    "That meter was deactivated by the grid operator; it counts for nobody.",
+)
+
+
+def _status_index(value: object) -> int:
+    """A MeterStatus number from a revert (-1 when it is not one)."""
+    index = int(value)  # type: ignore[call-overload]
+    return index if 0 <= index < len(_METER_STATES) else -1
+
+
+def _meter_state(value: object) -> str:
+    """A MeterStatus number from a revert as a few words."""
+    index = _status_index(value)
+    return _METER_STATES[index] if index >= 0 else "in use"
+
+
+def _meter_inactive(value: object) -> str:
+    """MeterInactive's sentence for the meter's status."""
+    index = _status_index(value)
+    return _METER_INACTIVE[index] if index >= 0 else "That meter cannot be used for this now."
+
+
 # -- the market: refusals (pre-checks and reverts) --------------------------------------------
 
 
@@ -185,6 +215,55 @@ def transaction_failed_notice(kind: str, reason: str) -> str:
     return f"Your {kind} failed: {reason}"
 
 
+# -- meters offered to their owners (consent) --------------------------------------------------
+
+_STATUS_WORDS = {
+    "active": "has already been accepted",
+    "declined": "was declined",
+    "deactivated": "was deactivated by the grid operator",
+    "offered": "is waiting for its owner's answer",
+}
+
+
+def meter_never_offered(address: str) -> str:
+    """Accepting or declining an address no meter was ever offered at."""
+    return (f"No meter {address} was ever offered; check the address the meter (or the grid "
+            "operator) gave you.")
+
+
+def meter_not_yours(address: str) -> str:
+    """Accepting or declining a meter offered to another account."""
+    return (f"Meter {address} was not offered to you; only the account it was offered to can "
+            "accept or decline it.")
+
+
+def meter_not_pending(address: str, status: str) -> str:
+    """Accepting or declining a meter that is no longer (or not) an open offer."""
+    state = _STATUS_WORDS.get(status, "is not an open offer")
+    return f"Meter {address} {state}; there is no offer to answer."
+
+
+def second_load_meter(current: str) -> str:
+    """Accepting a load meter while another load meter of the owner is active."""
+    return (f"You already have an active load meter ({current}); only one load meter settles "
+            "your trades. Ask the grid operator to deactivate it before you accept another.")
+
+
+def meter_accept_sent(address: str, kind: str) -> str:
+    """An accept is on its way."""
+    effect = ("mint energy tokens for you" if kind == "supply"
+              else "settle your trades")
+    return f"Accepting the {kind} meter {address}: once mined, its signed readings {effect}."
+
+
+def meter_decline_sent(address: str) -> str:
+    """A decline is on its way."""
+    return f"Declining meter {address}: its readings will never count for you."
+
+
+METER_FORM = "Choose a meter offered to you."
+
+
 # -- the web app: requests, sessions, forms ----------------------------------------------------
 
 CSRF_REFUSED = ("The request came without a valid security (CSRF) token, so nothing was "
@@ -286,19 +365,41 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
     "AccessControlBadConfirmation": lambda a: "The role change was not confirmed correctly.",
     "MeterZeroAddress": lambda a: "The meter and its owner need real addresses.",
     "MeterZeroRatedPower": lambda a: "A meter needs a rated power above zero.",
-    "MeterAlreadyRegistered": lambda a: "That meter is already registered.",
-    "MeterNotRegistered": lambda a: "That meter is not registered.",
-    "MeterInactive": lambda a: "That meter has been deactivated by the operator.",
-    "MeterReadingNotNewer": lambda a: (
-        f"The meter reading ({_kwh(_arg(a, 1))}) is not newer than the last one "
-        f"({_kwh(_arg(a, 0))})."
+    "MeterAlreadyRegistered": lambda a: (
+        f"That meter was offered before ({_meter_state(_arg(a, 1))}); it can be offered again "
+        "only after its owner declines it."
     ),
-    "MeterReadingOutOfRange": lambda a: "The meter reading is out of range.",
+    "MeterNotRegistered": lambda a: "No meter was ever offered at that address.",
+    "MeterNotAccepted": lambda a: (
+        "Its owner has not accepted that meter yet, so its readings do not count."
+    ),
+    "MeterInactive": lambda a: _meter_inactive(_arg(a, 1)),
+    "MeterNotOwner": lambda a: (
+        "That meter was not offered to you; only the account it was offered to can accept or "
+        "decline it."
+    ),
+    "MeterLoadMeterExists": lambda a: (
+        "You already have an active load meter; only one load meter settles your trades. Ask "
+        "the grid operator to deactivate it before you accept another."
+    ),
+    "MeterSignatureInvalid": lambda a: (
+        "That reading was not signed by the meter for this chain and registry; it was refused."
+    ),
+    "MeterSequenceNotNewer": lambda a: (
+        "That reading is not newer than the last one the meter signed (a replay); it was "
+        "refused."
+    ),
+    "MeterReadingBackwards": lambda a: (
+        f"The meter reading ({_kwh(_arg(a, 1))}) is below the last one ({_kwh(_arg(a, 0))})."
+    ),
     "MeterReadingImplausible": lambda a: (
         f"The meter reading is implausible: {_kwh(_arg(a, 0))} in "
         f"{format_duration(_arg(a, 2))} is more than the meter's rating allows "
         f"({_kwh(_arg(a, 1))})."
     ),
+    # EIP-712 domain strings (only the registry's constructor can raise these)
+    "InvalidShortString": lambda a: "The registry's signing domain is malformed.",
+    "StringTooLong": lambda a: "The registry's signing domain is malformed.",
     # Solidity built-ins
     "Error": lambda a: f"The contract refused: {_arg(a, 0, 'no reason given')}.",
     "Panic": lambda a: "The contract stopped with an internal error.",
@@ -369,3 +470,46 @@ def as_user_error(exc: BaseException) -> UserError:
     if isinstance(exc, WalletError):
         return InvalidInput(wallet_sentence(exc))
     raise TypeError(f"not a service error: {exc!r}")
+
+
+# -- the network, for DApp developers (GET /api/v1/chain, the wallet's Network panel) ----------
+
+
+def no_abi(name: str, known: list[str]) -> str:
+    """An ABI asked for by a name that is none of the deployment's contracts."""
+    return f"There is no contract {name!r} here; the ABIs are {', '.join(known)}."
+
+
+def deployment_unknown(exc: ChainError) -> str:
+    """Why the chain answers but the contracts' addresses are not known."""
+    if isinstance(exc, ChainUnavailable):
+        return unavailable_detail(exc)
+    text = str(exc).strip()
+    text = text[:1].upper() + text[1:]
+    return "The Microgrid contracts on this chain are not known: " + \
+        (text if text.endswith(".") else text + ".")
+
+
+# -- the terminal: one line per trade event (`microgrid serve`, `microgrid demo`) --------------
+
+
+def trade_event_line(name: str, args: dict, who: Callable[[str], str]) -> str | None:
+    """The terminal's line for a market event (listed, bid, won, ended, closed), else None.
+
+    `who` names an account (its label, or its short address).
+    """
+    if name == "Listed":
+        return (f"listed: #{args['listingId']} {_kwh(args['energyWh'])} by "
+                f"{who(args['seller'])}, from {_eth(args['startPricePerKWh'])} per kWh")
+    if name == "BidPlaced":
+        return (f"bid: #{args['listingId']} {_eth(args['pricePerKWh'])} per kWh by "
+                f"{who(args['bidder'])}")
+    if name == "TradeOpened":
+        return (f"won: #{args['tradeId']} by {who(args['buyer'])} at "
+                f"{_eth(args['pricePerKWh'])} per kWh; the trade is open")
+    if name == "ListingExpired":
+        return f"ended: #{args['listingId']} without bids; the tokens went back"
+    if name == "ConnectionClosed":
+        return (f"closed: trade #{args['tradeId']} after {_kwh(args['deliveredWh'])} "
+                "delivered")
+    return None

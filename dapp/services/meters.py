@@ -1,11 +1,11 @@
 """What the meters say: the bridge's live state and recent readings from the chain.
 
-The meter bridge (hardware/bridge.py) is optional. When one is attached, its `state()` gives each
+The meter bridge (dapp/bridge) is optional. When one is attached, its `state()` gives each
 meter's live values (generation, relay); without it the wallet and the market say "no meter".
 The generation/consumption chart comes from the chain itself: every `ReadingRecorded` event the
 listener delivers is kept (de-duplicated on transaction hash and log index) for a few hours.
 
-The bridge reports each meter as a `hardware.bridge.MeterState`; `view_of` turns it into the
+The bridge reports each meter as a `dapp.bridge.MeterState`; `view_of` turns it into the
 `MeterView` the pages show (fields read: address, owner, kind, online, relay_closed, energy_wh,
 power_w, last_error).
 """
@@ -71,7 +71,7 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def view_of(state: Any) -> MeterView:
-    """A bridge's meter state (hardware.bridge.MeterState) as the pages show it."""
+    """A bridge's meter state (dapp.bridge.MeterState) as the pages show it."""
     relay, energy, power = state.relay_closed, state.energy_wh, state.power_w
     return MeterView(
         address=state.address,
@@ -178,10 +178,10 @@ class MeterBoard:
     # -- chain readings -------------------------------------------------------------------------
 
     def on_event(self, event: ChainEvent) -> None:
-        """Listener subscriber: remember meter registrations and readings."""
+        """Listener subscriber: remember meter offers (owner, kind) and readings."""
         if event.contract != "MeterRegistry":
             return
-        if event.name == "MeterRegistered":
+        if event.name == "MeterOffered":
             kind = meter_kind(event.args.get("kind", 0))
             with self._lock:
                 self._meters[event.args["meter"]] = (event.args["owner"], kind)

@@ -14,8 +14,10 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from dapp.chain.client import ChainClient
+from dapp.chain.client import ChainClient, Meter
+from dapp.chain.contracts import load_artifact
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.services import messages
 from dapp.services.amounts import (
     format_ether,
     format_kwh,
@@ -24,15 +26,23 @@ from dapp.services.amounts import (
     short_address,
 )
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput
-from dapp.services.messages import as_user_error, chain_error_sentence, unavailable_detail
+from dapp.services.messages import (
+    as_user_error,
+    chain_error_sentence,
+    deployment_unknown,
+    unavailable_detail,
+)
 from dapp.services.meters import MeterBoard
 from dapp.wallet.keystore import MAX_KEYFILE_BYTES, MAX_LABEL_LENGTH, Keystore
+from hardware.protocol import LOAD
 
 log = logging.getLogger(__name__)
 
 MIN_PASSPHRASE = 8
 MAX_PASSPHRASE = 1024
 PLAIN_TRANSFER_GAS = 21_000
+# The deployment's roles and the contract (artifact) each one is.
+CONTRACTS = {"token": "EnergyToken", "registry": "MeterRegistry", "market": "EnergyMarket"}
 
 
 def check_passphrase(passphrase: object, what: str = "the passphrase") -> str:
@@ -58,6 +68,38 @@ def _label(label: object) -> str | None:
             f"A label can have at most {MAX_LABEL_LENGTH} printable characters."
         )
     return text
+
+
+def meter_view(meter: Meter) -> dict[str, Any]:
+    """A meter as the wallet shows it (an offer, or one of the account's meters)."""
+    return {"address": meter.address, "kind": meter.kind, "status": meter.status,
+            "rated_power_w": meter.rated_power_w}
+
+
+def answerable_offer(client: ChainClient, owner: str, meter: object, *,
+                     accepting: bool) -> Meter:
+    """The meter at `meter`, offered to `owner` and still open; a sentence for anything else.
+
+    The checks the registry makes on acceptMeter/declineMeter, made first so that nothing is sent
+    that would fail: the address was offered, to `owner`, is still an offer, and (accepting a
+    load meter) `owner` has no other active load meter.
+    """
+    address = parse_address(meter, "the meter")
+    try:
+        info = client.meter(address)
+        current = (client.load_meter_of(owner)
+                   if accepting and info is not None and info.kind == LOAD else None)
+    except ChainError as exc:
+        raise as_user_error(exc) from None
+    if info is None:
+        raise ActionRefused(messages.meter_never_offered(address))
+    if info.owner != owner:
+        raise ActionRefused(messages.meter_not_yours(address))
+    if info.status != "offered":
+        raise ActionRefused(messages.meter_not_pending(address, info.status))
+    if current is not None:
+        raise ActionRefused(messages.second_load_meter(current))
+    return info
 
 
 class WalletService:
@@ -178,6 +220,36 @@ class WalletService:
             "mining": self.mining_status(),
         }
 
+    def network(self) -> dict[str, Any]:
+        """chain_status plus the chain id and the deployment (None while unknown); never raises.
+
+        What a DApp developer needs to find the contracts without logging in. `deployment` is
+        None (with `deployment_message` saying why) when the chain has no Microgrid contracts
+        or cannot be read.
+        """
+        status = self.chain_status()
+        chain_id: int | None = None
+        deployment: dict[str, Any] | None = None
+        why = status["message"]
+        if status["available"]:
+            try:
+                chain_id = self.client.info.chain_id
+                dep = self.client.deployment
+                deployment = {role: getattr(dep, role) for role in CONTRACTS}
+                deployment.update(operator=dep.operator, block=dep.block)
+                why = ""
+            except ChainError as exc:
+                why = deployment_unknown(exc)
+        return {**status, "chain_id": chain_id, "deployment": deployment,
+                "deployment_message": why, "contracts": dict(CONTRACTS)}
+
+    @staticmethod
+    def abi(name: str) -> list[dict[str, Any]] | None:
+        """The ABI of contract `name` from the committed artifacts; None for another name."""
+        if name not in CONTRACTS.values():
+            return None
+        return load_artifact(name).abi
+
     def mining_status(self) -> dict[str, Any]:
         """{"mining", "available", "detail"} (never raises)."""
         try:
@@ -229,7 +301,29 @@ class WalletService:
             "pending": pending,
         }
 
+    def meter_offers(self, address: str) -> list[dict[str, Any]]:
+        """Meters the operator offered to `address` that it has not answered yet."""
+        try:
+            offers = self.client.meter_offers(address)
+        except ChainError as exc:
+            log.warning("meter offers of %s: %s", address, exc)
+            return []
+        return [meter_view(m) for m in offers]
+
     # -- actions --------------------------------------------------------------------------------
+
+    def accept_meter(self, account: LocalAccount, meter: object) -> dict[str, str]:
+        """Accept a meter offered to the account: its signed readings count for it."""
+        info = answerable_offer(self.client, account.address, meter, accepting=True)
+        tx_hash = self._act(lambda: self.client.accept_meter(account, info.address))
+        return {"tx_hash": tx_hash, "message": messages.meter_accept_sent(info.address,
+                                                                          info.kind)}
+
+    def decline_meter(self, account: LocalAccount, meter: object) -> dict[str, str]:
+        """Decline a meter offered to the account: it never counts for it."""
+        info = answerable_offer(self.client, account.address, meter, accepting=False)
+        tx_hash = self._act(lambda: self.client.decline_meter(account, info.address))
+        return {"tx_hash": tx_hash, "message": messages.meter_decline_sent(info.address)}
 
     def preview_send(self, sender: str, to: object, amount: object) -> dict[str, Any]:
         """Validate a Send Ether form: recipient, amount, and that the sender can afford it."""

@@ -5,7 +5,8 @@ and passphrase logs in. Every POST/DELETE carries the session's CSRF token in th
 ``X-CSRF-Token`` header (`GET /api/v1/session` hands it out). Errors are
 ``{"error": "<sentence>"}`` with 400 (bad input), 401 (not logged in / wrong passphrase),
 409 (not possible now), 429 (too many attempts) or 503 (chain unavailable).
-The OpenAPI document is at `/api/v1/openapi.json`.
+The OpenAPI document is at `/api/v1/openapi.json`. Anonymous reads: `GET /api/v1/chain` (chain
+id, latest block, the deployment's addresses and links to the ABIs at `GET /api/v1/abi/<name>`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 from flask import Blueprint, g, jsonify, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from dapp.errors import ChainError
 from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
+from dapp.services.wallet import CONTRACTS
 from dapp.web.common import acted, app_state, check_client_limit, json_error, log_in, login_required
 from dapp.web.openapi import openapi_document
 from dapp.web.security import csrf_token, current_user, end_session
@@ -155,10 +158,33 @@ def import_account() -> ResponseReturnValue:
 # -- chain and wallet ------------------------------------------------------------------------
 
 
+def network() -> dict[str, Any]:
+    """The wallet service's network view, with absolute links to the contracts' ABIs."""
+    status = app_state().wallet.network()
+    status["abi"] = {role: url_for("api.abi", name=name, _external=True)
+                     for role, name in status["contracts"].items()}
+    return status
+
+
 @bp.get("/chain")
 def chain() -> ResponseReturnValue:
-    """Whether the chain answers, its latest block and the mining state."""
-    return jsonify(app_state().wallet.chain_status())
+    """Chain id, latest block, mining state, the deployment and its ABIs (503 if down)."""
+    status = network()
+    if not status["available"]:
+        return jsonify({"error": status["message"], **status}), 503
+    return jsonify(status)
+
+
+@bp.get("/abi/<name>")
+def abi(name: str) -> ResponseReturnValue:
+    """The ABI of one of the contracts (EnergyToken, MeterRegistry, EnergyMarket)."""
+    try:
+        found = app_state().wallet.abi(name)
+    except ChainError as exc:  # the artifacts were not compiled
+        return json_error(503, str(exc))
+    if found is None:
+        return json_error(404, messages.no_abi(name, sorted(CONTRACTS.values())))
+    return jsonify({"contract": name, "abi": found})
 
 
 @bp.get("/wallet")
@@ -216,6 +242,30 @@ def set_mining() -> ResponseReturnValue:
         raise InvalidInput(messages.MINING_ACTION_API, "action")
     ext.hub.touch_market()
     return jsonify(status)
+
+
+# -- meters offered to the account -----------------------------------------------------------
+
+
+@bp.get("/meters/offers")
+@login_required
+def meter_offers() -> ResponseReturnValue:
+    """Meters the grid operator offered to the account that it has not answered yet."""
+    return jsonify({"offers": app_state().wallet.meter_offers(g.user.address)})
+
+
+@bp.post("/meters/<address>/accept")
+@login_required
+def accept_meter(address: str) -> ResponseReturnValue:
+    """Accept a meter offered to the account: its signed readings count for it."""
+    return _action(app_state().wallet.accept_meter(g.user.account, address), "accept meter")
+
+
+@bp.post("/meters/<address>/decline")
+@login_required
+def decline_meter(address: str) -> ResponseReturnValue:
+    """Decline a meter offered to the account."""
+    return _action(app_state().wallet.decline_meter(g.user.account, address), "decline meter")
 
 
 # -- market ----------------------------------------------------------------------------------

@@ -121,9 +121,11 @@ class LiveHub:
             self._watched[tx_hash] = (address, kind, time.monotonic())
         self.touch_user(address)
 
-    def notify(self, address: str, text: str, level: str = "info") -> None:
-        """A short notice to one account's sockets."""
-        self.socketio.emit("notice", {"text": text, "level": level}, to=user_room(address))
+    def notify(self, address: str, text: str, level: str = "info",
+               tx_hash: str | None = None) -> None:
+        """A short notice to one account's sockets (naming its transaction, if it is about one)."""
+        notice = {"text": text, "level": level, **({"tx_hash": tx_hash} if tx_hash else {})}
+        self.socketio.emit("notice", notice, to=user_room(address))
 
     # -- listener side --------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class LiveHub:
             except ContractReverted as exc:
                 done = True
                 self.notify(address, messages.transaction_failed_notice(
-                    kind, messages.revert_sentence(exc)), "error")
+                    kind, messages.revert_sentence(exc)), "error", tx_hash)
             except ChainError:
                 pass  # not mined yet (or the node is away): look again next block
             if done:

@@ -27,6 +27,7 @@ ERRORS = {
     "409": _error("Not possible now (funds, the lot's state, the contract's rules)"),
     "429": _error("Too many login attempts; see retry_after (seconds)"),
     "503": _error("The chain is unavailable; nothing was sent"),
+    "404": _error("No such contract"),
 }
 
 
@@ -60,6 +61,10 @@ LOT_ID = [{"name": "lot_id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 1}}]
 TRADE_ID = [{"name": "trade_id", "in": "path", "required": True,
              "schema": {"type": "integer", "minimum": 1}}]
+METER_ADDRESS = [{"name": "address", "in": "path", "required": True, "schema": ADDRESS,
+                  "description": "the meter's own address (its ID)"}]
+ABI_NAME = [{"name": "name", "in": "path", "required": True,
+             "schema": {"enum": ["EnergyToken", "MeterRegistry", "EnergyMarket"]}}]
 REF = "#/components/schemas/"
 
 
@@ -97,8 +102,16 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         auth=False, status="201", errors=("400", "429"), tag="session"),
         },
         "/chain": {
-            "get": _op("Chain availability, latest block and mining state",
-                       _json({"$ref": REF + "Chain"}), auth=False, errors=(), tag="wallet"),
+            "get": _op("The network: chain id, latest block, mining, the contracts' addresses "
+                       "and deployment block, links to their ABIs",
+                       _json({"$ref": REF + "Chain"}), auth=False, errors=("503",),
+                       tag="network"),
+        },
+        "/abi/{name}": {
+            "get": _op("The ABI of one contract, from the committed build artifacts",
+                       _json(_obj(["contract", "abi"], contract={"type": "string"},
+                                  abi={"type": "array", "items": {"type": "object"}})),
+                       auth=False, errors=("404",), tag="network", params=ABI_NAME),
         },
         "/wallet": {
             "get": _op("Balances, credit, pending transactions, generation",
@@ -125,6 +138,21 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "post": _op("Start or stop mining", _json({"$ref": REF + "Mining"}),
                         body=_obj(["action"], action={"enum": ["start", "stop"]}),
                         errors=write, tag="wallet"),
+        },
+        "/meters/offers": {
+            "get": _op("Meters the grid operator offered to you, not yet answered",
+                       _json(_obj(["offers"], offers={"type": "array",
+                                                      "items": {"$ref": REF + "MeterOffer"}})),
+                       errors=("401",), tag="meters"),
+        },
+        "/meters/{address}/accept": {
+            "post": _op("Accept a meter offered to you: its signed readings count for you",
+                        _json(TX_RESULT, "Sent (pending)"), status="202", errors=write,
+                        tag="meters", params=METER_ADDRESS),
+        },
+        "/meters/{address}/decline": {
+            "post": _op("Decline a meter offered to you", _json(TX_RESULT, "Sent (pending)"),
+                        status="202", errors=write, tag="meters", params=METER_ADDRESS),
         },
         "/market": {
             "get": _op("Open listings, open trades, cleared prices",
@@ -170,11 +198,28 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "Mining": _obj(["mining", "available", "detail"], mining={"type": "boolean"},
                        available={"type": "boolean"}, detail={"type": "string"},
                        block_time={"type": ["number", "null"]}),
-        "Chain": _obj(["available"], available={"type": "boolean"},
-                      message={"type": "string"}, block={"type": ["integer", "null"]},
-                      timestamp={"type": ["integer", "null"]},
-                      server_time={"type": "number"},
-                      mining={"oneOf": [{"$ref": REF + "Mining"}, {"type": "null"}]}),
+        "Chain": _obj(
+            ["available", "chain_id", "block", "deployment", "abi"],
+            available={"type": "boolean"},
+            message={"type": "string", "description": "why the chain cannot be read"},
+            chain_id={"type": ["integer", "null"]},
+            block={"type": ["integer", "null"], "description": "the latest block"},
+            timestamp={"type": ["integer", "null"], "description": "the latest block's time"},
+            server_time={"type": "number"},
+            mining={"oneOf": [{"$ref": REF + "Mining"}, {"type": "null"}]},
+            deployment={"oneOf": [{"$ref": REF + "Deployment"}, {"type": "null"}]},
+            deployment_message={"type": "string",
+                                "description": "why the deployment is not known"},
+            contracts={"type": "object", "description": "contract name of each role",
+                       "additionalProperties": {"type": "string"}},
+            abi={"type": "object", "description": "URL of each role's ABI (GET /abi/{name})",
+                 "additionalProperties": {"type": "string"}},
+        ),
+        "Deployment": _obj(["token", "registry", "market", "block"], token=ADDRESS,
+                           registry=ADDRESS, market=ADDRESS, operator=ADDRESS,
+                           block={"type": "integer",
+                                  "description": "the block the contracts were deployed "
+                                                 "in: read their events from here on"}),
         "PendingTx": _obj(["hash", "kind"], hash={"type": "string"}, kind={"type": "string"},
                           nonce={"type": "integer"}, value={"type": "string"},
                           age_seconds={"type": "number"}),
@@ -186,6 +231,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             credit={"type": "string"}, credit_wei={"type": "string"},
             pending={"type": "array", "items": {"$ref": REF + "PendingTx"}},
             generation={"type": "object"}, history={"type": "object"},
+        ),
+        "MeterOffer": _obj(
+            ["address", "kind", "status", "rated_power_w"], address=ADDRESS,
+            kind={"enum": ["supply", "load"]}, status={"type": "string"},
+            rated_power_w={"type": "integer"},
         ),
         "Listing": _obj(
             ["id", "seller", "energy_kwh", "deadline"], id={"type": "integer"}, seller=party,
@@ -223,12 +273,14 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "GET /session in the X-CSRF-Token header with every POST and DELETE. Amounts "
                 "are decimal strings: energy in kWh, prices in ether (or gwei/wei) per kWh. "
                 "Actions answer 202 with the transaction hash; the transaction is pending until "
-                "mined (watch GET /wallet/pending)."
+                "mined (watch GET /wallet/pending). GET /chain needs no login: the chain id, "
+                "the contracts' addresses and links to their ABIs, for other DApps."
             ),
         },
         "servers": [{"url": server_url}],
         "security": [{"session": [], "csrf": []}],
-        "tags": [{"name": "session"}, {"name": "wallet"}, {"name": "market"}],
+        "tags": [{"name": "session"}, {"name": "network"}, {"name": "wallet"},
+                 {"name": "meters"}, {"name": "market"}],
         "paths": paths,
         "components": {
             "schemas": schemas,

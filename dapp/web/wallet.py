@@ -1,4 +1,5 @@
-"""Wallet page: tokens, generation, Ether, credit, pending transactions, mining, Send Ether."""
+"""Wallet page: tokens, generation, Ether, credit, pending transactions, mining, Send Ether, and
+the meters offered to the account (Accept / Decline)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def render_wallet(status: int = 200, error: str | None = None,
         "wallet/wallet.html",
         summary=ext.wallet.summary(g.user.address),
         mining=ext.wallet.mining_status(),
+        network=ext.wallet.network(),
         error=error,
         send=send or {},
+        meter_offers=ext.wallet.meter_offers(g.user.address),
     ), status
 
 
@@ -84,3 +87,27 @@ def mining() -> ResponseReturnValue:
     ext.hub.touch_market()
     flash(messages.mining_switched(status["mining"], status["detail"]), "ok")
     return redirect(url_for("wallet.page"), 303)
+
+
+@bp.post("/meters/accept")
+@login_required
+def accept_meter() -> ResponseReturnValue:
+    """Accept a meter offered to the account (form field `meter`)."""
+    try:
+        result = app_state().wallet.accept_meter(g.user.account, request.form.get("meter"))
+    except UserError as exc:
+        return render_wallet(exc.status, exc.message)
+    acted(result, "accept meter")
+    return _done(result["message"], result["tx_hash"])
+
+
+@bp.post("/meters/decline")
+@login_required
+def decline_meter() -> ResponseReturnValue:
+    """Decline a meter offered to the account (form field `meter`)."""
+    try:
+        result = app_state().wallet.decline_meter(g.user.account, request.form.get("meter"))
+    except UserError as exc:
+        return render_wallet(exc.status, exc.message)
+    acted(result, "decline meter")
+    return _done(result["message"], result["tx_hash"])

@@ -1,4 +1,5 @@
-/* Marketplace page: reload the cards when the market changes, and draw the cleared prices. */
+/* Marketplace page: reload the cards when the market changes (ended auctions change at once),
+   and draw the cleared prices. */
 (function () {
   "use strict";
 
@@ -49,6 +50,7 @@
         holder.innerHTML = html;
         var fresh = holder.querySelector("#board");
         if (fresh) {
+          M.formatFigures(fresh);
           board.replaceWith(fresh);
           M.setChainTime(fresh.dataset.chainTime);
           restoreBids(typed);
@@ -100,7 +102,15 @@
 
   var initial = document.getElementById("market-data");
   if (initial) { drawPrices(JSON.parse(initial.textContent).cleared || []); }
+  /* The push says which auctions have ended: their cards change at once, before the reload. */
+  function endListings(snapshot) {
+    ((snapshot && snapshot.listings) || []).forEach(function (listing) {
+      if (listing.ended) { M.endCard(document.getElementById("listing-" + listing.id)); }
+    });
+  }
+
   M.on("market", function (snapshot) {
+    endListings(snapshot);
     reloadBoard();
     if (snapshot && snapshot.available) { drawPrices(snapshot.cleared || []); }
   });

@@ -50,8 +50,10 @@ ETHER = 10**18
 PRICE = 10**15  # wei per kWh: 0.001 ether
 CHAIN_NAME = "bridge-tests"
 PASSPHRASE = "correct horse battery staple"  # noqa: S105 - a test keystore's passphrase
+# The minimum charge is 1 Wh here: these suites check metered delivery to the Wh (the walk-away
+# charge has its own contract tests).
 PARAMS = MarketParameters(min_duration=1, max_duration=3600, min_increment_per_kwh=1,
-                          delivery_timeout=600)
+                          stall_timeout=600, close_grace=60, min_charge_wh=1)
 # The emulated plant runs 36x faster than real time: a PV peak of 800 W fills the supply
 # counter with 8 Wh a second, an 800 W load drains it at 8 Wh a second. The meters are rated
 # 1.5x their peak, so the registry's plausibility check has headroom (the emulator warns when
@@ -62,8 +64,11 @@ LOAD_W = 800.0
 SUPPLY_RATED_W = 1200.0
 LOAD_RATED_W = 1200.0
 # Fast settings so that a test sees several polls and readings per second.
+# The in-process chain makes blocks only while transactions wait, so a quiet test would look
+# like a halted chain after a few seconds: the bridges here call it halted after a minute.
 FAST = dict(poll_interval=0.2, submit_interval=0.5, read_timeout=0.5,
-            reconnect_backoff=(0.2, 1.0), registry_recheck=1.0, receipt_timeout=30.0)
+            reconnect_backoff=(0.2, 1.0), registry_recheck=1.0, receipt_timeout=30.0,
+            halt_after=60.0, head_interval=0.2)
 
 
 class GridClock:
@@ -159,6 +164,16 @@ class World:
         outcome = faucet.report(self.client, self.operator, faucet.energy_wh + energy_wh)
         assert outcome.accepted, outcome
 
+    def load_meter(self, buyer: LocalAccount) -> str:
+        """The buyer's accepted load meter (bidding needs one): a meter the test holds if the
+        buyer has none yet."""
+        meter = self.client.load_meter_of(buyer.address)
+        if meter is None:
+            held = SigningMeter("load", 65535)
+            held.offer_to(self.client, self.operator, buyer)
+            meter = held.address
+        return meter
+
     def readings_on_chain(self, meter: str) -> int:
         """How many of `meter`'s readings the registry accepted (0: none, or not registered)."""
         registered = self.client.meter(meter)
@@ -169,6 +184,7 @@ class World:
         """List, bid and finalize: an open trade between `seller` and `buyer`; its id."""
         # Ten seconds of chain time: the block timer and busy bridge threads may move the
         # chain's clock a few seconds while the listing and the bid are mined.
+        self.load_meter(buyer)
         self.client.wait(self.client.sell(seller, energy_wh, price, 10))
         lot_id = self.client.lot_count()
         assert self.client.lot(lot_id).seller == seller.address
@@ -399,8 +415,13 @@ def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., Me
     wait_for(lambda: load_state().last_accepted_wh == final_load, what="bridge state")
     assert load_state().relay_closed is True and load_state().energy_wh == final_load
 
-    world.close(buyer, trade_id)
+    world.close(buyer, trade_id)  # two-phase: the relays open at once ...
     wait_for(lambda: not relay(supply) and not relay(load), timeout=5, what="relays open")
+    # ... and the buyer's next reading settles the tail (nothing: the counters stood still).
+    wait_for(lambda: client.lot(trade_id).status is LotStatus.CLOSED, timeout=10,
+             what="the trade closed by the next reading")
+    trade = client.lot(trade_id)
+    assert trade.delivered_wh == delivered
     # A listener may deliver an event again (at-least-once): a replayed TradeOpened of the
     # closed trade must not close a relay, because the bridge asks the chain, not the event.
     opened = [e for e in list(listener.events)

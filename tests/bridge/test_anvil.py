@@ -31,11 +31,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def world(anvil_factory, tmp_path) -> World:  # noqa: F811 - the fixture, used by name
-    """The contracts on a fresh anvil that mines each transaction at once."""
-    node = anvil_factory(block_time=None, chain_id=4343)
-    node.start()
+def anvil_world(node, tmp_path: Path) -> World:
+    """The contracts on a started anvil `node`, with a funded operator (shared by the suites)."""
     w3 = connect(node.url, timeout=5)
     operator = fund(w3, 1000 * ETHER)
     deployment = deploy(w3, operator, PARAMS)
@@ -51,6 +48,14 @@ def world(anvil_factory, tmp_path) -> World:  # noqa: F811 - the fixture, used b
         w3.provider.make_request("evm_mine", [])
 
     return World(client, deployment, operator, set_balances, advance, node.url, tmp_path, w3)
+
+
+@pytest.fixture
+def world(anvil_factory, tmp_path) -> World:  # noqa: F811 - the fixture, used by name
+    """The contracts on a fresh anvil that mines each transaction at once."""
+    node = anvil_factory(block_time=None, chain_id=4343)
+    node.start()
+    return anvil_world(node, tmp_path)
 
 
 def test_readings_mint_and_pay_and_relays_follow_the_trade_on_anvil(

@@ -21,10 +21,16 @@ from hardware.protocol import MeterProtocolError, SignedReading, encode_ok, pars
 from tests.bridge.conftest import FAKE_ADDRESS, DamagedMeter, energy, relay, wait_for
 
 
-def _buyer_with_open_trade(world, lot_wh=300):
-    """A buyer (and seller) with an open trade of `lot_wh`; returns (seller, buyer, trade id)."""
+def _buyer_with_open_trade(world, lot_wh=300, load=None):
+    """A buyer (and seller) with an open trade of `lot_wh`; returns (seller, buyer, trade id).
+
+    With `load` (an emulated meter's server), that meter is the buyer's accepted load meter;
+    otherwise the buyer gets one the test holds (bidding needs an accepted load meter).
+    """
     seller, buyer = world.accounts(2)
     world.mint(seller, lot_wh)
+    if load is not None:
+        world.give(load, buyer)
     return seller, buyer, world.trade(seller, buyer, lot_wh)
 
 
@@ -71,10 +77,10 @@ def test_unplugged_meter_opens_its_relay_and_resumes_with_the_chain_state(
 
 
 def test_garbled_replies_never_close_a_relay_and_send_nothing(world, plant, bridges):
-    _, buyer, _ = _buyer_with_open_trade(world)
     load = plant.meter("load")
     load.fault = Fault.GARBAGE  # the meter acts on commands, every reply has a bad checksum
-    key = world.give(load, buyer)
+    _, buyer, _ = _buyer_with_open_trade(world, load=load)
+    key = load.meter.address
     bridge = bridges([BridgeMeter(load.url, key, buyer.address, "load")])
     state = lambda: bridge.meter_state(key)  # noqa: E731
     wait_for(lambda: "checksum" in (state().last_error or ""), what="garbage reported")
@@ -175,6 +181,10 @@ def test_unregistered_unaccepted_and_mismatched_meters_are_faulty_until_accepted
     time.sleep(0.5)
     assert not relay(load) and world.readings_on_chain(load_key) == 0
 
+    # The buyer replaces its load meter: the operator withdraws the old one, the buyer accepts
+    # the new one (an owner has one active load meter at a time).
+    world.client.wait(world.client.deactivate_meter(world.operator,
+                                                    world.client.load_meter_of(buyer.address)))
     world.client.wait(world.client.accept_meter(buyer, load_key))
     wait_for(lambda: relay(load) and state(load_key).status == "online", timeout=5,
              what="accepted meter in service")

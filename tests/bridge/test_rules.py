@@ -63,3 +63,12 @@ def test_a_reading_the_chain_has_or_that_is_on_its_way_is_never_sent_again():
 def test_bad_cadence_settings_are_refused(bad):
     with pytest.raises(ValueError):
         Cadence(**bad)
+
+
+def test_an_awaited_reading_goes_after_the_interval_even_if_the_counter_stood_still():
+    # The buyer asked to close: its next reading settles the tail, so it is not kept back
+    # until the heartbeat.
+    args = dict(counter=100, sequence=8, chain_wh=100, chain_sequence=7,
+                forwarded=(100, 7, 1000.0), now=1011.0)
+    assert not due(CADENCE, **args)
+    assert due(CADENCE, **args, prompt=True)

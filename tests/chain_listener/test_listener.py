@@ -69,6 +69,8 @@ class Story:
         self.operator, self.seller, self.buyer, self.rival = a[0], a[1], a[2], a[3]
         self.supply_meter, self.load_meter = a[4], a[5]
         self.receipts: list[dict] = []
+        self.sequence = 0
+        self.setup = 0  # how many receipts meters_and_tokens made
 
     def send(self, fn: Any, sender: str, value: int = 0) -> dict:
         """Send a transaction (one block each) and remember its receipt."""
@@ -77,13 +79,31 @@ class Story:
         return receipt
 
     def meters_and_tokens(self) -> None:
-        """Register both meters, take a baseline reading and mint 2 kWh to the seller."""
+        """Offer both meters, their owners accept, a baseline reading, then 2 kWh to the seller.
+
+        The readings are signed by the supply meter's own key and carried by the operator (any
+        account may carry them).
+        """
         reg = self.chain.registry.functions
-        self.send(reg.registerMeter(self.supply_meter, self.seller, SUPPLY, 5000), self.operator)
-        self.send(reg.registerMeter(self.load_meter, self.buyer, LOAD, 5000), self.operator)
-        self.send(reg.report(100), self.supply_meter)
+        self.send(reg.offerMeter(self.supply_meter, self.seller, SUPPLY, 5000), self.operator)
+        self.send(reg.offerMeter(self.load_meter, self.buyer, LOAD, 5000), self.operator)
+        self.send(reg.acceptMeter(self.supply_meter), self.seller)
+        self.send(reg.acceptMeter(self.load_meter), self.buyer)
+        self.reading(100)
         self.chain.advance(3600)
-        self.send(reg.report(2100), self.supply_meter)
+        self.reading(2100)
+        self.setup = len(self.receipts)
+
+    def reading(self, energy_wh: int) -> None:
+        """The supply meter signs its counter with the next sequence; the operator carries it."""
+        self.sequence += 1
+        signature = self.chain.sign_reading(self.supply_meter, energy_wh, self.sequence)
+        self.send(
+            self.chain.registry.functions.report(
+                self.supply_meter, energy_wh, self.sequence, signature
+            ),
+            self.operator,
+        )
 
     def auction(self) -> None:
         """List 1 kWh; the buyer bids, the rival outbids (so the buyer is credited)."""
@@ -134,7 +154,9 @@ def test_delivers_decoded_events_in_order_from_the_deployment_block(chain: Chain
 
     assert keys(events) == story.expected()
     assert received == deployed + events
-    assert [e.name for e in events][:3] == ["MeterRegistered", "MeterRegistered", "ReadingRecorded"]
+    assert [e.name for e in events][:5] == [
+        "MeterOffered", "MeterOffered", "MeterAccepted", "MeterAccepted", "ReadingRecorded"
+    ]
     credited = next(e for e in events if e.name == "Credited")
     assert credited.contract == "EnergyMarket"
     assert credited.args == {"account": story.buyer, "lotId": 1, "amountWei": PRICE}
@@ -172,10 +194,10 @@ def test_new_listener_on_the_same_state_file_delivers_exactly_the_new_events(
 
     story.auction()
     second = EventListener(chain.w3, chain.deployment, state)
-    assert second.cursor == head(chain) - len(story.receipts[4:])
+    assert second.cursor == head(chain) - len(story.receipts[story.setup :])
     after = second.poll_once()
 
-    assert keys(after) == story.expected(story.receipts[4:])
+    assert keys(after) == story.expected(story.receipts[story.setup :])
     assert second.poll_once() == []
     # No loss and no duplicate: together they are what one uninterrupted listener delivers.
     whole = EventListener(chain.w3, chain.deployment, tmp_path / "other.json").poll_once()
@@ -192,7 +214,7 @@ def test_crash_before_the_save_redelivers_only_what_was_not_recorded(chain: Chai
 
     story.auction()
     lost_save = listener.poll_once()
-    assert keys(lost_save) == story.expected(story.receipts[4:])
+    assert keys(lost_save) == story.expected(story.receipts[story.setup :])
     # The process died after delivering these but before their save reached the disk.
     state.write_bytes(saved)
 
@@ -282,12 +304,12 @@ def test_reorg_rewinds_to_the_fork_and_delivers_the_new_canonical_events(
 
     reg = chain.registry.functions
     nonce = chain.w3.eth.get_transaction_count(story.operator)
-    kept = _raw(chain, reg.registerMeter(story.rival, story.rival, LOAD, 100), 0, nonce)
+    kept = _raw(chain, reg.offerMeter(story.rival, story.rival, LOAD, 100), 0, nonce)
     dropped = _raw(
-        chain, reg.registerMeter(chain.addresses[6], story.rival, LOAD, 200), 0, nonce + 1
+        chain, reg.offerMeter(chain.addresses[6], story.rival, LOAD, 200), 0, nonce + 1
     )
     replacement = _raw(
-        chain, reg.registerMeter(chain.addresses[7], story.buyer, SUPPLY, 300), 0, nonce + 1
+        chain, reg.offerMeter(chain.addresses[7], story.buyer, SUPPLY, 300), 0, nonce + 1
     )
 
     snapshot = chain.tester.take_snapshot()
@@ -309,7 +331,7 @@ def test_reorg_rewinds_to_the_fork_and_delivers_the_new_canonical_events(
     chain.w3.eth.send_raw_transaction(replacement)
     new = listener.poll_once()
     assert [(e.name, e.args["ratedPowerW"], e.block_number) for e in new] == [
-        ("MeterRegistered", 300, fork + 2)
+        ("MeterOffered", 300, fork + 2)
     ]
     assert new[0].block_hash == to_hex(chain.w3.eth.get_block(fork + 2)["hash"])
     assert listener.poll_once() == []
@@ -511,10 +533,10 @@ def test_node_restart_loses_nothing_and_duplicates_nothing(
         address=deployment.registry, abi=load_artifact("MeterRegistry").abi
     )
 
-    def register() -> dict:
+    def offer() -> dict:
         meter = Account.create().address
         return node.send(
-            operator, registry.functions.registerMeter(meter, operator.address, SUPPLY, 1000)
+            operator, registry.functions.offerMeter(meter, operator.address, SUPPLY, 1000)
         )
 
     state = tmp_path / "data" / "listener.json"
@@ -523,14 +545,14 @@ def test_node_restart_loses_nothing_and_duplicates_nothing(
     listener.subscribe(received.append)
     thread, stop, escaped = run_in_thread(listener, interval=0.02)
     try:
-        receipts = [register(), register()]
+        receipts = [offer(), offer()]
         wait_until(lambda: len(received) == 2)
 
         node.stop()  # the node goes away for a while ...
         time.sleep(0.3)
         assert thread.is_alive()
         node.start()  # ... and comes back with its persisted chain
-        receipts += [register(), register()]
+        receipts += [offer(), offer()]
         wait_until(lambda: listener.cursor >= receipts[-1]["blockNumber"])
     finally:
         stop.set()
@@ -540,7 +562,7 @@ def test_node_restart_loses_nothing_and_duplicates_nothing(
     assert [(e.tx_hash, e.log_index) for e in received] == log_keys(receipts)
 
     # The server restarts too: a new listener on the same file has nothing to redeliver.
-    receipts.append(register())
+    receipts.append(offer())
     restarted = EventListener(node.w3, deployment, state)
     assert [(e.tx_hash, e.log_index) for e in restarted.poll_once()] == log_keys(receipts[-1:])
 
@@ -568,7 +590,7 @@ def test_replaced_chain_resets_to_the_deployment_block(
     )
     receipt = new.send(
         operator,
-        registry.functions.registerMeter(Account.create().address, operator.address, LOAD, 10),
+        registry.functions.offerMeter(Account.create().address, operator.address, LOAD, 10),
     )
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         events = EventListener(new.w3, deployment, state).poll_once()
@@ -576,6 +598,6 @@ def test_replaced_chain_resets_to_the_deployment_block(
     assert "chain was replaced" in caplog.text
     assert [e.name for e in events].count("RoleGranted") == 2  # from the deployment block again
     assert (events[-1].name, events[-1].tx_hash) == (
-        "MeterRegistered",
+        "MeterOffered",
         to_hex(receipt["transactionHash"]),
     )

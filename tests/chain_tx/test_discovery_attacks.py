@@ -74,7 +74,8 @@ def deploy_with(w3: Web3, deployer, tamper: str | None = None,
     nonce = w3.eth.get_transaction_count(deployer.address, "pending")
     if token and registry:
         plan = [("EnergyMarket", [token, registry, params.min_duration, params.max_duration,
-                                  params.min_increment_per_kwh, params.delivery_timeout])]
+                                  params.min_increment_per_kwh, params.stall_timeout,
+                                  params.close_grace, params.min_charge_wh])]
         market = create_address(deployer.address, nonce)
     else:
         token, registry, market = (create_address(deployer.address, nonce + i) for i in range(3))
@@ -82,7 +83,8 @@ def deploy_with(w3: Web3, deployer, tamper: str | None = None,
             ("EnergyToken", [registry, market]),
             ("MeterRegistry", [deployer.address, token, market]),
             ("EnergyMarket", [token, registry, params.min_duration, params.max_duration,
-                              params.min_increment_per_kwh, params.delivery_timeout]),
+                              params.min_increment_per_kwh, params.stall_timeout,
+                                  params.close_grace, params.min_charge_wh]),
         ]
     sender = TxSender(w3)
     block = 0

@@ -24,6 +24,7 @@ from dapp.chain.mining import MiningControl
 from dapp.chain.pending import PendingView
 from dapp.chain.transports import connect
 from dapp.chain.tx import TxSender
+from hardware.signing import Domain, sign_reading
 from tests.chain.conftest import fund, wait_for
 
 pytestmark = pytest.mark.slow
@@ -94,20 +95,29 @@ def test_twenty_concurrent_sends_from_one_account_are_all_mined(anvil_factory, t
 def _auction(w3: Web3, tmp_path):
     """Deploy, mint, list and bid: an auction in progress. Returns what the test needs."""
     operator, seller, buyer = fund(w3), fund(w3), fund(w3)
-    meter = fund(w3, 10**18)
+    meter = Account.create()  # the meter's own key: it signs readings and holds no Ether
     dep = deploy(w3, operator, MarketParameters(min_duration=60, max_duration=3600))
     sender = TxSender(w3, tmp_path / "outbox.json")
     registry = w3.eth.contract(address=dep.registry, abi=load_artifact("MeterRegistry").abi)
     market = _market(w3, dep.market)
+    domain = Domain(w3.eth.chain_id, dep.registry)
     sender.transact(operator, {"to": dep.registry, "data": _call_data(
-        registry.functions.registerMeter(meter.address, seller.address, 0, 60_000))},
-        "register meter")
-    sender.transact(meter, {"to": dep.registry, "data": _call_data(registry.functions.report(0))},
-                    "meter reading")
+        registry.functions.offerMeter(meter.address, seller.address, 0, 60_000))},
+        "offer meter")
+    sender.transact(seller, {"to": dep.registry, "data": _call_data(
+        registry.functions.acceptMeter(meter.address))}, "accept meter")
+
+    def reading(energy_wh: int, sequence: int) -> dict:
+        """The meter's signed reading, carried (and paid for) by the operator."""
+        signature = sign_reading(meter.key, domain, energy_wh, sequence)
+        # Readings depend on the next block's time, which an estimate cannot know: fixed gas.
+        return sender.transact(operator, {"to": dep.registry, "gas": 300_000, "data": _call_data(
+            registry.functions.report(meter.address, energy_wh, sequence, signature))},
+            "meter reading")
+
+    reading(0, 1)
     time.sleep(1.1)
-    # Readings depend on the next block's time, which an estimate cannot know: fixed gas.
-    sender.transact(meter, {"to": dep.registry, "gas": 300_000,
-                            "data": _call_data(registry.functions.report(10))}, "meter reading")
+    reading(10, 2)
     sender.transact(seller, {"to": dep.market, "data": _call_data(
         market.functions.list(10, PRICE, 600))}, "sell")
     deposit = market.functions.depositFor(1, PRICE).call()

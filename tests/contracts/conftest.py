@@ -19,11 +19,36 @@ from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 
 from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
-from dapp.chain.deploy import Deployment, MarketParameters, deploy
+from dapp.chain.deploy import create_address
 from dapp.errors import ContractReverted
 
-PARAMS = MarketParameters(
-    min_duration=60, max_duration=86_400, min_increment_per_kwh=10**12, delivery_timeout=900
+
+@dataclass(frozen=True)
+class MarketRules:
+    """The market's deployment parameters (seconds, wei per kWh, Wh)."""
+
+    min_duration: int
+    max_duration: int
+    min_increment_per_kwh: int
+    stall_timeout: int
+    close_grace: int
+    min_charge_wh: int
+
+    def args(self) -> list[int]:
+        """The constructor arguments after the token and registry addresses."""
+        return [
+            self.min_duration, self.max_duration, self.min_increment_per_kwh,
+            self.stall_timeout, self.close_grace, self.min_charge_wh,
+        ]
+
+
+PARAMS = MarketRules(
+    min_duration=60,
+    max_duration=86_400,
+    min_increment_per_kwh=10**12,
+    stall_timeout=900,
+    close_grace=120,
+    min_charge_wh=100,
 )
 PRICE = 10**15  # a convenient price: 0.001 ether per kWh
 
@@ -48,10 +73,7 @@ class Chain:
         self._keys = {a: k for a, k in zip(self.addresses, self.keys, strict=True)}
         # Carries signed readings to the chain: any account may, the meters need no Ether.
         self.carrier = self.addresses[9]
-        self.deployment: Deployment = deploy(self.w3, Account.from_key(self.keys[0]), PARAMS)
-        self.token = self._contract("EnergyToken", self.deployment.token)
-        self.registry = self._contract("MeterRegistry", self.deployment.registry)
-        self.market = self._contract("EnergyMarket", self.deployment.market)
+        self.token, self.registry, self.market = deploy_market(self.w3, self.addresses[0], PARAMS)
         self._by_address = {
             self.token.address: ("EnergyToken", self.token),
             self.registry.address: ("MeterRegistry", self.registry),
@@ -143,6 +165,25 @@ class Chain:
     def balance(self, address: str) -> int:
         """Ether balance in wei."""
         return self.w3.eth.get_balance(address)
+
+
+def deploy_market(w3: Web3, deployer: str, rules: MarketRules) -> tuple[Contract, ...]:
+    """Deploy token, registry and market from `deployer`, wired through predicted addresses."""
+    nonce = w3.eth.get_transaction_count(deployer)
+    token_at, registry_at, market_at = (create_address(deployer, nonce + i) for i in range(3))
+    plan = [
+        ("EnergyToken", [registry_at, market_at], token_at),
+        ("MeterRegistry", [deployer, token_at, market_at], registry_at),
+        ("EnergyMarket", [token_at, registry_at, *rules.args()], market_at),
+    ]
+    contracts = []
+    for name, args, expected in plan:
+        art = load_artifact(name)
+        factory = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        tx_hash = factory.constructor(*args).transact({"from": deployer})
+        assert w3.eth.get_transaction_receipt(tx_hash)["contractAddress"] == expected
+        contracts.append(w3.eth.contract(address=expected, abi=art.abi))
+    return tuple(contracts)
 
 
 def reading_typed_data(

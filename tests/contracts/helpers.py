@@ -46,9 +46,10 @@ class Lot(NamedTuple):
     price_per_kwh: int
     deadline: int
     delivered_wh: int
-    last_delivery_at: int
+    active_since: int
     deposit_wei: int
     paid_wei: int
+    close_requested_at: int = 0
 
 
 class MeterStatus(IntEnum):
@@ -305,8 +306,34 @@ def list_lot(
     return listing_id
 
 
+def ensure_load_meter(chain: Chain, account: str, rated_w: int = LOAD_W) -> str:
+    """`account`'s active load meter; one is offered, accepted and read first if it has none."""
+    meter = chain.registry.functions.loadMeterOf(account).call()
+    if meter == ZERO_ADDRESS:
+        meter = chain.new_key(f"load meter of {account}")
+        install_meter(chain, chain.addresses[0], meter, account, LOAD, rated_w)
+    return meter
+
+
+def heartbeat(chain: Chain, meter: str, seconds: int = 1) -> dict:
+    """`seconds` later, `meter` reports its unchanged counter; return the receipt."""
+    chain.advance(seconds)
+    return report(chain, meter, meter_of(chain, meter).energy_wh)
+
+
+def buyer_closes(chain: Chain, trade_id: int, buyer: str) -> dict:
+    """The buyer closes `trade_id`: asks, and (for the active trade) its meter's next reading,
+    a heartbeat a second later, settles the tail and closes it; return the closing receipt."""
+    receipt = chain.send(chain.market.functions.closeConnection(trade_id), buyer)
+    if lot_of(chain, trade_id).status != Status.OPEN:
+        return receipt
+    return heartbeat(chain, chain.registry.functions.loadMeterOf(buyer).call())
+
+
 def place_bid(chain: Chain, bidder: str, listing_id: int, price_per_kwh: int) -> dict:
-    """Bid with exactly the deposit the lot needs; return the receipt."""
+    """Bid with exactly the deposit the lot needs (the bidder gets a load meter first if it has
+    none: only accounts with one may bid); return the receipt."""
+    ensure_load_meter(chain, bidder)
     energy_wh = chain.market.functions.lotOf(listing_id).call()[3]
     return chain.send(
         chain.market.functions.bid(listing_id, price_per_kwh),

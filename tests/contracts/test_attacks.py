@@ -13,7 +13,7 @@ from eth_utils import function_signature_to_4byte_selector
 from web3.contract import Contract
 
 from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
-from tests.contracts.helpers import install_meter, report
+from tests.contracts.helpers import ensure_load_meter, install_meter, report
 
 LOT_WH = 1_000
 DURATION = 3_600
@@ -21,6 +21,7 @@ HIGHER = PRICE + PARAMS.min_increment_per_kwh
 REENTER_WITHDRAW, REENTER_BID, REENTER_CLOSE = 1, 2, 4
 REENTRANCY_GUARD_ERROR = function_signature_to_4byte_selector("ReentrancyGuardReentrantCall()")
 SUPPLY, LOAD = 0, 1
+MIN_FEE = PRICE * PARAMS.min_charge_wh // 1000
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Auction:
     lot3: int  # listed, no bids yet
     deposit: int  # deposit at PRICE
     higher_deposit: int  # deposit at HIGHER
+    meter: str  # the attacker's load meter
 
 
 def mint(chain: Chain, operator: str, meter: str, owner: str, energy_wh: int) -> None:
@@ -64,6 +66,14 @@ def setup_auction(
 ) -> Auction:
     """Deploy attacker `name`, list three lots and get the attacker and `rival` outbid."""
     attacker = chain.deploy_contract(name, chain.market.address, sender=stranger)
+    # Bidders need an accepted load meter: the attacker contract accepts one too.
+    attacker_meter = chain.new_key(f"load meter of {name}")
+    chain.send(chain.registry.functions.offerMeter(attacker_meter, attacker.address, LOAD, 3_000),
+               operator)
+    chain.send(attacker.functions.acceptMeter(chain.registry.address, attacker_meter), stranger)
+    report(chain, attacker_meter, 0)
+    for person in (buyer, rival):
+        ensure_load_meter(chain, person)
     mint(chain, operator, meter, seller, 3 * LOT_WH)
     lots = [list_lot(chain, seller) for _ in range(3)]
     deposit = chain.market.functions.depositFor(lots[0], PRICE).call()
@@ -75,7 +85,7 @@ def setup_auction(
     assert credit(chain, attacker.address) == deposit
     assert credit(chain, rival) == deposit
     assert chain.balance(chain.market.address) == 2 * deposit + 2 * higher
-    return Auction(attacker, lots[0], lots[1], lots[2], deposit, higher)
+    return Auction(attacker, lots[0], lots[1], lots[2], deposit, higher, attacker_meter)
 
 
 @pytest.fixture
@@ -199,16 +209,23 @@ def test_reentrant_close_keeps_the_refund_as_credit(chain, reentrant, seller, ri
     assert [(kind, ok) for kind, ok, _ in attempts(attacker)] == [
         (REENTER_WITHDRAW, False), (REENTER_CLOSE, True)
     ]
-    # The refund credited mid-withdrawal is neither lost nor paid twice.
+    # The re-entrant close is only the request (two-phase close); the meter's next reading
+    # closes the trade, and the refund credited then is neither lost nor paid twice.
     assert attacker.functions.received().call() == reentrant.deposit
-    assert credit(chain, attacker.address) == reentrant.deposit
+    assert credit(chain, attacker.address) == 0
+    assert chain.market.functions.lotOf(reentrant.lot3).call()[10] != 0  # close requested
+    chain.advance(1)
+    report(chain, reentrant.meter, 0)  # a heartbeat
+    refund = reentrant.deposit - MIN_FEE  # walking away costs the minimum charge
+    assert credit(chain, attacker.address) == refund
+    assert credit(chain, seller) == MIN_FEE
     assert chain.balance(chain.market.address) == market_before - reentrant.deposit
     assert chain.market.functions.lotOf(reentrant.lot3).call()[0] == 3  # Closed
     assert chain.token.functions.balanceOf(seller).call() == seller_tokens + LOT_WH
 
     chain.send(attacker.functions.withdraw(), stranger)
-    assert attacker.functions.received().call() == 2 * reentrant.deposit
-    assert chain.balance(chain.market.address) == market_before - 2 * reentrant.deposit
+    assert attacker.functions.received().call() == reentrant.deposit + refund
+    assert chain.balance(chain.market.address) == market_before - reentrant.deposit - refund
     assert credit(chain, rival) == reentrant.deposit
 
 
@@ -239,11 +256,15 @@ def test_refusing_bidder_cannot_block_finalize_or_closing(chain, griefer, seller
         assert chain.market.functions.lotOf(lot).call()[0] == 2  # Open
     assert chain.market.functions.lotOf(griefer.lot3).call()[2] == attacker.address
 
-    # The seller may close the trade of a silent buyer after the timeout; the refund is credited.
-    chain.advance(PARAMS.delivery_timeout)
+    # The seller may close the trade of a silent buyer after the stall timeout, charging the
+    # silence (3,000 W x 900 s = 750 Wh); the refund is credited.
+    chain.advance(PARAMS.stall_timeout)
     receipt = chain.send(chain.market.functions.closeConnection(griefer.lot3), seller)
-    assert [e.name for e in chain.events(receipt)] == ["ConnectionClosed", "Credited", "Transfer"]
-    assert credit(chain, attacker.address) == 2 * griefer.deposit
+    assert [e.name for e in chain.events(receipt)] == [
+        "StallCharged", "DeliverySettled", "ConnectionClosed", "Credited", "Transfer", "Transfer"
+    ]
+    refund = griefer.deposit - PRICE * 750 // 1000
+    assert credit(chain, attacker.address) == griefer.deposit + refund
 
 
 def test_refusing_bidder_cannot_block_anyone_elses_withdrawal(chain, griefer, rival):

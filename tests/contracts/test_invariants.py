@@ -70,9 +70,10 @@ class Lot(NamedTuple):
     price_per_kwh: int
     deadline: int
     delivered_wh: int
-    last_delivery_at: int
+    active_since: int
     deposit_wei: int
     paid_wei: int
+    close_requested_at: int
 
 
 def deposit(energy_wh: int, price: int) -> int:
@@ -92,6 +93,10 @@ class Ledger:
     credited: Counter = field(default_factory=Counter)  # Credited, and sellers' DeliverySettled
     withdrawn: Counter = field(default_factory=Counter)
     parties: set[str] = field(default_factory=set)  # every address an event named
+    buyers: dict[int, str] = field(default_factory=dict)  # trade id -> buyer, from TradeOpened
+    paid_wh: Counter = field(default_factory=Counter)  # buyer -> Wh billed (DeliverySettled)
+    taken_wh: Counter = field(default_factory=Counter)  # buyer -> Wh drawn with a trade open
+    unbought_wh: Counter = field(default_factory=Counter)  # buyer -> Wh beyond its open lots
 
     def record(self, name: str, args: dict[str, Any]) -> None:
         """Account for one decoded event."""
@@ -112,8 +117,11 @@ class Ledger:
             self.parties.add(args["bidder"])
         elif name == "Credited":
             self.credited[args["account"]] += args["amountWei"]
+        elif name == "TradeOpened":
+            self.buyers[args["tradeId"]] = args["buyer"]
         elif name == "DeliverySettled":
             self.credited[self.sellers[args["tradeId"]]] += args["paidWei"]
+            self.paid_wh[self.buyers[args["tradeId"]]] += args["energyWh"]
         elif name == "Withdrawn":
             self.withdrawn[args["account"]] += args["amountWei"]
 
@@ -277,6 +285,17 @@ def check_invariants(ex: Exchange) -> list[str]:
             f"market holds {market_tokens} Wh of tokens but listed {listed} + undelivered"
             f" {undelivered} + delivered-unburned {unburned} = {listed + undelivered + unburned}"
         )
+    # Energy: nobody takes more than it pays for, beyond the stated bound (what its readings
+    # could not walk yet, carried to the next reading; energy beyond every open lot of its own
+    # was not bought from anyone).
+    for buyer in sorted(set(ledger.taken_wh)):
+        carried = ex.call(ex.market.functions.carriedOf(buyer))
+        bound = ledger.paid_wh[buyer] + carried + ledger.unbought_wh[buyer]
+        if ledger.taken_wh[buyer] > bound:
+            problems.append(
+                f"{buyer} took {ledger.taken_wh[buyer]} Wh but paid for {ledger.paid_wh[buyer]}"
+                f" + carried {carried} + unbought {ledger.unbought_wh[buyer]}"
+            )
     return problems
 
 
@@ -297,10 +316,7 @@ def deploy_exchange(chain: Chain, market_abi: list, market_bytecode: str) -> Exc
     addresses = [create_address(deployer, nonce + i) for i in range(3)]
     token_at, registry_at, market_at = addresses
     token_art, registry_art = load_artifact("EnergyToken"), load_artifact("MeterRegistry")
-    market_args = [
-        token_at, registry_at, PARAMS.min_duration, PARAMS.max_duration, INCREMENT,
-        PARAMS.delivery_timeout,
-    ]
+    market_args = [token_at, registry_at, *PARAMS.args()]
     plan = [
         (token_art.abi, token_art.bytecode, [registry_at, market_at]),
         (registry_art.abi, registry_art.bytecode, [deployer, token_at, market_at]),
@@ -357,6 +373,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.people = [a for a in actors if a.contract is None]
         # meter -> (counter, time, sequence, carried watt-seconds) of the last accepted reading
         self.meters = dict(meters)
+        self.load_owners = {a.load_meter: a.address for a in actors if a.load_meter}
         self.lots: dict[int, Seen] = {}
         self._snapshot = ex.snapshot()
 
@@ -416,19 +433,31 @@ class MarketMachine(RuleBasedStateMachine):
         elif delta_wh > max_wh:
             error = "MeterReadingImplausible"
         fn = self.ex.reading(meter, counter + delta_wh, next_sequence, key)
+        owner = self.load_owners.get(meter)
+        if owner is not None and error is None:
+            # What this reading takes from sellers, counted here, independently of the market.
+            trades = self.ex.call(self.ex.market.functions.tradesOfBuyer(owner))
+            if trades:
+                open_wh = sum(
+                    (lot := self.ex.lot(t)).energy_wh - lot.delivered_wh for t in trades
+                )
+                carried = self.ex.call(self.ex.market.functions.carriedOf(owner))
+                self.ex.ledger.taken_wh[owner] += delta_wh
+                self.ex.ledger.unbought_wh[owner] += max(0, delta_wh + carried - open_wh)
         self._expect(fn, self.people[0].sender, error)
         if error is None:
             carried = min(allowance_ws - delta_wh * 3600, MAX_CARRY_WS)
             self.meters[meter] = (counter + delta_wh, now, next_sequence, carried)
 
-    def _times_out_at(self, lot_id: int, lot: Lot) -> int:
-        """When the seller may close: after the timeout without deliveries; for a trade queued
-        behind the buyer's oldest one, that one must have gone quiet for as long too."""
-        last = lot.last_delivery_at
-        oldest = self.ex.call(self.ex.market.functions.openTradesOf(lot.buyer))[0]
-        if oldest != lot_id:
-            last = max(last, self.ex.lot(oldest).last_delivery_at)
-        return last + PARAMS.delivery_timeout
+    def _stalls_at(self, lot: Lot) -> int:
+        """When the seller may close: the buyer's load meter silent for the stall timeout since
+        its last reading (or since the trade became active, if later); or the buyer's close
+        request past its grace time."""
+        read_at, _ = self.ex.call(self.ex.registry.functions.lastLoadReadingOf(lot.buyer))
+        stalls_at = max(read_at, lot.active_since) + PARAMS.stall_timeout
+        if lot.close_requested_at:
+            stalls_at = min(stalls_at, lot.close_requested_at + PARAMS.close_grace)
+        return stalls_at
 
     # rules
 
@@ -465,7 +494,7 @@ class MarketMachine(RuleBasedStateMachine):
         """A few blocks' worth of time passes."""
         self.ex.advance(seconds)
 
-    @rule(seconds=st.integers(300, PARAMS.delivery_timeout + 60))
+    @rule(seconds=st.integers(300, PARAMS.stall_timeout + 60))
     def wait_long(self, seconds: int) -> None:
         """Long enough for auctions to end or deliveries to time out."""
         self.ex.advance(seconds)
@@ -486,7 +515,7 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.lots) < MAX_LOTS)
     @rule(
         who=st.integers(0, 2),
-        energy_wh=st.integers(1, 3_000),
+        energy_wh=st.one_of(st.integers(1, 3), st.integers(1, 3_000)),  # dust, or a real lot
         price=st.integers(1, 2 * PRICE),
         duration=st.sampled_from([PARAMS.min_duration - 1, PARAMS.min_duration, 300, 900, 1_800]),
     )
@@ -547,7 +576,8 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.lots)
     @rule(data=st.data(), role=st.sampled_from(["buyer", "seller", "seller", "other"]))
     def close_connection(self, data: st.DataObject, role: str) -> None:
-        """The buyer, the seller (only after the delivery timeout) or an outsider closes a trade."""
+        """The buyer (asking first, for its active trade), the seller (only once stalled) or an
+        outsider closes a trade."""
         trades = [i for i, s in self.lots.items() if s.status == OPEN]
         lot_id = self._choose(data, trades, self._any_lot())
         lot = self.ex.lot(lot_id)
@@ -559,11 +589,15 @@ class MarketMachine(RuleBasedStateMachine):
         error = None
         if lot.status != OPEN:
             error = "MarketTradeNotOpen"
-        elif closer.address != lot.buyer:
-            if closer.address != lot.seller:
-                error = "MarketNotTradeParty"
-            elif self.ex.pending_time() < self._times_out_at(lot_id, lot):
-                error = "MarketDeliveryNotTimedOut"
+        elif closer.address == lot.buyer:
+            active = self.ex.call(self.ex.market.functions.activeTradeOf(lot.buyer)) == lot_id
+            grace_ends = lot.close_requested_at + PARAMS.close_grace
+            if active and lot.close_requested_at and self.ex.pending_time() < grace_ends:
+                error = "MarketCloseAlreadyRequested"
+        elif closer.address != lot.seller:
+            error = "MarketNotTradeParty"
+        elif self.ex.pending_time() < self._stalls_at(lot):
+            error = "MarketTradeNotStalled"
         target = closer.contract or self.ex.market
         self._expect(target.functions.closeConnection(lot_id), closer.sender, error)
 
@@ -604,6 +638,12 @@ def test_random_sequences_conserve_ether_and_tokens(chain: Chain):
         for i in (1, 2, 3)
     ]
     griefer = chain.deploy_contract("RevertingBidder", ex.market.address)
+    # The griefer's load meter never reports after its baseline: a buyer whose meter is silent.
+    griefer_meter = chain.new_key("the griefer's silent load meter")
+    ex.send(ex.registry.functions.offerMeter(griefer_meter, griefer.address, LOAD, RATED_W),
+            operator)
+    ex.send(griefer.functions.acceptMeter(ex.registry.address, griefer_meter), operator)
+    ex.send(ex.reading(griefer_meter, 0), operator)
     actors = [*people, Actor(griefer.address, operator, griefer)]
     ex.accounts = {a.address for a in actors}
     registry = ex.registry.functions
@@ -646,8 +686,8 @@ def test_random_sequences_conserve_ether_and_tokens(chain: Chain):
 MUTANTS = {
     "outbid deposit not credited": ("            _credits[previousBidder] += refund;\n", ""),
     "refund on close one wei too high": (
-        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price);",
-        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price) + 1;",
+        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price) - fee;",
+        "uint256 refund = _deposit(lotWh, price) - _paid(delivered, price) - fee + 1;",
     ),
     "delivered tokens never burned": (
         "        if (delivered != 0) _token.burnDelivered(delivered);\n", ""
@@ -700,6 +740,8 @@ def fixed_sequence(ex: Exchange, chain: Chain) -> Iterator[str]:
     ex.send(ex.reading(buyer_load, 401), operator)
     yield "the buyer's load measured 401 Wh"
     ex.send(market.closeConnection(2), buyer)
+    ex.advance(1)
+    ex.send(ex.reading(buyer_load, 401), operator)  # the next reading (a heartbeat) closes it
     yield "the buyer closed its trade"
     ex.send(ex.reading(rival_load, 999), operator)
     yield "the rival's load measured its whole lot"

@@ -11,10 +11,12 @@ from tests.contracts.helpers import (
     ZERO_ADDRESS,
     Status,
     advance_to,
+    buyer_closes,
     credit,
     deposit_wei,
     end_auction,
     gas_spent_since,
+    heartbeat,
     install_meter,
     list_lot,
     lot_of,
@@ -126,6 +128,11 @@ def test_a_trade_from_sunshine_to_withdrawal(
         ]
     assert tokens(chain, seller) == supply(chain) == minted == 6_500
 
+    # The buyer's load meter is installed (bidding needs one); its baseline settles nothing.
+    register_meter(chain, operator, load_meter, buyer, LOAD, LOAD_W)
+    receipt = report(chain, load_meter, 777)
+    assert [e.name for e in chain.events(receipt)] == ["ReadingRecorded"]
+
     # An auction of 4,321 Wh at prices that are not multiples of 1000 wei per kWh.
     lot_wh, start = 4_321, 200_000_000_000_123
     trade = list_lot(chain, seller, lot_wh, start, 600)
@@ -156,11 +163,6 @@ def test_a_trade_from_sunshine_to_withdrawal(
         )
     ]
 
-    # The buyer's load meter is installed; its baseline settles nothing.
-    register_meter(chain, operator, load_meter, buyer, LOAD, LOAD_W)
-    receipt = report(chain, load_meter, 777)
-    assert [e.name for e in chain.events(receipt)] == ["ReadingRecorded"]
-
     delivered = 0
     for sequence, energy_wh in enumerate((500, 1_234, 7), start=2):
         seller_credit = credit(chain, seller)
@@ -181,9 +183,10 @@ def test_a_trade_from_sunshine_to_withdrawal(
     paid = paid_wei(delivered, price)
     assert credit(chain, seller) == paid == lot_of(chain, trade).paid_wei
 
-    receipt = chain.send(chain.market.functions.closeConnection(trade), buyer)
+    # Two-phase close: the request opens the relays, the next reading (a heartbeat) closes.
+    receipt = buyer_closes(chain, trade, buyer)
     refund = deposit - paid
-    assert chain.events(receipt) == [
+    assert chain.events(receipt)[1:] == [
         market_event(
             "ConnectionClosed",
             tradeId=trade,
@@ -264,28 +267,46 @@ def test_seller_closes_a_stalled_trade(chain: Chain, seller: str, buyer: str, lo
     ether = {a: chain.balance(a) for a in (seller, buyer)}
     trade = open_trade(chain, seller, buyer, 2_000, PRICE)
     measure(chain, load_meter, 300)
-    chain.advance(PARAMS.delivery_timeout)  # the buyer's side goes quiet
+    silent_since = chain.now()
+    chain.advance(PARAMS.stall_timeout)  # the buyer's meter goes quiet
     receipt = chain.send(chain.market.functions.closeConnection(trade), seller)
-    paid, refund = paid_wei(300, PRICE), deposit_wei(2_000, PRICE) - paid_wei(300, PRICE)
+    # The silence is charged at the meter's rating: 3,000 W x 900 s = 750 Wh.
+    delivered = 300 + 750
+    paid = paid_wei(delivered, PRICE)
+    refund = deposit_wei(2_000, PRICE) - paid
     assert chain.events(receipt) == [
+        market_event(
+            "StallCharged",
+            tradeId=trade,
+            silentSince=silent_since,
+            silentUntil=silent_since + PARAMS.stall_timeout,
+            energyWh=750,
+        ),
+        market_event(
+            "DeliverySettled",
+            tradeId=trade,
+            energyWh=750,
+            paidWei=paid - paid_wei(300, PRICE),
+            deliveredWh=delivered,
+        ),
         market_event(
             "ConnectionClosed",
             tradeId=trade,
             closedBy=seller,
-            deliveredWh=300,
+            deliveredWh=delivered,
             refundWei=refund,
-            returnedWh=1_700,
+            returnedWh=2_000 - delivered,
         ),
         market_event("Credited", account=buyer, lotId=trade, amountWei=refund),
-        transfer(chain.market.address, ZERO_ADDRESS, 300),
-        transfer(chain.market.address, seller, 1_700),
+        transfer(chain.market.address, ZERO_ADDRESS, delivered),
+        transfer(chain.market.address, seller, 2_000 - delivered),
     ]
     withdraw_all(chain, buyer, seller)
     gas = gas_spent_since(chain, first_block)
     assert chain.balance(chain.market.address) == 0
     assert chain.balance(buyer) == ether[buyer] - gas[buyer] - paid
     assert chain.balance(seller) == ether[seller] - gas[seller] + paid
-    assert tokens(chain, seller) == supply(chain) == STOCK - 300
+    assert tokens(chain, seller) == supply(chain) == STOCK - delivered
 
 
 @pytest.mark.usefixtures("stocked", "metered")
@@ -360,7 +381,7 @@ def test_closing_any_trade_keeps_the_queue(
 ):
     trades = [open_trade(chain, seller, buyer, 400, PRICE) for _ in range(3)]
     assert queue(chain, buyer) == trades
-    chain.send(chain.market.functions.closeConnection(closed), buyer)
+    buyer_closes(chain, closed, buyer)
     assert queue(chain, buyer) == left
     assert chain.market.functions.nextTradeOfBuyer(closed).call() == 0
 
@@ -386,12 +407,14 @@ def test_a_reading_settles_at_most_four_trades(
     ]
     assert queue(chain, buyer) == [trades[4]]
     assert lot_of(chain, trades[4]).delivered_wh == 0
-    # The 200 Wh beyond the four trades are not billed.
+    # The 200 Wh beyond the four trades are carried over, not dropped.
     assert credit(chain, seller) == 4 * paid_wei(100, PRICE)
+    assert chain.market.functions.carriedOf(buyer).call() == 200
 
-    receipt = measure(chain, load_meter, 100)
+    receipt = heartbeat(chain, load_meter)  # even a heartbeat settles the carried energy
     assert settled(chain.events(receipt)) == [(trades[4], 100, paid_wei(100, PRICE), 100)]
     assert queue(chain, buyer) == []
+    assert chain.market.functions.carriedOf(buyer).call() == 0  # no trade left to bill
     assert supply(chain) == STOCK - 500
 
 
@@ -433,8 +456,9 @@ def test_rounding_never_loses_a_wei(
     assert sum(payments) == paid == credit(chain, seller)  # rounded down, in total
 
     if delivered < lot_wh:
-        receipt = chain.send(chain.market.functions.closeConnection(trade), buyer)
-        assert chain.events(receipt)[0].args["refundWei"] == deposit - paid
+        receipt = buyer_closes(chain, trade, buyer)
+        (closing,) = [e for e in chain.events(receipt) if e.name == "ConnectionClosed"]
+        assert closing.args["refundWei"] == deposit - paid
     assert lot_of(chain, trade).status == Status.CLOSED
     assert credit(chain, buyer) == deposit - paid
     assert chain.balance(chain.market.address) == deposit
@@ -456,17 +480,17 @@ def test_a_queued_trade_times_out_only_after_it_starts_delivering(
     # The first trade delivers slowly, for longer than the delivery timeout in total; the
     # second waits behind it and is not stalled, so its seller cannot close it.
     for _ in range(3):
-        chain.advance(PARAMS.delivery_timeout // 2)
+        chain.advance(PARAMS.stall_timeout // 2)
         measure(chain, load_meter, 100)
-    with reverts("MarketDeliveryNotTimedOut"):
+    with reverts("MarketTradeNotStalled"):
         chain.send(chain.market.functions.closeConnection(second), seller)
     receipt = measure(chain, load_meter, 100)  # completes the first: the second starts now
     assert lot_of(chain, first).status == Status.CLOSED
     started = chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
-    assert lot_of(chain, second).last_delivery_at == started
-    advance_to(chain, started + PARAMS.delivery_timeout - 1)
-    with reverts("MarketDeliveryNotTimedOut", second, started + PARAMS.delivery_timeout):
+    assert lot_of(chain, second).active_since == started
+    advance_to(chain, started + PARAMS.stall_timeout - 1)
+    with reverts("MarketTradeNotStalled", second, started + PARAMS.stall_timeout):
         chain.send(chain.market.functions.closeConnection(second), seller)
-    advance_to(chain, started + PARAMS.delivery_timeout)
+    advance_to(chain, started + PARAMS.stall_timeout)
     chain.send(chain.market.functions.closeConnection(second), seller)
     assert lot_of(chain, second).status == Status.CLOSED

@@ -1,9 +1,11 @@
 """EnergyMarket: list, bid, finalize, settle, close and withdraw, one function at a time."""
 
+import dataclasses
 from typing import NamedTuple
 
 import pytest
 
+from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
 from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
 from tests.contracts.helpers import (
     LOAD,
@@ -13,10 +15,13 @@ from tests.contracts.helpers import (
     Status,
     advance_to,
     block_time,
+    buyer_closes,
     credit,
     deposit_wei,
     end_auction,
+    ensure_load_meter,
     gas_cost,
+    heartbeat,
     install_meter,
     list_lot,
     lot_of,
@@ -39,7 +44,7 @@ LOT = 1_500  # Wh in the lot under test
 DURATION = 600
 INC = PARAMS.min_increment_per_kwh
 DEPOSIT = deposit_wei(LOT, PRICE)
-TIMEOUT = PARAMS.delivery_timeout
+TIMEOUT = PARAMS.stall_timeout
 
 
 @pytest.fixture(autouse=True)
@@ -61,15 +66,20 @@ def stocked(chain: Chain, operator: str, seller: str, supply_meter: str) -> None
 
 
 @pytest.fixture
-def listing(chain: Chain, stocked: None, seller: str) -> int:
-    """LOT Wh listed by the seller at PRICE for DURATION seconds."""
+def listing(
+    chain: Chain, stocked: None, operator: str, seller: str, buyer: str, rival: str,
+    load_meter: str,
+) -> int:
+    """LOT Wh listed by the seller at PRICE for DURATION seconds; the buyer's load meter and
+    the rival's are installed (only accounts with a load meter may bid)."""
+    install_meter(chain, operator, load_meter, buyer, LOAD, LOAD_W)
+    ensure_load_meter(chain, rival)
     return list_lot(chain, seller, LOT, PRICE, DURATION)
 
 
 @pytest.fixture
-def trade(chain: Chain, listing: int, operator: str, buyer: str, load_meter: str) -> int:
-    """The buyer won the listing at PRICE; the buyer's load meter is installed."""
-    install_meter(chain, operator, load_meter, buyer, LOAD, LOAD_W)
+def trade(chain: Chain, listing: int, buyer: str) -> int:
+    """The buyer won the listing at PRICE."""
     place_bid(chain, buyer, listing, PRICE)
     end_auction(chain, listing, buyer)
     return listing
@@ -341,7 +351,7 @@ def test_finalize_with_bids_opens_the_trade(
     ]
     lot = lot_of(chain, listing)
     assert (lot.status, lot.buyer, lot.price_per_kwh) == (Status.OPEN, buyer, PRICE + INC)
-    assert lot.last_delivery_at == block_time(chain, receipt)
+    assert lot.active_since == block_time(chain, receipt)
     assert chain.market.functions.openTradesOf(buyer).call() == [listing, listing]
     assert chain.market.functions.nextTradeOfBuyer(listing).call() == 0
     assert tokens(chain, chain.market.address) == LOT
@@ -382,6 +392,7 @@ def test_a_load_reading_settles_the_trade(
     chain: Chain, trade: int, seller: str, buyer: str, load_meter: str
 ):
     before = meter_of(chain, load_meter)
+    opened_at = lot_of(chain, trade).active_since
     receipt = measure(chain, load_meter, 400)
     paid = paid_wei(400, PRICE)
     assert chain.events(receipt) == [
@@ -391,7 +402,8 @@ def test_a_load_reading_settles_the_trade(
     assert credit(chain, seller) == paid
     lot = lot_of(chain, trade)
     assert (lot.status, lot.delivered_wh, lot.paid_wei) == (Status.OPEN, 400, paid)
-    assert lot.last_delivery_at == block_time(chain, receipt)
+    assert lot.active_since == opened_at  # the trade's silence counts from the meter's reading
+    assert meter_of(chain, load_meter).read_at == block_time(chain, receipt)
     assert credit(chain, buyer) == 0
     assert supply(chain) == STOCK  # burned only when the trade closes
 
@@ -399,25 +411,46 @@ def test_a_load_reading_settles_the_trade(
 # --- closeConnection -------------------------------------------------------------------------
 
 
-def test_buyer_closes_before_any_delivery(chain: Chain, trade: int, seller: str, buyer: str):
+MIN_FEE = paid_wei(PARAMS.min_charge_wh, PRICE)  # walking away costs the minimum charge
+
+
+def test_buyer_closes_before_any_delivery(
+    chain: Chain, trade: int, seller: str, buyer: str, load_meter: str
+):
+    # Phase one: the request; the relays open, nothing is settled yet.
     receipt = chain.send(chain.market.functions.closeConnection(trade), buyer)
+    asked_at = block_time(chain, receipt)
     assert chain.events(receipt) == [
+        market_event(
+            "CloseRequested", tradeId=trade, buyer=buyer, settlesBy=asked_at + PARAMS.close_grace
+        )
+    ]
+    assert lot_of(chain, trade).close_requested_at == asked_at
+    assert lot_of(chain, trade).status == Status.OPEN
+    assert chain.market.functions.activeTradeOf(buyer).call() == trade
+    # Phase two: the meter's next reading (a heartbeat) settles the tail (none) and closes.
+    before = meter_of(chain, load_meter)
+    receipt = heartbeat(chain, load_meter)
+    assert chain.events(receipt) == [
+        recorded(load_meter, before.energy_wh, before.sequence + 1, 0),
         market_event(
             "ConnectionClosed",
             tradeId=trade,
             closedBy=buyer,
             deliveredWh=0,
-            refundWei=DEPOSIT,
+            refundWei=DEPOSIT - MIN_FEE,
             returnedWh=LOT,
         ),
-        market_event("Credited", account=buyer, lotId=trade, amountWei=DEPOSIT),
+        market_event("Credited", account=seller, lotId=trade, amountWei=MIN_FEE),
+        market_event("Credited", account=buyer, lotId=trade, amountWei=DEPOSIT - MIN_FEE),
         transfer(chain.market.address, seller, LOT),
     ]
     assert lot_of(chain, trade).status == Status.CLOSED
-    assert credit(chain, buyer) == DEPOSIT
+    assert (credit(chain, buyer), credit(chain, seller)) == (DEPOSIT - MIN_FEE, MIN_FEE)
     assert tokens(chain, seller) == STOCK
     assert supply(chain) == STOCK
     assert chain.market.functions.openTradesOf(buyer).call() == [0, 0]
+    assert chain.market.functions.activeTradeOf(buyer).call() == 0
 
 
 def test_buyer_closes_after_part_of_the_lot(
@@ -425,69 +458,97 @@ def test_buyer_closes_after_part_of_the_lot(
 ):
     measure(chain, load_meter, 600)
     chain.advance(60)  # the buyer may close at any time
-    receipt = chain.send(chain.market.functions.closeConnection(trade), buyer)
-    paid = paid_wei(600, PRICE)
-    assert chain.events(receipt) == [
+    chain.send(chain.market.functions.closeConnection(trade), buyer)
+    with reverts("MarketCloseAlreadyRequested", trade, chain.now() + PARAMS.close_grace):
+        chain.send(chain.market.functions.closeConnection(trade), buyer)
+    # The relays opened a few seconds late: the next reading bills those 5 Wh, then closes.
+    receipt = measure(chain, load_meter, 5)
+    paid = paid_wei(605, PRICE)
+    assert chain.events(receipt)[1:] == [
+        market_event(
+            "DeliverySettled",
+            tradeId=trade,
+            energyWh=5,
+            paidWei=paid - paid_wei(600, PRICE),
+            deliveredWh=605,
+        ),
         market_event(
             "ConnectionClosed",
             tradeId=trade,
             closedBy=buyer,
-            deliveredWh=600,
+            deliveredWh=605,
             refundWei=DEPOSIT - paid,
-            returnedWh=LOT - 600,
+            returnedWh=LOT - 605,
         ),
         market_event("Credited", account=buyer, lotId=trade, amountWei=DEPOSIT - paid),
-        transfer(chain.market.address, ZERO_ADDRESS, 600),
-        transfer(chain.market.address, seller, LOT - 600),
+        transfer(chain.market.address, ZERO_ADDRESS, 605),
+        transfer(chain.market.address, seller, LOT - 605),
     ]
     assert (credit(chain, buyer), credit(chain, seller)) == (DEPOSIT - paid, paid)
-    assert tokens(chain, seller) == STOCK - 600
-    assert supply(chain) == STOCK - 600
+    assert tokens(chain, seller) == STOCK - 605
+    assert supply(chain) == STOCK - 605
 
 
-@pytest.mark.parametrize("delivered_first", [False, True])
-def test_seller_closes_only_after_the_delivery_timeout(
+@pytest.mark.parametrize("activity", ["none", "delivery", "heartbeat"])
+def test_seller_closes_a_stalled_trade_and_is_paid_for_the_silence(
     chain: Chain,
     trade: int,
     parties: list[str],
     seller: str,
     buyer: str,
     load_meter: str,
-    delivered_first: bool,
+    activity: str,
 ):
-    opened_at = lot_of(chain, trade).last_delivery_at  # the trade opened then
-    times_out_at = opened_at + TIMEOUT
+    opened_at = lot_of(chain, trade).active_since
+    silent_since = opened_at
     delivered = 0
-    if delivered_first:
+    if activity != "none":
         chain.advance(TIMEOUT // 2)
-        receipt = measure(chain, load_meter, 200)  # a reading restarts the timer
-        assert block_time(chain, receipt) < times_out_at
-        times_out_at = block_time(chain, receipt) + TIMEOUT
-        delivered = 200
-        advance_to(chain, opened_at + TIMEOUT)
-        with unchanged(chain, parties), reverts("MarketDeliveryNotTimedOut", trade, times_out_at):
-            chain.send(chain.market.functions.closeConnection(trade), seller)
-    assert lot_of(chain, trade).last_delivery_at == times_out_at - TIMEOUT
-    advance_to(chain, times_out_at - 1)
-    with unchanged(chain, parties), reverts("MarketDeliveryNotTimedOut", trade, times_out_at):
+        receipt = measure(chain, load_meter, 200) if activity == "delivery" else heartbeat(
+            chain, load_meter
+        )
+        silent_since = block_time(chain, receipt)  # any reading restarts the stall clock
+        delivered = 200 if activity == "delivery" else 0
+    stalls_at = silent_since + TIMEOUT
+    assert chain.market.functions.stallsAt(trade).call() == stalls_at
+    advance_to(chain, stalls_at - 1)
+    with unchanged(chain, parties), reverts("MarketTradeNotStalled", trade, stalls_at):
         chain.send(chain.market.functions.closeConnection(trade), seller)
-    advance_to(chain, times_out_at)  # the refused call mined no block
+    advance_to(chain, stalls_at)  # the refused call mined no block
     receipt = chain.send(chain.market.functions.closeConnection(trade), seller)
-    assert block_time(chain, receipt) == times_out_at
-    refund = DEPOSIT - paid_wei(delivered, PRICE)
-    assert chain.events(receipt)[:2] == [
+    # The most a 3,000 W meter draws in 900 s of silence: 750 Wh, charged as delivered.
+    charged = LOAD_W * TIMEOUT // 3600
+    total = delivered + charged
+    refund = DEPOSIT - paid_wei(total, PRICE)
+    assert chain.events(receipt) == [
+        market_event(
+            "StallCharged",
+            tradeId=trade,
+            silentSince=silent_since,
+            silentUntil=stalls_at,
+            energyWh=charged,
+        ),
+        market_event(
+            "DeliverySettled",
+            tradeId=trade,
+            energyWh=charged,
+            paidWei=paid_wei(total, PRICE) - paid_wei(delivered, PRICE),
+            deliveredWh=total,
+        ),
         market_event(
             "ConnectionClosed",
             tradeId=trade,
             closedBy=seller,
-            deliveredWh=delivered,
+            deliveredWh=total,
             refundWei=refund,
-            returnedWh=LOT - delivered,
+            returnedWh=LOT - total,
         ),
         market_event("Credited", account=buyer, lotId=trade, amountWei=refund),
+        transfer(chain.market.address, ZERO_ADDRESS, total),
+        transfer(chain.market.address, seller, LOT - total),
     ]
-    assert credit(chain, buyer) == refund
-    assert tokens(chain, seller) == STOCK - delivered
+    assert (credit(chain, buyer), credit(chain, seller)) == (refund, paid_wei(total, PRICE))
+    assert tokens(chain, seller) == STOCK - total
 
 
 @pytest.mark.parametrize("caller", ["stranger", "rival", "operator", "load_meter"])
@@ -510,7 +571,7 @@ def test_close_needs_an_open_trade(
     elif state == "closed":
         place_bid(chain, buyer, listing, PRICE)
         end_auction(chain, listing, seller)
-        chain.send(chain.market.functions.closeConnection(listing), buyer)
+        buyer_closes(chain, listing, buyer)
     elif state == "unknown":
         lot_id = 9
     for caller in (buyer, seller):
@@ -555,11 +616,13 @@ def test_parameters(chain: Chain):
         PARAMS.min_duration,
         PARAMS.max_duration,
         PARAMS.min_increment_per_kwh,
-        PARAMS.delivery_timeout,
+        PARAMS.stall_timeout,
+        PARAMS.close_grace,
+        PARAMS.min_charge_wh,
     ]
     assert market.MAX_TRADES_PER_READING().call() == 4
     assert market.lotCount().call() == 0
-    assert lot_of(chain, 1) == Lot(Status.NONE, ZERO_ADDRESS, ZERO_ADDRESS, 0, 0, 0, 0, 0, 0, 0)
+    assert lot_of(chain, 1) == Lot(Status.NONE, ZERO_ADDRESS, ZERO_ADDRESS, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -578,3 +641,23 @@ def test_deposit_for_rounds_up(
 ):
     listing_id = list_lot(chain, seller, energy_wh, 1)
     assert chain.market.functions.depositFor(listing_id, price).call() == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"min_duration": 0},
+        {"max_duration": 59},
+        {"max_duration": 2**32},
+        {"stall_timeout": 0},
+        {"close_grace": 0},
+    ],
+)
+def test_deployment_refuses_bad_parameters(chain: Chain, change: dict):
+    rules = dataclasses.replace(PARAMS, **change)
+    art = load_artifact("EnergyMarket")
+    factory = chain.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+    fn = factory.constructor(chain.token.address, chain.registry.address, *rules.args())
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the revert data is checked below
+        fn.estimate_gas({"from": chain.addresses[0]})  # a dry run of the deployment
+    assert decode_revert(revert_data_from_exception(info.value)).name == "MarketInvalidParameters"

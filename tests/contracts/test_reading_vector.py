@@ -14,7 +14,7 @@ from web3 import EthereumTesterProvider, Web3
 
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import create_address
-from tests.contracts.conftest import reading_typed_data
+from tests.contracts.conftest import PARAMS, reading_typed_data
 
 VECTOR_KEY = "0x" + "11" * 32  # test vector only, never a real meter
 VECTOR_CHAIN_ID = 31337
@@ -65,7 +65,7 @@ def test_the_registry_at_the_vector_address_accepts_the_vector(vector_chain):
     plan = [
         ("MeterRegistry", [operator, token_addr, market_addr]),
         ("EnergyToken", [registry_addr, market_addr]),
-        ("EnergyMarket", [token_addr, registry_addr, 60, 86_400, 10**12, 900]),
+        ("EnergyMarket", [token_addr, registry_addr, *PARAMS.args()]),
     ]
     for name, args in plan:
         art = load_artifact(name)

@@ -2,10 +2,12 @@
 
 A real managed anvil on loopback; a producer server on that machine and a consumer server that
 reaches the chain only through the JSON-RPC gateway, as a second machine on the LAN would
-(`microgrid serve` subprocesses, each bridging its own emulated meter); the two meters share one
-emulated micro-grid (the producer's PV charges the battery the consumer draws from). Everything
-a user does goes through the JSON API of their own server; the test reads the chain directly
-only to check the books.
+(`microgrid serve` subprocesses, each bridging its own emulated meter and paying the gas of its
+readings from its household's account); the two meters share one emulated micro-grid (the
+producer's PV charges the battery the consumer draws from) and each keeps its own key file, which
+no server ever sees. The operator offers each meter with `microgrid meter offer`; each household
+accepts its meter on its own server. Everything a user does goes through the JSON API of their
+own server; the test reads the chain directly only to check the books.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from web3 import HTTPProvider, Web3
 
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient, LotStatus
+from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import MarketParameters, deploy
 from dapp.chain.gateway import Gateway, serve
 from dapp.wallet.keystore import Keystore
-from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
+from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
 from tests.support import free_port, wait_for
 
@@ -40,15 +44,15 @@ class Server:
     """A `microgrid serve` subprocess and a logged-in API client for one user."""
 
     def __init__(self, name: str, data_dir: Path, rpc: str, meter: tuple[str, str],
-                 finalizer: str | None, passphrase_file: Path) -> None:
+                 submitter: str, finalizer: str | None, passphrase_file: Path) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MICROGRID_DATA_DIR": str(data_dir),
                "MICROGRID_LIVE_INTERVAL": "0.3"}
         args = [sys.executable, "-m", "dapp.cli", "serve", "--rpc", rpc, "--port", str(self.port),
-                "--meter", f"{meter[0]}:{meter[1]}",
-                "--meter-passphrase-file", str(passphrase_file), "--kdf-n", "16"]
+                "--meter", f"{meter[0]}:{meter[1]}", "--submitter", submitter,
+                "--submitter-passphrase-file", str(passphrase_file), "--kdf-n", "16"]
         if finalizer:
             args += ["--finalizer", finalizer, "--finalizer-passphrase-file", str(passphrase_file)]
         self.log = (data_dir / "serve.log").open("w")
@@ -84,6 +88,18 @@ class Server:
         self.log.close()
 
 
+def offer_meter(data_dir: Path, rpc: str, operator: str, meter: str, owner: str, kind: str,
+                rated_power_w: int, passphrase_file: Path) -> None:
+    """The grid operator runs `microgrid meter offer` (its key is in `data_dir`'s keystore)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dapp.cli", "--data-dir", str(data_dir), "meter", "offer",
+         "--rpc", rpc, "--from", operator, "--meter", meter, "--owner", owner, "--kind", kind,
+         "--rated-power", str(rated_power_w), "--passphrase-file", str(passphrase_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"offered {meter} to {owner}" in done.stdout
+
+
 def post(http: requests.Session, url: str, payload: dict | None = None) -> dict:
     """POST an action; it must be accepted (202/200)."""
     reply = http.post(url, json=payload or {}, timeout=30)
@@ -93,7 +109,7 @@ def post(http: requests.Session, url: str, payload: dict | None = None) -> dict:
 
 @pytest.fixture
 def world(tmp_path) -> Iterator[dict]:
-    """anvil, contracts, five accounts in two keystores, two emulated meters, two servers."""
+    """anvil, contracts, four accounts in two keystores, two meters with key files, two servers."""
     node = ManagedAnvil(tmp_path / "node", port=free_port(), block_time=1)
     node.start()
     # The consumer's "machine" sees the chain through the gateway only (a LAN address here).
@@ -104,41 +120,44 @@ def world(tmp_path) -> Iterator[dict]:
     meters: list[MeterServer] = []
     try:
         chain = ChainClient(node.url, tmp_path / "test-client")
-        w3 = chain.w3
         producer_dir, consumer_dir = tmp_path / "producer", tmp_path / "consumer"
         ks_p = Keystore(producer_dir / "keystore", scrypt_n=16)
         ks_c = Keystore(consumer_dir / "keystore", scrypt_n=16)
         who = {
             "operator": ks_p.create(PASSPHRASE, "operator"),
             "producer": ks_p.create(PASSPHRASE, "producer"),
-            "supply_meter": ks_p.create(PASSPHRASE, "producer meter"),
             "consumer": ks_c.create(PASSPHRASE, "consumer"),
             "rival": ks_c.create(PASSPHRASE, "second buyer"),
-            "load_meter": ks_c.create(PASSPHRASE, "consumer meter"),
         }
         for address in who.values():
-            w3.provider.make_request("anvil_setBalance", [address, hex(100 * ETHER)])
+            chain.fund_dev_account(address, 100 * ETHER)
         operator = ks_p.unlock(who["operator"], PASSPHRASE)
-        dep = deploy(w3, operator, MarketParameters(min_duration=20, delivery_timeout=600))
+        dep = deploy(_web3(node.url), operator,
+                     MarketParameters(min_duration=20, stall_timeout=600))
         chain.use_deployment(dep)
+        pw = tmp_path / "passphrase"
+        pw.write_text(PASSPHRASE + "\n")
 
         grid = Microgrid(Plant(pv=SolarArray(peak_w=1000), load=LoadProfile.parse("400")),
                          acceleration=ACCELERATION)
         urls = {}
-        for key, kind in (("supply_meter", "supply"), ("load_meter", "load")):
-            emulated = EmulatedMeter(kind, grid, meter_id=f"e2e-{kind}")
-            owner = who["producer" if kind == "supply" else "consumer"]
-            chain.wait(chain.register_meter(operator, who[key], owner, kind,
-                                            emulated.identity.rated_power_w))
+        for key, kind, owner in (("supply_meter", "supply", "producer"),
+                                 ("load_meter", "load", "consumer")):
+            # The meter's EEPROM: a key file of its own, in neither household's data directory.
+            eeprom = MeterState.in_directory(tmp_path / "meters", f"e2e-{kind}")
+            emulated = EmulatedMeter(kind, grid, meter_id=f"e2e-{kind}", state=eeprom)
+            who[key] = emulated.address
+            offer_meter(producer_dir, node.url, who["operator"], emulated.address, who[owner],
+                        kind, emulated.identity.rated_power_w, pw)
             server = MeterServer(emulated)
             urls[key] = server.start()
             meters.append(server)
-        pw = tmp_path / "passphrase"
-        pw.write_text(PASSPHRASE + "\n")
+        # Each household's server forwards its meter's signed readings and pays their gas.
         servers.append(Server("producer", producer_dir, node.url,
-                              (urls["supply_meter"], who["supply_meter"]), who["operator"], pw))
+                              (urls["supply_meter"], who["supply_meter"]), who["producer"],
+                              who["operator"], pw))
         servers.append(Server("consumer", consumer_dir, gateway_url,
-                              (urls["load_meter"], who["load_meter"]), None, pw))
+                              (urls["load_meter"], who["load_meter"]), who["consumer"], None, pw))
         yield {"chain": chain, "who": who, "producer_server": servers[0],
                "consumer_server": servers[1], "meters": {m.meter.kind: m.meter for m in meters},
                "operator": operator}
@@ -167,6 +186,20 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     # The consumer's server cannot steer the shared node's mining, and says why.
     mining = consumer.get(f"{api_c}/mining", timeout=5).json()
     assert mining["available"] is False and "gateway" in mining["detail"]
+
+    # 0. The operator offered each household its meter; nothing counts before they accept it.
+    for base, http, meter in ((api_p, producer, who["supply_meter"]),
+                              (api_c, consumer, who["load_meter"])):
+        offers = http.get(f"{base}/meters/offers", timeout=5).json()["offers"]
+        assert [o["address"] for o in offers] == [meter]
+    assert chain.token_balance(who["producer"]) == 0
+    assert chain.meter(who["supply_meter"]).sequence == 0  # no reading was accepted
+    for base, http, meter in ((api_p, producer, who["supply_meter"]),
+                              (api_c, consumer, who["load_meter"])):
+        post(http, f"{base}/meters/{meter}/accept")
+    wait_for(lambda: chain.meter(who["supply_meter"]).active
+             and chain.meter(who["load_meter"]).active, timeout=20)
+    assert chain.load_meter_of(who["consumer"]) == who["load_meter"]
 
     # 1. The producer's PV charges the battery: the bridge's readings mint tokens, first pending
     #    (mining stopped), then mined.
@@ -235,8 +268,13 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     assert chain.token_balance(market) == 0
     minted = chain.meter(who["supply_meter"]).cumulative_wh - _baseline(chain, who["supply_meter"])
     assert chain.token_balance(who["producer"]) == minted - delivered
-    assert chain.token.functions.totalSupply().call() == minted - delivered
+    w3 = _web3(chain.rpc_url)
+    token = w3.eth.contract(address=chain.deployment.token,
+                            abi=load_artifact("EnergyToken").abi)
+    assert token.functions.totalSupply().call() == minted - delivered
     assert minted >= minted_before_sale
+    # The meters signed every reading and paid for none: they hold no Ether.
+    assert chain.ether_balance(who["supply_meter"]) == chain.ether_balance(who["load_meter"]) == 0
 
     # Withdrawals empty the market.
     for http, base in ((producer, api_p), (consumer, api_c), (rival, api_c)):
@@ -244,9 +282,17 @@ def test_the_whole_story_with_every_wei_and_wh_accounted_for(world):
     wait_for(lambda: chain.ether_balance(market) == 0, timeout=20)
 
 
+def _web3(url: str) -> Web3:
+    """The test's own connection to the node, to check the books."""
+    return Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+
+
 def _baseline(chain: ChainClient, meter: str) -> int:
     """The meter's first (baseline) reading, from its ReadingRecorded events."""
-    events = chain.registry.events.ReadingRecorded().get_logs(
+    registry = _web3(chain.rpc_url).eth.contract(address=chain.deployment.registry,
+                                                 abi=load_artifact("MeterRegistry").abi)
+    events = registry.events.ReadingRecorded().get_logs(
         from_block=0, argument_filters={"meter": meter})
-    return min(e["args"]["cumulativeWh"] for e in events if e["args"]["deltaWh"] == 0)
-
+    first = min(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
+    assert first["args"]["deltaWh"] == 0
+    return first["args"]["energyWh"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ def emulator():
         first = proc.stdout.readline()
         match = re.search(r" on (\S+) \(", first)
         assert match, first + proc.stderr.read()
+        proc.banner = first  # type: ignore[attr-defined] - the line the operator reads
         return proc, match.group(1)
 
     yield start
@@ -86,3 +88,40 @@ def test_bad_settings_are_reported_not_raised(capsys):
                                       "--load-profile", "7:lots"])
     assert args.func(args) == 2
     assert "bad load profile" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_key_file_is_the_meters_eeprom_across_restarts(emulator, tmp_path):
+    key_file = tmp_path / "meters" / "house-7.key"
+    key_file.parent.mkdir()
+    proc, url = emulator("--kind", "supply", "--tcp", "0", "--key-file", str(key_file))
+    with MeterClient(url, timeout=1.0) as meter:
+        identity = meter.identify()
+        meter.provision(VECTOR_DOMAIN)
+        first = meter.read()
+        assert first.verify(VECTOR_DOMAIN, identity.address)
+    assert identity.address in proc.banner  # printed for the operator's `meter offer`
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = json.loads(key_file.read_text())["private_key"]
+    assert key.lower().removeprefix("0x") not in (proc.banner + proc.stderr.read()).lower()
+
+    # The same file after a restart: the same meter, still installed, its sequence still growing.
+    proc, url = emulator("--kind", "supply", "--tcp", "0", "--key-file", str(key_file))
+    with MeterClient(url, timeout=1.0) as meter:
+        again = meter.identify()
+        assert (again.address, again.domain) == (identity.address, VECTOR_DOMAIN)
+        later = meter.read()
+        assert later.sequence > first.sequence and later.energy_wh >= first.energy_wh
+        assert later.verify(VECTOR_DOMAIN, identity.address)
+
+
+def test_an_unreadable_key_file_is_reported_not_raised(tmp_path, capsys):
+    key_file = tmp_path / "meter.key"
+    key_file.write_text("{}")
+    key_file.chmod(0o644)  # readable by others: no meter keeps its key like that
+    args = build_parser().parse_args(["meter-emulator", "--kind", "supply", "--tcp", "0",
+                                      "--key-file", str(key_file)])
+    assert args.func(args) == 2
+    assert "must not be readable by others" in capsys.readouterr().err

@@ -3,9 +3,10 @@
 `World` is one in-process chain (``inprocess://<unique name>``) with the contracts deployed from
 a pre-funded development account, a data directory whose keystore holds the people by role
 (producer, consumer, rival, finalizer; scrypt N=16 so unlocking is instant), Ether for each of
-them, and energy tokens for the producer minted the real way: a registered supply meter reports
+them, and energy tokens for the producer minted the real way: an accepted supply meter signs
 readings. The chain mines a block 0.1 s after a transaction arrives (no empty blocks, so it stays
-short); `advance` moves its clock forward.
+short); `advance` moves its clock forward. The meters of `mint` are `SigningMeter`s: the test
+holds their keys, the operator offers them, the owner accepts, the bank carries the readings.
 
 `make_app` builds the app over a world; `Browser` wraps a Flask test client that logs in the way a
 person does (GET the page, POST the form with the CSRF token).
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -31,12 +31,12 @@ from dapp.chain.deploy import MarketParameters, deploy
 from dapp.chain.inprocess import InProcessChain, close_shared_chains, shared_chain
 from dapp.wallet.keystore import Keystore
 from dapp.web import create_app
-from tests.support import free_port, wait_for  # noqa: F401 - re-exported
+from tests.support import SigningMeter, free_port, wait_for  # noqa: F401 - re-exported
 
 ETHER = 10**18
 PASSPHRASE = "correct horse battery staple"
 PARAMS = MarketParameters(
-    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, delivery_timeout=60
+    min_duration=2, max_duration=86_400, min_increment_per_kwh=10**12, stall_timeout=60
 )
 RATED_W = 65_000
 ROLES = ("producer", "consumer", "rival", "finalizer")
@@ -73,7 +73,8 @@ class World:
         hashes = [self.client.send_ether(self.bank, self.address[r], 100 * ETHER) for r in ROLES]
         for tx_hash in hashes:
             self.client.wait(tx_hash)
-        self.supply_meter = Account.create()
+        self.supply_meters: dict[str, SigningMeter] = {}  # owner -> its supply meter
+        self.load_meters: dict[str, SigningMeter] = {}  # owner -> its one load meter
         if tokens_wh:
             self.mint(self.address["producer"], tokens_wh)
 
@@ -95,16 +96,23 @@ class World:
             self.chain.tester.time_travel(self.now() + seconds)
 
     def mint(self, owner: str, wh: int) -> None:
-        """Give `owner` `wh` energy tokens through a registered supply meter's readings."""
-        meter = self.supply_meter
-        if self.client.meter(meter.address) is None:
-            self.mine(self.client.send_ether(self.bank, meter.address, ETHER))
-            self.mine(self.client.register_meter(self.bank, meter.address, owner, "supply",
-                                                 RATED_W))
-            self.mine(self.client.report(meter, 1_000, owner))
-        last = self.client.meter(meter.address).cumulative_wh
+        """Give `owner` `wh` energy tokens through its accepted supply meter's signed readings."""
+        meter = self.supply_meters.get(owner)
+        if meter is None:
+            meter = self.supply_meters[owner] = SigningMeter("supply", RATED_W)
+            meter.offer_to(self.client, self.bank, self.keystore.unlock(owner, PASSPHRASE))
+            assert meter.report(self.client, self.bank, 1_000).accepted  # the baseline
         self.advance(3600)
-        self.mine(self.client.report(meter, last + wh, owner))
+        outcome = meter.report(self.client, self.bank, meter.energy_wh + wh)
+        assert outcome.accepted, outcome.reason
+
+    def load_meter(self, owner: str) -> SigningMeter:
+        """`owner`'s accepted load meter (an owner has one): its readings settle its trades."""
+        meter = self.load_meters.get(owner)
+        if meter is None:
+            meter = self.load_meters[owner] = SigningMeter("load", RATED_W)
+            meter.offer_to(self.client, self.bank, self.keystore.unlock(owner, PASSPHRASE))
+        return meter
 
     def close(self) -> None:
         """Stop the chain's block timer."""

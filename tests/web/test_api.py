@@ -11,8 +11,12 @@ import pytest
 from eth_account import Account
 
 from dapp.chain.client import LotStatus
+from dapp.chain.contracts import load_artifact
+from dapp.chain.inprocess import close_shared_chains, shared_chain
+from dapp.web import create_app
 from dapp.web.openapi import openapi_document
-from tests.web.conftest import ETHER, PASSPHRASE, Browser, World
+from tests.support import free_port
+from tests.web.conftest import ETHER, PASSPHRASE, Browser, World, app_config
 
 PROTECTED = [
     ("GET", "/api/v1/wallet"), ("GET", "/api/v1/wallet/pending"),
@@ -285,3 +289,67 @@ def test_chain_status_is_public(browser, world):
     status = browser.client.get("/api/v1/chain").get_json()
     assert status["available"] is True and status["block"] == world.client.block_number()
     assert status["mining"]["available"] is True
+
+
+def test_an_anonymous_client_finds_the_contracts_and_their_abis(browser, producer, world):
+    response = browser.client.get("/api/v1/chain")
+    assert response.status_code == 200
+    network = response.get_json()
+    assert network["chain_id"] == world.w3.eth.chain_id
+    assert network["block"] == world.client.block_number()
+    dep = world.deployment
+    shown = network["deployment"]
+    assert {k: shown[k] for k in ("token", "registry", "market", "operator")} == \
+        {"token": dep.token, "registry": dep.registry, "market": dep.market,
+         "operator": dep.operator}
+    # The deployment block is where a client starts reading the market: it exists there, and
+    # it logged nothing before.
+    block = shown["block"]
+    assert world.w3.eth.get_code(dep.market, block_identifier=block) != b""
+    assert world.w3.eth.get_logs({"fromBlock": 0, "toBlock": block - 1,
+                                  "address": dep.market}) == []
+    assert set(network["abi"]) == {"token", "registry", "market"}
+    # A foreign client follows the links and talks to the contracts with what it got.
+    for role, url in network["abi"].items():
+        served = browser.client.get(url.removeprefix("http://localhost"))
+        assert served.status_code == 200, url
+        name = network["contracts"][role]
+        assert served.get_json() == {"contract": name, "abi": load_artifact(name).abi}
+    market_abi = browser.client.get("/api/v1/abi/EnergyMarket").get_json()["abi"]
+    market = world.w3.eth.contract(address=network["deployment"]["market"], abi=market_abi)
+    assert market.functions.lotCount().call() == world.client.lot_count()
+    unknown = browser.client.get("/api/v1/abi/Tether")
+    assert unknown.status_code == 404
+    assert unknown.get_json()["error"] == ("There is no contract 'Tether' here; the ABIs are "
+                                           "EnergyMarket, EnergyToken, MeterRegistry.")
+    # The wallet page shows the same under "Network".
+    page = producer.text("/wallet/")
+    network_panel = page[page.index('id="network-panel"'):]
+    assert "<h2>Network</h2>" in network_panel
+    for text in (f">{network['chain_id']}<", dep.token, dep.registry, dep.market,
+                 f"#{block}<", "/api/v1/abi/EnergyToken"):
+        assert text in network_panel, text
+
+
+def test_the_network_says_in_words_when_the_chain_is_down_or_has_no_contracts(world, tmp_path):
+    down = create_app(app_config(world, RPC=f"http://127.0.0.1:{free_port()}", MARKET=None,
+                                 DATA_DIR=str(tmp_path / "down"), RPC_TIMEOUT=2)).test_client()
+    response = down.get("/api/v1/chain")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["error"].startswith("The Ethereum node does not answer (")
+    assert body["available"] is False and body["deployment"] is None
+    name = "web-bare-chain"
+    shared_chain(name)  # a chain without the Microgrid contracts
+    try:
+        bare = create_app(app_config(world, RPC=f"inprocess://{name}", MARKET=None,
+                                     DATA_DIR=str(tmp_path / "bare"))).test_client()
+        response = bare.get("/api/v1/chain")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["available"] is True and isinstance(body["chain_id"], int)
+        assert body["deployment"] is None
+        assert body["deployment_message"].startswith(
+            "The Microgrid contracts on this chain are not known: No Microgrid contracts found")
+    finally:
+        close_shared_chains(name)

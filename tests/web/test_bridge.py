@@ -1,7 +1,9 @@
 """The web app with the real meter bridge attached: emulated meters on TCP, relays from trades.
 
-The producer's supply meter and the consumer's load meter are emulated (hardware.emulator) and
-driven by hardware.bridge.MeterBridge, which the app feeds from its one event listener.
+The producer's supply meter and the consumer's load meter are emulated (hardware.emulator), each
+with a key of its own that the test never sees; the operator offers each to its owner, who accepts
+it. dapp.bridge.MeterBridge (fed by the app's one event listener) installs the chain's domain in
+the meters and forwards their signed readings from the finalizer's account, which pays the gas.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from eth_account import Account
 from flask import Flask
 
-from hardware.bridge import BridgeMeter, MeterBridge
-from hardware.emulator import EmulatedMeter, MeterServer, Microgrid
-from tests.web.conftest import ETHER, Browser, World, wait_for
+from dapp.bridge import BridgeMeter, MeterBridge
+from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+from tests.web.conftest import Browser, World, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +27,18 @@ def bridged(make_app, world: World) -> Iterator[tuple[Flask, Any]]:
     grid = Microgrid(acceleration=60)
     servers, meters = [], []
     for kind, owner in (("supply", "producer"), ("load", "consumer")):
-        emulated = EmulatedMeter(kind, grid, meter_id=f"web-{kind}")
+        emulated = EmulatedMeter(kind, grid, meter_id=f"web-{kind}", state=MeterState.ephemeral())
         server = MeterServer(emulated)
-        key = Account.create()
-        world.mine(world.client.send_ether(world.bank, key.address, ETHER))
-        world.mine(world.client.register_meter(world.bank, key.address, world.address[owner],
-                                               kind, emulated.identity.rated_power_w))
+        world.mine(world.client.offer_meter(world.bank, emulated.address, world.address[owner],
+                                            kind, emulated.identity.rated_power_w))
+        world.mine(world.client.accept_meter(world.account(owner), emulated.address))
         servers.append(server)
-        meters.append(BridgeMeter(server.start(), key))
+        meters.append(BridgeMeter(server.start(), emulated.address))
     app = make_app(FINALIZER_ADDRESS=world.address["finalizer"],
                    FINALIZER_PASSPHRASE_FILE=str(world.passphrase_file))
     ext = app.extensions["microgrid"]
-    bridge = MeterBridge(ext.client, meters, poll_interval=0.2, submit_interval=1.0,
-                         on_change=ext.meter_changed)
+    bridge = MeterBridge(ext.client, meters, submitter=world.account("finalizer"),
+                         poll_interval=0.2, submit_interval=1.0, on_change=ext.meter_changed)
     ext.attach_bridge(bridge)
     bridge.start()
     ext.start_background()

@@ -118,7 +118,7 @@ def test_sell_bid_trade_close_live_in_two_browsers(site, people):
     world, server = site
     producer, consumer = people["producer"], people["consumer"]
     producer.login(server, world.address["producer"])
-    expect(producer.page.locator("#tokens")).to_have_text("5")
+    expect(producer.page.locator("#tokens")).to_have_text("5.000")
     producer.shot("wallet")
     consumer.login(server, world.address["consumer"])
     consumer.page.click("#to-market")
@@ -136,7 +136,7 @@ def test_sell_bid_trade_close_live_in_two_browsers(site, people):
     producer.page.wait_for_url("**/market/")
     expect(producer.page.locator(".flash-ok")).to_contain_text("Listing 1.5 kWh")
     listing = consumer.page.locator(".card.listing").first
-    expect(listing).to_contain_text("1.5 kWh", timeout=20_000)
+    expect(listing).to_contain_text("1.500 kWh", timeout=20_000)
     expect(listing).to_contain_text("no bids yet")
     lot = re.search(r"Listing #(\d+)", listing.inner_text()).group(1)
     assert consumer.page.evaluate("window.__notReloaded") is True
@@ -163,7 +163,7 @@ def test_sell_bid_trade_close_live_in_two_browsers(site, people):
         trade = person.page.locator(f"#trade-{lot}")
         expect(trade).to_be_visible(timeout=40_000)
         expect(trade).to_contain_text("0.002 ETH/kWh")
-        expect(trade).to_contain_text("0 of 1.5 kWh")
+        expect(trade).to_contain_text("0.000 of 1.500 kWh")
         expect(person.page.locator(f"#listing-{lot}")).to_have_count(0)
         person.shot("trade")
     assert producer.page.evaluate("window.__notReloaded") is True

@@ -6,11 +6,10 @@ import logging
 import re
 
 import pytest
-from eth_account import Account
 
 from dapp.chain.client import LotStatus
 from dapp.services.market import AutoFinalizer
-from tests.web.conftest import ETHER, RATED_W, Browser, World
+from tests.web.conftest import ETHER, Browser, World
 
 MIN_INCREMENT = 10**12
 
@@ -232,6 +231,9 @@ def test_seller_may_close_after_the_delivery_timeout(producer, consumer, world):
 
 def test_a_trade_queued_behind_the_buyers_oldest_waits_for_its_deliveries(producer, consumer,
                                                                          world):
+    # Trades other tests left open would come first: the consumer starts with none.
+    while earlier := world.client.oldest_open_trade(world.address["consumer"]):
+        world.mine(world.client.close_connection(world.account("consumer"), earlier))
     oldest = sell(world, producer, energy="1", price="0.001")
     bid(world, consumer, oldest, "0.001")
     queued = sell(world, producer, energy="1", price="0.001")
@@ -239,13 +241,10 @@ def test_a_trade_queued_behind_the_buyers_oldest_waits_for_its_deliveries(produc
     world.advance(601)
     world.mine(world.client.finalize(world.account("rival"), oldest))
     world.mine(world.client.finalize(world.account("rival"), queued))
-    meter = Account.create()  # the consumer's load meter: its readings go to the oldest trade
-    world.mine(world.client.send_ether(world.bank, meter.address, ETHER))
-    world.mine(world.client.register_meter(world.bank, meter.address, world.address["consumer"],
-                                           "load", RATED_W))
-    world.mine(world.client.report(meter, 1_000, world.address["consumer"]))
+    meter = world.load_meter(world.address["consumer"])  # its readings go to the oldest trade
+    assert meter.report(world.client, world.bank).accepted  # a baseline (or a heartbeat)
     world.advance(30)
-    world.mine(world.client.report(meter, 1_100, world.address["consumer"]))
+    assert meter.report(world.client, world.bank, meter.energy_wh + 100).accepted
     delivered_at = world.client.lot(oldest).last_delivery_at
     assert delivered_at > world.client.lot(queued).last_delivery_at
     world.advance(40)  # past the queued trade's own timeout, not past the oldest one's delivery
