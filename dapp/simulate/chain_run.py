@@ -52,6 +52,7 @@ from eth_utils import to_checksum_address
 
 from dapp.agents.policy import Bid, Close, HouseholdState, Limits, MarketTerms, Sell, decide
 from dapp.bridge import BridgeMeter, MeterBridge
+from dapp.bridge.bridge import REGISTRY_EVENTS
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient
 from dapp.chain.deploy import MarketParameters
@@ -74,6 +75,13 @@ DEFAULT_LIMITS = Limits(reserve_percent=40.0, floor_wei_per_kwh=MILLI_ETHER // 2
                         ceiling_wei_per_kwh=3 * MILLI_ETHER, daily_limit_wei=20 * MILLI_ETHER)
 WITHDRAW_MIN_WEI = MILLI_ETHER  # an agent withdraws its credit once it reaches this
 BLOCK_GAS_LIMIT = 1_000_000_000  # a batch of every meter's reading must fit one block
+# An unchanged counter still goes to the chain this often: well inside the market's stall
+# timeout, so a live buyer's trade never stalls for want of a reading.
+HEARTBEAT_S = 600.0
+# Events that only move a trade's stall time: the trade book re-reads their owners at most
+# this often (blocks), far inside the market's stall timeout (15 blocks of a minute).
+LAZY_EVENTS = ("ReadingRecorded", "DeliverySettled")
+REFRESH_BLOCKS = 5
 
 
 @dataclass
@@ -234,6 +242,9 @@ class ChainSimulation:
         self._due: dict[int, float] = {}
         self._pending_txs: list[tuple[str, str]] = []  # (household or role, tx hash)
         self._submit_job: threading.Thread | None = None
+        self._refresh_now: set[str] = set()
+        self._refresh_later: set[str] = set()
+        self._refreshed: dict[str, int] = {}
         self._last_counters: dict[str, object] = {}
 
     # ------------------------------------------------------------------ clocks
@@ -243,8 +254,8 @@ class ChainSimulation:
         return self.time_s
 
     def chain_now(self) -> int:
-        """Chain time of the latest block."""
-        return self.chain_t0 + round(self.time_s)
+        """Chain time of the latest block (every block is exactly block_s after the last)."""
+        return self.chain_t0 + (self.latest_block - self.block0) * self.settings.block_s
 
     def _block_day(self, block_number: int) -> int:
         offset = (block_number - self.block0) * self.settings.block_s
@@ -296,13 +307,14 @@ class ChainSimulation:
                   for name in self.community.households for kind in (SUPPLY, LOAD)]
         self.bridge = MeterBridge(
             chain, meters, submitter=operator, clock=self.now, poll_interval=s.poll_s,
-            submit_interval=0.0, heartbeat_interval=3600.0, registry_recheck=3600.0,
-            max_batch=len(meters), workers=1, retries=0)
+            submit_interval=0.0, heartbeat_interval=HEARTBEAT_S, registry_recheck=3600.0,
+            max_batch=len(meters), workers=1, retries=0, halt_after=3.0 * s.block_s)
         listener = chain.listener
-        listener.subscribe(self.bridge.on_event)
+        listener.subscribe(self._on_event)
         listener.subscribe(self.book.on_event)
         self.book.on_reading = self.ages.on_event
         listener.poll_once()
+        self.bridge.trades.on_head(*chain.head())
         self.bridge.resync()
         # From here on blocks are made only by `_mine`, each exactly block_s later.
         chain.stop_mining()
@@ -338,6 +350,38 @@ class ChainSimulation:
     def _mine(self) -> None:
         rpc(self._rpc, "evm_mine", [])
         self.latest_block += 1
+
+    def _on_event(self, event: ChainEvent) -> None:
+        """The bridge's event handling, with its trade-book re-reads gathered per block.
+
+        Registry events go to `MeterBridge.on_event` as they come. For trade events the bridge
+        re-reads every owner `TradeBook.concerns` names; here each owner is re-read once per
+        block (`_refresh_trades`), and for readings and settlements (which only move a trade's
+        stall time) at most every REFRESH_BLOCKS blocks, well inside the stall timeout.
+        """
+        assert self.bridge is not None
+        if event.name in REGISTRY_EVENTS:
+            self.bridge.on_event(event)
+            return
+        owners = self.bridge.trades.concerns(event, set(self.by_address))
+        target = self._refresh_later if event.name in LAZY_EVENTS else self._refresh_now
+        target.update(owners)
+
+    def _refresh_trades(self) -> None:
+        """Re-read the owners the block's events named (see `_on_event`)."""
+        assert self.bridge is not None
+        trades = self.bridge.trades
+        due = {o for o in self._refresh_later
+               if self.latest_block - self._refreshed.get(o, -REFRESH_BLOCKS) >= REFRESH_BLOCKS}
+        for owner in sorted(self._refresh_now | due):
+            try:
+                trades.refresh(owner)
+            except ChainError as exc:
+                log.warning("simulate: cannot re-read the trades of %s (%s)", owner, exc)
+                continue
+            self._refreshed[owner] = self.latest_block
+            self._refresh_later.discard(owner)
+        self._refresh_now.clear()
 
     def _step_ports(self) -> None:
         assert self.bridge is not None
@@ -414,6 +458,8 @@ class ChainSimulation:
             day = self._day()
             house.log += [f"day {day} {self._clock_text()}: {line}" for line in decision.log]
             for action in decision.actions:
+                if isinstance(action, Close) and self.book.lots[action.trade_id].closing:
+                    continue  # asked already: the next reading settles the tail
                 self._send(name, lambda a=action, acct=house.account: self._act(acct, a))
             if self.book.credit(address) >= WITHDRAW_MIN_WEI:
                 self._send(name, lambda h=house: chain.withdraw(h.account))
@@ -510,7 +556,9 @@ class ChainSimulation:
         dt = min(s.block_s, self.total_s - self.time_s)
         self.community.advance(dt)
         self.time_s += dt
+        self.bridge.trades.on_head(self.latest_block, self.chain_now())
         self.chain.listener.poll_once()
+        self._refresh_trades()
         self._after_block()
         if round(self.time_s) % s.interval_s == 0:
             self._record_interval()
@@ -556,7 +604,9 @@ class ChainSimulation:
         self._mine()
         if self._submit_job is not None:
             self._submit_job.join(120)
+        self.bridge.trades.on_head(self.latest_block, self.chain_now())
         self.chain.listener.poll_once()
+        self._refresh_trades()
         self._after_block()
         flows = self.book.drain()  # settled by the closing readings: part of the last interval
         for name, series in self.series.items():
@@ -611,6 +661,8 @@ class ChainSimulation:
                 "imported_wh": counters.imported_wh,
                 "load_on_chain_wh": load.cumulative_wh if load else 0,
                 "settled_wh": totals.get("settled_wh", 0),
+                "stall_charged_wh": totals.get("stall_charged_wh", 0),
+                "min_charge_wei": totals.get("min_charge_wei", 0),
                 "tokens_wh": chain.token_balance(house.account.address),
                 "tokens_wh_from_events": self.book.tokens.get(house.account.address, 0),
             })

@@ -4,7 +4,8 @@
 listings and trades the agents decide on, the route of each buyer (the seller of its oldest
 open trade: the one the market settles deliveries to), and the Ether and energy flows per
 account that the report needs: deposits sent with bids, withdrawals, payments settled, the
-prices of opened trades, and every reading the registry recorded or rejected.
+prices of opened trades, minimum charges and stall charges, and every reading the registry
+recorded or rejected.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LotView:
     status: str = "listed"  # listed, open, closed, expired
     delivered_wh: int = 0
     paid_wei: int = 0
+    closing: bool = False  # the buyer asked to close (two-phase close)
 
 
 class MarketBook:
@@ -112,7 +114,21 @@ class MarketBook:
             lot.status = "closed"
             self.open_trades.pop(lot.id, None)
         elif name == "Credited":
-            self._add(to_checksum_address(a["account"]), "credited_wei", int(a["amountWei"]))
+            account = to_checksum_address(a["account"])
+            amount = int(a["amountWei"])
+            self._add(account, "credited_wei", amount)
+            lot = self.lots.get(int(a["lotId"]))
+            if lot is not None and account == lot.seller and lot.buyer is not None:
+                # The minimum charge of a trade closed below it: the buyer pays it too.
+                self._add(lot.buyer, "paid_wei", amount)
+                self._add(lot.buyer, "min_charge_wei", amount)
+                self.spent_by_day[(lot.buyer, self.block_day(event.block_number))] += amount
+        elif name == "CloseRequested":
+            self.lots[int(a["tradeId"])].closing = True
+        elif name == "StallCharged":
+            lot = self.lots[int(a["tradeId"])]
+            assert lot.buyer is not None
+            self._add(lot.buyer, "stall_charged_wh", int(a["energyWh"]))
         elif name == "Transfer":
             value = int(a["value"])
             self.tokens[to_checksum_address(a["from"])] -= value
