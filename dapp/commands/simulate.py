@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dapp.commands.common import option, stop_on_signal
+from dapp.commands.common import option, setup_logging, stop_on_signal
 
 
 def _positive_int(text: str) -> int:
@@ -81,20 +81,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"microgrid simulate: {exc}", file=sys.stderr)
         return 2
+    setup_logging(args.log_level)
     out = Path(args.out)
+    print(f"simulating {settings.households} households for {settings.days:g} days "
+          f"(seed {settings.seed}) on a private anvil; Ctrl-C writes a partial report",
+          file=sys.stderr, flush=True)
+
     bar = tqdm(total=1, unit="block", disable=args.quiet, dynamic_ncols=True,
                desc=f"{settings.households} households")
 
     def progress(done: int, total: int, status: str) -> None:
         if bar.total != total:
             bar.total = total
-        bar.n = done
         bar.set_postfix_str(status, refresh=False)
-        bar.refresh()
+        bar.update(done - bar.n)
 
-    print(f"simulating {settings.households} households for {settings.days:g} days "
-          f"(seed {settings.seed}) on a private anvil; Ctrl-C writes a partial report",
-          file=sys.stderr, flush=True)
     sim = ChainSimulation(settings, progress=progress)
     with stop_on_signal() as stop:
         try:
@@ -125,5 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="report directory (report.json, index.html, plots)")
     option(p, "--block-seconds", env="SIM_BLOCK_SECONDS", type=_positive_int, default=60,
            help="simulated seconds per block")
+    option(p, "--log-level", env="SIM_LOG_LEVEL", default="ERROR",
+           help="what the bridge and chain layers log to stderr (DEBUG, INFO, WARNING, ERROR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)

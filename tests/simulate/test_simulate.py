@@ -173,3 +173,23 @@ def test_simulate_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MICROGRID_SIM_OUT", "week")
     args = build_parser().parse_args(["simulate"])
     assert (args.households, args.days, args.seed, args.out) == (40, 7.0, 3, "week")
+
+
+@pytest.mark.slow
+def test_a_stopped_run_writes_a_partial_report_that_still_balances(tmp_path):
+    import threading
+
+    stop = threading.Event()
+
+    def progress(done: int, total: int, status: str) -> None:
+        if done == 12:
+            stop.set()  # what Ctrl-C does in `microgrid simulate`
+
+    sim = ChainSimulation(SimulationSettings(households=2, days=1.0, seed=3), progress=progress)
+    sim.run(stop)
+    report = sim.write(tmp_path)
+    assert report["run"]["stopped_early"] is True
+    assert report["run"]["blocks"] == 12 + 1  # and the closing readings' block
+    assert report["days"] == pytest.approx(12 * 60 / 86_400)
+    assert report["balance"]["closes"] is True
+    assert (tmp_path / "index.html").is_file()
