@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from dapp.commands.common import stop_on_signal
 from dapp.simulate.chain_run import ChainSimulation, SimulationSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulate.json"
@@ -44,7 +45,8 @@ def main() -> int:
 
     print(f"simulating {households} households x {days:g} days ...", flush=True)
     sim = ChainSimulation(settings, progress=progress)
-    sim.run()
+    with stop_on_signal() as stop:  # SIGTERM or Ctrl-C: stop cleanly (the node too)
+        sim.run(stop)
     report = sim.write(REPORT_DIR)
     run = report["run"]
     wall = sim.wall_s
@@ -68,6 +70,7 @@ def main() -> int:
                       "per-block cost grows with chain length, so the week may take longer)"),
         "week_target_s": TARGET_WEEK_S,
         "week_within_target": week < TARGET_WEEK_S,
+        "stopped_early": run["stopped_early"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_end": list(os.getloadavg())},
         "readings": readings,
