@@ -726,8 +726,9 @@ class ChainSimulation:
         """Run the baseline over the same simulated time and write the report directory."""
         if self.trading is None:
             raise RuntimeError("run() first")
-        seconds = max(self.time_s, float(self.settings.interval_s))
-        self.baseline = run_baseline(self.settings.make_community(), seconds,
+        if self.time_s <= 0:
+            raise RuntimeError("nothing was simulated")
+        self.baseline = run_baseline(self.settings.make_community(), self.time_s,
                                      float(self.settings.interval_s))
         report = write_report(Path(out_dir), self.trading, self.baseline)
         return report
