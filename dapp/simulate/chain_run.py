@@ -43,14 +43,23 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from dapp.agents.policy import Bid, Close, HouseholdState, Limits, MarketTerms, Sell, decide
+from dapp.agents.policy import (
+    Bid,
+    Close,
+    HouseholdState,
+    Limits,
+    Listing,
+    MarketTerms,
+    Sell,
+    decide,
+)
 from dapp.bridge import BridgeMeter, MeterBridge
 from dapp.bridge.bridge import REGISTRY_EVENTS
 from dapp.chain.anvil import ManagedAnvil
@@ -420,14 +429,14 @@ class ChainSimulation:
                 return
             done.wait(0.0005)
 
-    def _send(self, who: str, fn: Callable[[], str]) -> str | None:
-        """Send one transaction; a pre-flight revert is logged and skipped."""
+    def _send(self, who: str, fn: Callable[[], str], what: str = "") -> str | None:
+        """Send one transaction; a pre-flight revert is counted and skipped."""
         try:
             tx = fn()
         except ContractReverted as exc:
-            self.failed_txs[f"preflight {exc.name}"] += 1
+            self.failed_txs[f"{what} refused at pre-flight: {exc.name}"] += 1
             return None
-        self._pending_txs.append((who, tx))
+        self._pending_txs.append((what, tx))
         return tx
 
     def _agents(self) -> None:
@@ -437,8 +446,10 @@ class ChainSimulation:
         chain = self.chain
         now_chain = self.chain_now() + s.block_s  # when what is sent now is mined
         for lot_id in self.book.to_finalize(self.chain_now()):
-            if self._send("keeper", lambda i=lot_id: chain.finalize(self.keeper, i)):
+            if self._send("keeper", lambda i=lot_id: chain.finalize(self.keeper, i), "finalize"):
                 self.book.finalizing.add(lot_id)
+        # Bids sent in this block, as the node's pending view shows them to the next agent.
+        pending: dict[int, tuple[int, str]] = {}
         slots = s.agent_interval_s // s.block_s
         block_index = round(self.time_s / s.block_s)
         terms = MarketTerms(min_increment_wei_per_kwh=MarketParameters().min_increment_per_kwh,
@@ -453,7 +464,7 @@ class ChainSimulation:
                 capacity_wh=household.battery.capacity_wh,
                 net_load_w=self._forecast_net_load_w(name, 3600.0), horizon_s=3600.0,
                 tokens_wh=self.book.tokens.get(address, 0),
-                listings=self.book.open_listings(now_chain),
+                listings=self._listings_with_pending(now_chain, pending),
                 trades=self.book.trades_of(address),
                 spent_today_wei=self.book.spent_today(address, self._day()))
             decision = decide(state, s.limits_of(name), terms)
@@ -463,9 +474,20 @@ class ChainSimulation:
             for action in decision.actions:
                 if isinstance(action, Close) and self.book.lots[action.trade_id].closing:
                     continue  # asked already: the next reading settles the tail
-                self._send(name, lambda a=action, acct=house.account: self._act(acct, a))
+                sent = self._send(name, lambda a=action, acct=house.account: self._act(acct, a),
+                                  type(action).__name__.lower())
+                if sent and isinstance(action, Bid):
+                    pending[action.lot_id] = (action.price_wei_per_kwh, address)
             if self.book.credit(address) >= WITHDRAW_MIN_WEI:
-                self._send(name, lambda h=house: chain.withdraw(h.account))
+                self._send(name, lambda h=house: chain.withdraw(h.account), "withdraw")
+
+    def _listings_with_pending(self, now_s: int, pending: dict[int, tuple[int, str]]
+                               ) -> tuple[Listing, ...]:
+        """The open listings, with the bids already sent in this block as the highest ones."""
+        return tuple(replace(lot, highest_bid_wei_per_kwh=pending[lot.lot_id][0],
+                             highest_bidder=pending[lot.lot_id][1])
+                     if lot.lot_id in pending else lot
+                     for lot in self.book.open_listings(now_s))
 
     def _act(self, account: LocalAccount, action: Sell | Bid | Close) -> str:
         """Send one of an agent's actions; the transaction hash."""
@@ -501,6 +523,7 @@ class ChainSimulation:
         """Receipts of the new block: gas and fees per account; transactions per block."""
         assert self.chain is not None
         receipts = rpc(self._rpc, "eth_getBlockReceipts", [hex(self.latest_block)]) or []
+        kinds = {tx.lower(): what for what, tx in self._pending_txs}
         self.block_transactions.append(len(receipts))
         for receipt in receipts:
             sender = to_checksum_address(receipt["from"])
@@ -516,7 +539,8 @@ class ChainSimulation:
             elif sender == self.keeper.address:
                 self.keeper_gas += gas
             if int(receipt["status"], 16) != 1:
-                self.failed_txs["reverted in block"] += 1
+                what = kinds.get(str(receipt["transactionHash"]).lower(), "readings")
+                self.failed_txs[f"{what} reverted in its block"] += 1
         for _, tx in self._pending_txs:
             self.chain.sender.outbox.remove(tx)
         self._pending_txs.clear()
