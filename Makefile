@@ -27,8 +27,10 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# Quick mode by default (a few minutes); `make bench FULL=1` for the full sizes.
 bench: install
 	$(PY) bench/gas.py
+	$(PY) -m bench.run $(if $(FULL),--full)
 	$(PY) bench/simulate.py
 	MICROGRID_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/web/test_fuzz_api.py
 

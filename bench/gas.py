@@ -18,6 +18,8 @@ from eth_tester import EthereumTester
 from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
+from dapp.bridge.drivers import SignedReading
+from dapp.chain.client import pack_readings
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import create_address
 
@@ -107,16 +109,17 @@ def main() -> int:
             gas[name] = receipt["gasUsed"]
         return receipt
 
-    def signed(key: bytes, energy_wh: int, sequence: int) -> tuple:
+    def signed(key: bytes, energy_wh: int, sequence: int) -> SignedReading:
         meter = Account.from_key(key).address
-        return (meter, energy_wh, sequence, reading_signature(
+        return SignedReading(meter, energy_wh, sequence, reading_signature(
             key, chain_id, registry.address, energy_wh, sequence
         ))
 
     def read(name: str | None, meter: str, energy_wh: int) -> None:
         sequences[meter] += 1
-        reading = signed(meter_keys[meter], energy_wh, sequences[meter])
-        send(name, registry.functions.report(*reading), carrier)
+        r = signed(meter_keys[meter], energy_wh, sequences[meter])
+        send(name, registry.functions.report(r.meter, r.energy_wh, r.sequence, r.signature),
+             carrier)
 
     def install(meter: str, owner: str, kind: int) -> None:
         send(None, registry.functions.offerMeter(meters[meter], owner, kind, 5000), operator)
@@ -173,11 +176,11 @@ def main() -> int:
     for energy_wh, sequence in ((1000, 1), (1100, 2)):
         advance(600)
         send(None, registry.functions.reportBatch(
-            [signed(k, energy_wh, sequence) for k in batch_keys]
+            pack_readings([signed(k, energy_wh, sequence) for k in batch_keys])
         ), carrier)
     advance(600)
     receipt = send(None, registry.functions.reportBatch(
-        [signed(k, 1200, 3) for k in batch_keys]
+        pack_readings([signed(k, 1200, 3) for k in batch_keys])
     ), carrier)
     recorded = registry.events.ReadingRecorded().process_receipt(receipt, errors=DISCARD)
     assert len(recorded) == BATCH

@@ -2,7 +2,6 @@
 pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 
 interface IEnergyTokenMinter {
@@ -36,14 +35,6 @@ contract MeterRegistry is AccessControl, EIP712 {
         Active, // accepted by its owner: its readings count
         Declined, // the owner refused the offer (the operator may offer it again)
         Deactivated // withdrawn by the operator for good
-    }
-
-    /// @notice One signed reading, as carried by {reportBatch}.
-    struct SignedReading {
-        address meter;
-        uint64 energyWh;
-        uint64 sequence;
-        bytes signature;
     }
 
     /// @notice A meter as reported by {meterOf}.
@@ -90,6 +81,10 @@ contract MeterRegistry is AccessControl, EIP712 {
     uint256 private constant _IMPLAUSIBLE = 5;
     /// @dev The bits of a Meter slot a reading leaves alone: ratedPowerW, kind and status.
     uint256 private constant _KEEP_ON_READING = (uint256(0xFFFF) << 160) | (uint256(0xFFFF) << 192);
+    /// @dev Bytes of one item of {reportBatch}: meter 20, energyWh 8, sequence 8, r 32, s 32, v 1.
+    uint256 private constant _ITEM_BYTES = 101;
+    /// @dev Where an item's signature (r || s || v, as {report} takes it) starts inside the item.
+    uint256 private constant _ITEM_SIGNATURE_AT = 36;
 
     IEnergyTokenMinter private immutable _token;
     IDeliverySettlement private immutable _market;
@@ -141,6 +136,8 @@ contract MeterRegistry is AccessControl, EIP712 {
     error MeterReadingBackwards(uint256 lastWh, uint256 reportedWh);
     /// @notice The increase implies more power than the meter's rating over the elapsed time.
     error MeterReadingImplausible(uint256 deltaWh, uint256 maxWh, uint256 elapsedSeconds);
+    /// @notice A packed batch's length is not a whole number of 101-byte items (see {reportBatch}).
+    error MeterBatchMalformed(uint256 length);
 
     constructor(address operator, address token_, address market_) EIP712("MeterRegistry", "1") {
         _grantRole(DEFAULT_ADMIN_ROLE, operator);
@@ -221,18 +218,58 @@ contract MeterRegistry is AccessControl, EIP712 {
     function report(address meter, uint64 energyWh, uint64 sequence, bytes calldata signature)
         external
     {
-        _record(meter, energyWh, sequence, signature, true);
+        uint256 signatureAt;
+        // A signature of any length but 65 is read from the end of the calldata instead, where
+        // every byte is zero: r = s = v = 0 recovers no signer, so the reading is refused with
+        // MeterSignatureInvalid(meter, 0), as a malformed signature always was.
+        assembly ("memory-safe") {
+            signatureAt := signature.offset
+            if iszero(eq(signature.length, 65)) { signatureAt := calldatasize() }
+        }
+        _record(meter, energyWh, sequence, signatureAt, true);
     }
 
     /// @notice Records many signed readings (of one or many meters) in one transaction; anyone
     /// may send it. A reading {report} would refuse is skipped with {ReadingRejected}; the others
     /// are recorded in order, exactly as {report} records them.
-    /// Emits, per reading, what {report} emits, or {ReadingRejected}.
-    function reportBatch(SignedReading[] calldata readings) external {
-        uint256 n = readings.length;
-        for (uint256 i; i < n; ++i) {
-            SignedReading calldata r = readings[i];
-            _record(r.meter, r.energyWh, r.sequence, r.signature, false);
+    /// `packed` is the readings back to back, 101 bytes each, big-endian, with no padding:
+    /// `meter` (20 bytes) | `energyWh` (8) | `sequence` (8) | `r` (32) | `s` (32) | `v` (1), the
+    /// last three being the meter's 65-byte signature exactly as {report} takes it. (A packed
+    /// layout, not an array of structs: ABI-decoding a struct array with a `bytes` member cost
+    /// ~1,900 gas more per reading.)
+    /// Requirements: `packed.length` is a multiple of 101 (else {MeterBatchMalformed}; an
+    /// empty batch records nothing). Emits, per reading, what {report} emits, or
+    /// {ReadingRejected}.
+    function reportBatch(bytes calldata packed) external {
+        uint256 length = packed.length;
+        if (length % _ITEM_BYTES != 0) revert MeterBatchMalformed(length);
+        uint256 item;
+        uint256 end;
+        assembly ("memory-safe") {
+            item := packed.offset
+            end := add(item, length) // the ABI decoder checked offset + length <= calldatasize
+        }
+        while (item < end) {
+            address meter;
+            uint64 energyWh;
+            uint64 sequence;
+            uint256 signatureAt;
+            // Fixed-width big-endian fields of one whole item (the length check above means
+            // [item, item + 101) lies inside `packed`): the meter is the first 20 bytes of the
+            // first word, energyWh the next 8, sequence the 8 starting at byte 28, then the
+            // signature (item + 36 < calldatasize: no overflow).
+            assembly ("memory-safe") {
+                let head := calldataload(item)
+                meter := shr(96, head)
+                energyWh := and(shr(32, head), 0xffffffffffffffff)
+                sequence := shr(192, calldataload(add(item, 28)))
+                signatureAt := add(item, _ITEM_SIGNATURE_AT)
+            }
+            _record(meter, energyWh, sequence, signatureAt, false);
+            // item + 101 <= end <= calldatasize, far below 2^256.
+            unchecked {
+                item += _ITEM_BYTES;
+            }
         }
     }
 
@@ -294,22 +331,28 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature,
+        uint256 signatureAt,
         bool strict
     ) private returns (bool) {
-        uint256 word = _load(meter);
+        Meter storage slot = _meters[meter];
+        uint256 word;
+        // The whole packed slot in one SLOAD (Solidity's own layout of Meter: see there).
+        assembly ("memory-safe") {
+            word := sload(slot.slot)
+        }
         (uint256 failure, uint256 deltaWh, uint256 carry) =
-            _verify(word, meter, energyWh, sequence, signature);
+            _verify(word, meter, energyWh, sequence, signatureAt);
         if (failure != _ACCEPTED) {
-            bytes memory err = _error(failure, word, meter, energyWh, sequence, signature);
+            bytes memory err = _error(failure, word, meter, energyWh, sequence, signatureAt);
             return _refuse(strict, meter, sequence, err);
         }
-        _apply(meter, word, energyWh, sequence, deltaWh, carry);
+        _apply(slot, meter, word, energyWh, sequence, deltaWh, carry);
         return true;
     }
 
     /// @dev Stores an accepted reading, emits {ReadingRecorded}, then mints or settles.
     function _apply(
+        Meter storage slot,
         address meter,
         uint256 word,
         uint64 energyWh,
@@ -317,7 +360,6 @@ contract MeterRegistry is AccessControl, EIP712 {
         uint256 deltaWh,
         uint256 carry
     ) private {
-        Meter storage slot = _meters[meter];
         // One SSTORE: rating, kind and status kept, the reading's fields replaced.
         uint256 updated = (word & _KEEP_ON_READING) | energyWh | (uint256(sequence) << 64)
             | (block.timestamp << 128) | (carry << 176);
@@ -326,8 +368,10 @@ contract MeterRegistry is AccessControl, EIP712 {
         }
         emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
 
-        if (MeterKind(uint8(word >> 192)) == MeterKind.Supply) {
-            if (deltaWh != 0) _token.mint(_owners[meter], deltaWh);
+        // The stored kind is always a valid MeterKind: compared as a byte, without the range
+        // check a conversion to the enum would add.
+        if (uint8(word >> 192) == uint8(MeterKind.Supply)) {
+            if (deltaWh != 0) _mint(_owners[meter], deltaWh);
         } else {
             // An Active load meter is its owner's only load meter (see {acceptMeter}). Every
             // reading, heartbeats too, goes to the market: it may end a requested close.
@@ -335,11 +379,24 @@ contract MeterRegistry is AccessControl, EIP712 {
         }
     }
 
-    /// @dev The meter's packed slot in one SLOAD (Solidity's own layout of Meter: see there).
-    function _load(address meter) private view returns (uint256 word) {
-        Meter storage slot = _meters[meter];
+    /// @dev `_token.mint(to, energyWh)`, minus the code-size check and ABI helpers Solidity wraps
+    /// around a call with no return value (~150 gas a minting reading).
+    function _mint(address to, uint256 energyWh) private {
+        address token_ = address(_token);
+        bytes4 selector = IEnergyTokenMinter.mint.selector;
+        // The calldata is built past the free memory pointer, which stays where it is (the
+        // bytes are garbage once the call returns). No code-size check is needed: `_token` is
+        // immutable, and the deployment creates the token at exactly that predicted address and
+        // checks that it landed there (dapp/chain/deploy.py). A revert is bubbled up.
         assembly ("memory-safe") {
-            word := sload(slot.slot)
+            let ptr := mload(0x40)
+            mstore(ptr, selector)
+            mstore(add(ptr, 4), to)
+            mstore(add(ptr, 36), energyWh)
+            if iszero(call(gas(), token_, 0, ptr, 68, 0, 0)) {
+                returndatacopy(ptr, 0, returndatasize())
+                revert(ptr, returndatasize())
+            }
         }
     }
 
@@ -350,27 +407,25 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature
+        uint256 signatureAt
     ) private view returns (uint256 failure, uint256 deltaWh, uint256 carry) {
         if (uint8(word >> 200) != uint8(MeterStatus.Active)) return (_NOT_ACTIVE, 0, 0);
         if (sequence <= uint64(word >> 64)) return (_OLD_SEQUENCE, 0, 0);
-        if (_signer(_digest(meter, energyWh, sequence), signature) != meter) {
+        if (_signer(_digest(meter, energyWh, sequence), signatureAt) != meter) {
             return (_BAD_SIGNATURE, 0, 0);
         }
         uint256 readAt = uint32(word >> 128);
         if (readAt == 0) return (_ACCEPTED, 0, 0); // the baseline: any counter, nothing measured
         uint256 lastWh = uint64(word);
         if (energyWh < lastWh) return (_BACKWARDS, 0, 0);
-        // Checked above: energyWh >= lastWh.
+        uint256 allowanceWs = _allowanceWs(word);
+        // energyWh >= lastWh (checked above); deltaWh < 2^64, so deltaWh * 3600 < 2^76; and
+        // the subtraction runs only when deltaWh * 3600 <= allowanceWs.
         unchecked {
             deltaWh = energyWh - lastWh;
-        }
-        uint256 allowanceWs = _allowanceWs(word);
-        // deltaWh < 2^64, so deltaWh * 3600 cannot overflow.
-        if (deltaWh * 3600 > allowanceWs) return (_IMPLAUSIBLE, 0, 0);
-        // Checked above: deltaWh * 3600 <= allowanceWs.
-        unchecked {
-            carry = allowanceWs - deltaWh * 3600;
+            uint256 usedWs = deltaWh * 3600;
+            if (usedWs > allowanceWs) return (_IMPLAUSIBLE, 0, 0);
+            carry = allowanceWs - usedWs;
         }
         if (carry > _MAX_CARRY_WS) carry = _MAX_CARRY_WS;
     }
@@ -382,7 +437,7 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
-        bytes calldata signature
+        uint256 signatureAt
     ) private view returns (bytes memory) {
         if (failure == _NOT_ACTIVE) {
             MeterStatus status = MeterStatus(uint8(word >> 200));
@@ -400,7 +455,7 @@ contract MeterRegistry is AccessControl, EIP712 {
             );
         }
         if (failure == _BAD_SIGNATURE) {
-            address signer = _signer(_digest(meter, energyWh, sequence), signature);
+            address signer = _signer(_digest(meter, energyWh, sequence), signatureAt);
             return abi.encodeWithSelector(MeterSignatureInvalid.selector, meter, signer);
         }
         if (failure == _BACKWARDS) {
@@ -417,9 +472,13 @@ contract MeterRegistry is AccessControl, EIP712 {
 
     /// @dev Watt-seconds the meter may have measured since its last reading: its rating over
     /// the elapsed chain time plus the fraction of a Wh the last reading left unused.
-    function _allowanceWs(uint256 word) private view returns (uint256) {
-        uint256 elapsed = block.timestamp - uint32(word >> 128);
-        return uint256(uint16(word >> 160)) * elapsed + uint16(word >> 176);
+    function _allowanceWs(uint256 word) private view returns (uint256 allowanceWs) {
+        // readAt is the time of an earlier block, so elapsed <= block.timestamp < 2^64 (a 64-bit
+        // field in every client); rating and carry are below 2^16: the result is below 2^81.
+        unchecked {
+            uint256 elapsed = block.timestamp - uint32(word >> 128);
+            allowanceWs = uint256(uint16(word >> 160)) * elapsed + uint16(word >> 176);
+        }
     }
 
     /// @dev Reverts with `err` (strict) or emits {ReadingRejected} with its selector; false.
@@ -445,22 +504,53 @@ contract MeterRegistry is AccessControl, EIP712 {
         if (_owners[meter] != msg.sender) revert MeterNotOwner(meter, msg.sender);
     }
 
-    /// @dev The EIP-712 digest of a reading.
+    /// @dev The EIP-712 digest of a reading: keccak256("\x19\x01" || domain separator ||
+    /// keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence))).
     function _digest(address meter, uint64 energyWh, uint64 sequence)
         private
         view
-        returns (bytes32)
+        returns (bytes32 digest)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence)));
+        bytes32 separator = _domainSeparatorV4();
+        bytes32 typeHash = READING_TYPEHASH;
+        // What abi.encode and MessageHashUtils.toTypedDataHash do, hashed in place past the free
+        // memory pointer (left where it is) instead of in a fresh allocation per reading. The
+        // masks clean the bits above each type (inline assembly may not assume them zero).
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            mstore(add(ptr, 0x20), and(meter, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(add(ptr, 0x40), and(energyWh, 0xffffffffffffffff))
+            mstore(add(ptr, 0x60), and(sequence, 0xffffffffffffffff))
+            let structHash := keccak256(ptr, 0x80)
+            mstore(ptr, shl(240, 0x1901))
+            mstore(add(ptr, 0x02), separator)
+            mstore(add(ptr, 0x22), structHash)
+            digest := keccak256(ptr, 0x42)
+        }
     }
 
-    /// @dev The signer of a 65-byte r || s || v signature (low s), or zero when it is malformed.
-    function _signer(bytes32 digest, bytes calldata signature) private pure returns (address) {
-        if (signature.length != 65) return address(0);
-        bytes32 r = bytes32(signature[0:32]);
-        bytes32 s = bytes32(signature[32:64]);
-        uint8 v = uint8(signature[64]);
-        (address signer,,) = ECDSA.tryRecover(digest, v, r, s);
-        return signer;
+    /// @dev The signer of the 65-byte r || s || v signature at calldata offset `signatureAt`, or
+    /// zero when it is malformed: what OpenZeppelin's `ECDSA.tryRecover(digest, v, r, s)` returns
+    /// (a high s is refused, so no second signature of a reading exists), without copying the
+    /// four words through Solidity's ABI encoder (~250 gas a reading).
+    function _signer(bytes32 digest, uint256 signatureAt) private view returns (address signer) {
+        // Plain reads of calldata (past its end they read zeros, which recover no signer). The
+        // precompile's input is written past the free memory pointer (left where it is); it
+        // writes its output only when it recovers a signer, so scratch word 0 is cleared first,
+        // and a failed call (out of gas) leaves it zero too.
+        assembly ("memory-safe") {
+            let s := calldataload(add(signatureAt, 0x20))
+            if iszero(gt(s, 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0)) {
+                let ptr := mload(0x40)
+                mstore(ptr, digest)
+                mstore(add(ptr, 0x20), byte(0, calldataload(add(signatureAt, 0x40))))
+                mstore(add(ptr, 0x40), calldataload(signatureAt))
+                mstore(add(ptr, 0x60), s)
+                mstore(0x00, 0)
+                pop(staticcall(gas(), 0x01, ptr, 0x80, 0x00, 0x20))
+                signer := mload(0x00)
+            }
+        }
     }
 }

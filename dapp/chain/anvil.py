@@ -121,6 +121,11 @@ class ManagedAnvil:
     `block_time` seconds. state_interval 0: the state is written on stop only. anvil listens
     on a loopback address only (it serves anvil_*/evm_* to whoever connects: other machines use
     the gateway, dapp/chain/gateway.py) and starts with no development accounts.
+
+    Fees: `base_fee` 0 (the default) starts the chain with a zero EIP-1559 base fee, which
+    EIP-1559 keeps at zero however full the blocks are, so a meter reading or a bid never
+    becomes unmineable under load (transactions still pay a 1 gwei tip, which orders them).
+    None leaves anvil's fee market as it is (the base fee rises ~12.5 % a full block).
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class ManagedAnvil:
         chain_id: int = 31337,
         binary: Path | None = None,
         extra_args: Sequence[str] = (),
+        base_fee: int | None = 0,
     ) -> None:
         if block_time is not None and block_time <= 0:
             raise ValueError("block_time must be positive (or None for automine)")
@@ -152,6 +158,7 @@ class ManagedAnvil:
         self.chain_id = chain_id
         self.binary = binary
         self.extra_args = tuple(extra_args)
+        self.base_fee = base_fee
         self.restored_from_backup = False
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -212,6 +219,8 @@ class ManagedAnvil:
             cmd += ["--state-interval", str(self.state_interval)]
         if self.block_time is not None:
             cmd += ["--block-time", f"{self.block_time:g}"]
+        if self.base_fee is not None:
+            cmd += ["--base-fee", str(self.base_fee)]
         return cmd + list(self.extra_args)
 
     def is_running(self) -> bool:

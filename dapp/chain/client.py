@@ -43,6 +43,7 @@ READING_GAS = 600_000
 # reportBatch: a fixed part and a bound per item (an item may settle up to the market's walk).
 BATCH_BASE_GAS = 100_000
 BATCH_ITEM_GAS = 300_000
+SIGNATURE_BYTES = 65  # r || s || v, as hardware.signing.sign_reading makes it
 
 
 class LotStatus(enum.IntEnum):
@@ -500,20 +501,20 @@ class ChainClient:
                         concerns: list[str] | None = None) -> str:
         """Forward meters' signed readings from `sender`, who pays the gas.
 
-        One reading goes as `report`, several as one `reportBatch`, in which the registry skips a
-        bad item with `ReadingRejected` and takes the rest. Both with fixed gas: a load reading's
-        cost depends on the next block's time (which trades it completes), which an estimate
-        cannot know; a refused single reading shows as ContractReverted from `reading_outcomes`.
+        One reading goes as `report`, several as one `reportBatch` (packed by `pack_readings`),
+        in which the registry skips a bad item with `ReadingRejected` and takes the rest. Both
+        with fixed gas: a load reading's cost depends on the next block's time (which trades it
+        completes), which an estimate cannot know; a refused single reading shows as
+        ContractReverted from `reading_outcomes`.
         """
         if len(readings) == 1:
             r = readings[0]
             args = [to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature)]
             return self._send(sender, self._registry, "report", args, "meter reading",
                               gas=READING_GAS, concerns=concerns)
-        items = [(to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature))
-                 for r in readings]
-        return self._send(sender, self._registry, "reportBatch", [items], "meter readings",
-                          gas=BATCH_BASE_GAS + BATCH_ITEM_GAS * len(items), concerns=concerns)
+        return self._send(sender, self._registry, "reportBatch", [pack_readings(readings)],
+                          "meter readings", gas=BATCH_BASE_GAS + BATCH_ITEM_GAS * len(readings),
+                          concerns=concerns)
 
     def reading_outcomes(self, tx_hash: str, timeout: float = 60.0
                          ) -> dict[tuple[str, int], ReadingOutcome]:
@@ -539,6 +540,25 @@ class ChainClient:
     def wait(self, tx_hash: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (ContractReverted if it failed)."""
         return self.sender.wait(tx_hash, timeout)
+
+
+def pack_readings(readings: list[Any]) -> bytes:
+    """Readings as `reportBatch` takes them: 101 bytes each, back to back, big-endian.
+
+    meter (20) | energyWh (8) | sequence (8) | r (32) | s (32) | v (1), the last three being the
+    meter's 65-byte signature as `report` takes it. A signature of any other length goes as 65
+    zero bytes, which recover no signer: the registry skips that item with
+    MeterSignatureInvalid(meter, 0), as `report` refuses it, and takes the others.
+    """
+    items = []
+    for r in readings:
+        signature = bytes(r.signature)
+        if len(signature) != SIGNATURE_BYTES:
+            signature = bytes(SIGNATURE_BYTES)
+        items.append(bytes.fromhex(to_checksum_address(r.meter)[2:])
+                     + r.energy_wh.to_bytes(8, "big") + r.sequence.to_bytes(8, "big")
+                     + signature)
+    return b"".join(items)
 
 
 def _hex(value: Any) -> str:

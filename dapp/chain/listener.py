@@ -23,6 +23,9 @@ How it keeps its promises
   blocks are delivered. Events of abandoned blocks are not retracted. A fork deeper than the
   stored window cannot be located: the listener logs an error and re-scans from the oldest
   stored block (events in older replaced blocks may be missed).
+* **Waking.** `run` sleeps until the next block when given a `HeadFeed` (new heads by
+  subscription, or a short poll), so a block's events are delivered right after it reaches the
+  node; the fixed `interval` is then only the longest wait.
 * **Node restarts.** Connection failures raise `ChainUnavailable` from `poll_once`; `run` logs
   them and retries with back-off. After the node comes back the listener checks again that it
   is the same chain, then continues from its cursor (a node that lost recent blocks looks like a
@@ -55,6 +58,7 @@ from dapp import atomic
 from dapp.chain.contracts import CONTRACT_NAMES, load_artifact
 from dapp.chain.deploy import Deployment
 from dapp.chain.failures import translated
+from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainUnavailable
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _call(callback: Callable[[], None]) -> None:
+    """Run a notification callback; its failure is logged, never the listener's."""
+    try:
+        callback()
+    except Exception:
+        log.exception("event listener: callback %r failed", callback)
 
 
 def _hex(value: Any) -> str:
@@ -157,23 +169,34 @@ class EventListener:
 
         return unsubscribe
 
-    def poll_once(self) -> list[ChainEvent]:
-        """Scan up to `max_windows` windows of new blocks; return the events delivered."""
+    def poll_once(self, on_delivered: Callable[[], None] | None = None) -> list[ChainEvent]:
+        """Scan up to `max_windows` windows of new blocks; return the events delivered.
+
+        `on_delivered` is called as soon as a window's events have reached every subscriber,
+        before its cursor is saved (the save's fsync need not delay what the events trigger).
+        """
         with self._poll_lock:
             try:
-                return self._poll()
+                return self._poll(on_delivered)
             except ChainUnavailable:
                 self._verified = False  # the node may come back with another chain
                 raise
 
-    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Poll until `stop` is set; node failures are logged and retried with back-off."""
+    def run(self, stop: threading.Event, interval: float = 1.0, *,
+            heads: HeadFeed | None = None, on_poll: Callable[[], None] | None = None) -> None:
+        """Poll until `stop` is set; node failures are logged and retried with back-off.
+
+        With `heads` (a running HeadFeed) the next poll starts as soon as a newer block is
+        known, `interval` being only the longest wait; without, it sleeps `interval`.
+        `on_poll` is called after each successful poll (its events all delivered), and also
+        as soon as a window's events are delivered, before its cursor is saved.
+        """
         delay = interval
         failing = False
         while not stop.is_set():
             before = self._cursor
             try:
-                self.poll_once()
+                self.poll_once(on_poll)
             except ChainUnavailable as exc:
                 log.warning("event listener: cannot reach the Ethereum node (%s); retrying in "
                             "%.1f s", exc, delay)
@@ -184,9 +207,16 @@ class EventListener:
                     log.info("event listener: node reachable again at block %d", self._head)
                 failing = False
                 delay = interval
+                if on_poll is not None:
+                    _call(on_poll)
                 # Catching up (and making progress): go on at once instead of waiting.
                 behind = before < self._cursor < self._head
-                stop.wait(0 if behind else interval)
+                if behind:
+                    continue
+                if heads is None:
+                    stop.wait(interval)
+                else:
+                    heads.wait(max(self._head, self._cursor), interval, stop)
                 continue
             failing = True
             stop.wait(delay)
@@ -195,7 +225,7 @@ class EventListener:
 
     # -- polling ------------------------------------------------------------------------------
 
-    def _poll(self) -> list[ChainEvent]:
+    def _poll(self, on_delivered: Callable[[], None] | None = None) -> list[ChainEvent]:
         """One poll: identity check, reorg check, then bounded windows up to the head."""
         if not self._verified:
             self._check_identity()
@@ -214,6 +244,8 @@ class EventListener:
                 break
             events, hashes = scanned
             delivered.extend(self._deliver(events))
+            if events and on_delivered is not None:
+                _call(on_delivered)
             self._commit(end, hashes)
         return delivered
 

@@ -10,9 +10,11 @@ mining control, development-node funding), its errors typed as `RPCError`.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +27,8 @@ from web3.types import RPCEndpoint, RPCResponse
 
 from dapp.chain.failures import unavailable
 from dapp.errors import ChainError, ChainUnavailable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 INPROCESS_SCHEME = "inprocess://"
@@ -56,12 +60,17 @@ class _HTTPProvider(HTTPProvider):
         )
         self.timeout = timeout
         self.where = _redact(url)
+        self.chain_ids = _ChainIdMemory()
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         """Send one JSON-RPC request; a node that is down raises ChainUnavailable."""
+        known = self.chain_ids.answer(method)
+        if known is not None:
+            return known
         try:
-            return super().make_request(method, params)
+            return self.chain_ids.learn(method, super().make_request(method, params))
         except OSError as exc:  # requests' exceptions are OSErrors too
+            self.chain_ids.forget()
             raise unavailable(exc, self.where, self.timeout) from exc
 
     def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]) -> Any:
@@ -74,6 +83,35 @@ class _HTTPProvider(HTTPProvider):
     def is_connected(self, show_traceback: bool = False) -> bool:
         """True if the node answers web3_clientVersion."""
         return _answers(self, show_traceback)
+
+
+class _ChainIdMemory:
+    """`eth_chainId` answered from memory after the node's first answer.
+
+    web3 asks for the chain id twice per contract call (filling the call's defaults), which
+    doubled the requests of every read; the chain id of a connection cannot change while the
+    node stays up, so the answer is kept until the transport fails (a restarted node may be
+    another chain).
+    """
+
+    def __init__(self) -> None:
+        self._result: Any = None
+
+    def answer(self, method: str) -> RPCResponse | None:
+        """The remembered answer to `method`, if it is eth_chainId and known."""
+        if method != "eth_chainId" or self._result is None:
+            return None
+        return RPCResponse({"jsonrpc": "2.0", "id": 0, "result": self._result})
+
+    def learn(self, method: str, response: RPCResponse) -> RPCResponse:
+        """Remember a successful eth_chainId answer; return `response`."""
+        if method == "eth_chainId" and isinstance(response, dict) and "result" in response:
+            self._result = response["result"]
+        return response
+
+    def forget(self) -> None:
+        """The transport failed: ask the node again next time."""
+        self._result = None
 
 
 def _answers(provider: JSONBaseProvider, show_traceback: bool) -> bool:
@@ -99,6 +137,7 @@ class _StreamProvider(JSONBaseProvider):
         self.timeout = timeout
         self._lock = threading.Lock()
         self._conn: Any = None
+        self.chain_ids = _ChainIdMemory()
 
     def _open(self) -> Any:
         raise NotImplementedError
@@ -111,6 +150,16 @@ class _StreamProvider(JSONBaseProvider):
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         """Send one request over the persistent connection, reconnecting once if it went stale."""
+        known = self.chain_ids.answer(method)
+        if known is not None:
+            return known
+        try:
+            return self.chain_ids.learn(method, self._request(method, params))
+        except ChainUnavailable:
+            self.chain_ids.forget()
+            raise
+
+    def _request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         request = self.encode_rpc_request(method, params)
         request_id = json.loads(request)["id"]
         with self._lock:
@@ -341,3 +390,104 @@ def rpc(w3: Web3, method: str, params: list | None = None) -> Any:
             raise RPCError(method, error.get("code"), str(error.get("message", error)))
         raise RPCError(method, None, str(error))
     return response.get("result")
+
+
+def subscription_url(url: str) -> str | None:
+    """Where to ask for `eth_subscribe newHeads`: ws(s) as given, http(s) tried as ws(s) on the
+    same host and port (anvil serves both there; geth's separate ws port is not guessed)."""
+    lower = url.strip().lower()
+    if lower.startswith(("ws://", "wss://")):
+        return url.strip()
+    if lower.startswith(("http://", "https://")):
+        return "ws" + url.strip()[4:]
+    return None
+
+
+class HeadFeed:
+    """Follows the node's new blocks: `eth_subscribe newHeads` over a WebSocket of its own where
+    the node offers it, else a short poll of the block number.
+
+    `run` (a background task) keeps `latest` up to date; `wait(after, ...)` returns as soon as
+    a block newer than `after` is known, so a poller wakes on each new head instead of sleeping
+    a fixed interval. A dropped subscription falls back to polling and is tried again after
+    `retry` seconds; a node that never offered one is asked again less and less often (up to
+    once a minute).
+    """
+
+    def __init__(self, url: str, block_number: Callable[[], int], *, poll: float = 0.1,
+                 retry: float = 5.0, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url
+        self.latest = -1
+        self.subscribed = False
+        self._block_number = block_number
+        self._poll = poll
+        self._retry = retry
+        self._timeout = timeout
+        self._ws_url = subscription_url(url)
+        self._cond = threading.Condition()
+
+    def _seen(self, number: int) -> None:
+        with self._cond:
+            if number > self.latest:
+                self.latest = number
+                self._cond.notify_all()
+
+    def wait(self, after: int, timeout: float, stop: threading.Event | None = None) -> int:
+        """Block until a head newer than `after` is known, `timeout` passes or `stop` is set."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.latest <= after and not (stop is not None and stop.is_set()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.25))
+            return self.latest
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow heads until `stop` is set: subscribed when possible, polling meanwhile."""
+        next_try = 0.0
+        retry = self._retry
+        while not stop.is_set():
+            if self._ws_url is not None and time.monotonic() >= next_try:
+                try:
+                    self._follow(stop)
+                except Exception as exc:  # noqa: BLE001 - any failure: poll, try again later
+                    if self.subscribed:
+                        log.info("new heads: subscription lost (%s); polling meanwhile", exc)
+                        retry = self._retry
+                    else:  # a node without one (or still away): ask less and less often
+                        log.debug("new heads: no subscription at %s (%s); polling",
+                                  _redact(self._ws_url), exc)
+                        retry = min(retry * 2, 60.0)
+                self.subscribed = False
+                next_try = time.monotonic() + retry
+                if stop.is_set():
+                    return
+            try:
+                self._seen(int(self._block_number()))
+            except Exception as exc:  # noqa: BLE001 - the node is away: the pollers see it
+                log.debug("new heads: block number unavailable: %s", exc)
+            stop.wait(self._poll)
+
+    def _follow(self, stop: threading.Event) -> None:
+        """Subscribe to newHeads and read notifications until `stop` or a failure."""
+        from websockets.sync.client import connect as ws_connect
+
+        with ws_connect(self._ws_url, open_timeout=self._timeout, close_timeout=1,
+                        max_size=None) as conn:
+            conn.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
+                                  "params": ["newHeads"]}))
+            reply = json.loads(conn.recv(timeout=self._timeout))
+            if "result" not in reply:
+                raise ChainError(f"newHeads refused: {reply.get('error')}")
+            self.subscribed = True
+            log.info("new heads: subscribed at %s", _redact(self._ws_url))
+            self._seen(int(self._block_number()))  # what came before the first notification
+            while not stop.is_set():
+                try:
+                    message = json.loads(conn.recv(timeout=0.5))
+                except TimeoutError:
+                    continue
+                head = (message.get("params") or {}).get("result")
+                if isinstance(head, dict) and "number" in head:
+                    self._seen(int(head["number"], 16))

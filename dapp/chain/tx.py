@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ from dapp.errors import ChainError, ContractReverted
 log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei: private chains have no fee market to speak of
+# A transaction whose fee cap fell below the base fee for this many blocks is signed again with
+# the same nonce and higher fees (nodes take a replacement that pays at least 10 % more).
+REPRICE_AFTER_BLOCKS = 3
+FEE_BUMP = 1.125
 
 
 @dataclass
@@ -64,40 +69,97 @@ def _node_failure(exc: Exception, what: str) -> Exception:
 
 
 class Outbox:
-    """The unmined transactions of this server, persisted as JSON (atomic writes)."""
+    """The unmined transactions of this server: a JSON snapshot plus an append-only journal.
 
-    def __init__(self, path: Path | None) -> None:
+    `add` appends one line to ``<path>.journal`` and fsyncs it (the signed bytes survive a
+    crash and are sent again); `remove` appends without fsync (a lost removal only makes
+    `reconcile` look the transaction up again). Nothing rewrites the whole outbox per
+    transaction: when the journal holds `compact_after` lines more than there are entries, the
+    entries are written as the snapshot (``<path>``, atomic) and the journal is emptied.
+    Replaying a journal on a snapshot that already holds its effect gives the same entries, so
+    a crash between the two steps loses nothing; a torn last line (a crash mid-append) is
+    ignored.
+    """
+
+    def __init__(self, path: Path | None, *, compact_after: int = 500) -> None:
         self._path = path
+        self._journal_path = None if path is None else path.with_name(path.name + ".journal")
+        self._compact_after = compact_after
         self._lock = threading.Lock()
         self._entries: dict[str, OutboxEntry] = {}
+        self._journal: Any = None
+        self._lines = 0
         if path is not None and path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
             for item in data.get("transactions", []):
                 entry = OutboxEntry(**item)
                 self._entries[entry.hash] = entry
+        if self._journal_path is not None and self._journal_path.is_file():
+            self._replay(self._journal_path)
+
+    def _replay(self, journal: Path) -> None:
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("outbox: ignoring a torn journal line in %s", journal)
+                continue
+            if "add" in record:
+                entry = OutboxEntry(**record["add"])
+                self._entries[entry.hash] = entry
+            elif "remove" in record:
+                self._entries.pop(record["remove"], None)
+            self._lines += 1
 
     def add(self, entry: OutboxEntry) -> None:
-        """Remember a sent transaction."""
+        """Remember a sent transaction (on disk before this returns)."""
         with self._lock:
             self._entries[entry.hash] = entry
-            self._save()
+            self._append({"add": asdict(entry)}, sync=True)
 
     def remove(self, tx_hash: str) -> None:
         """Forget a transaction (mined or dropped)."""
         with self._lock:
             if self._entries.pop(tx_hash, None) is not None:
-                self._save()
+                self._append({"remove": tx_hash}, sync=False)
 
     def entries(self) -> list[OutboxEntry]:
         """All remembered transactions, oldest first."""
         with self._lock:
             return sorted(self._entries.values(), key=lambda e: (e.sent_at, e.nonce))
 
-    def _save(self) -> None:
-        if self._path is None:
+    def compact(self) -> None:
+        """Write the entries as the snapshot and empty the journal."""
+        with self._lock:
+            self._compact()
+
+    def _append(self, record: dict[str, Any], *, sync: bool) -> None:
+        if self._journal_path is None:
+            return
+        if self._journal is None:
+            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._journal = os.fdopen(fd, "a", encoding="utf-8")
+        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        if sync:
+            os.fsync(self._journal.fileno())
+        self._lines += 1
+        if self._lines > len(self._entries) + self._compact_after:
+            self._compact()
+
+    def _compact(self) -> None:
+        if self._path is None or self._journal_path is None:
             return
         payload = {"transactions": [asdict(e) for e in self._entries.values()]}
         atomic.write_json(self._path, payload, indent=1)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        with open(self._journal_path, "w", encoding="utf-8") as handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._lines = 0
 
 
 class TxSender:
@@ -119,6 +181,12 @@ class TxSender:
         self._locks_guard = threading.Lock()
         self._next_nonce: dict[str, int] = {}
         self._chain_id: int | None = None
+        # For re-pricing (in memory: keys are never written down): hash -> (key, unsigned tx),
+        # the block a stuck transaction was first seen underpriced, and replaced -> replacement.
+        self._unsigned: dict[str, tuple[LocalAccount, dict[str, Any]]] = {}
+        self._underpriced_since: dict[str, int] = {}
+        self._replaced_by: dict[str, str] = {}
+        self._reprice_lock = threading.Lock()
         for entry in self.outbox.entries():
             self._next_nonce[entry.sender] = max(
                 self._next_nonce.get(entry.sender, 0), entry.nonce + 1
@@ -181,6 +249,7 @@ class TxSender:
             raw = HexBytes(signed.raw_transaction)
             tx_hash = self._send_raw(raw)
             self._next_nonce[sender] = nonce + 1
+            self._unsigned[tx_hash] = (account, dict(tx))
             self.outbox.add(
                 OutboxEntry(
                     hash=tx_hash,
@@ -218,16 +287,84 @@ class TxSender:
         Raises ChainError if it is not mined within `timeout` seconds (it stays in the outbox
         and in the pending list).
         """
-        try:
-            receipt = self._call(lambda: self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=timeout, poll_latency=poll
-            ))
-        except TimeExhausted as exc:
-            raise ChainError(f"transaction {tx_hash} not mined within {timeout:g} s") from exc
-        self.outbox.remove(HexBytes(tx_hash).to_0x_hex())
+        deadline = time.monotonic() + timeout
+        asked = HexBytes(tx_hash).to_0x_hex()
+        while True:
+            current = self.current_hash(asked)  # a re-priced transaction: its replacement
+            remaining = deadline - time.monotonic()
+            try:
+                receipt = self._call(lambda c=current, r=remaining: (
+                    self.w3.eth.wait_for_transaction_receipt(
+                        c, timeout=max(0.0, min(r, 1.0)), poll_latency=poll)))
+                break
+            except TimeExhausted as exc:
+                if time.monotonic() >= deadline:
+                    raise ChainError(
+                        f"transaction {tx_hash} not mined within {timeout:g} s") from exc
+        self.outbox.remove(current)
+        self._forget(current)
         if receipt["status"] != 1:
-            raise self._revert_reason(tx_hash, receipt)
+            raise self._revert_reason(current, receipt)
         return dict(receipt)
+
+    def current_hash(self, tx_hash: str) -> str:
+        """The hash that now stands for `tx_hash` (its latest replacement, or itself)."""
+        seen = HexBytes(tx_hash).to_0x_hex()
+        while seen in self._replaced_by:
+            seen = self._replaced_by[seen]
+        return seen
+
+    def _forget(self, tx_hash: str) -> None:
+        self._unsigned.pop(tx_hash, None)
+        self._underpriced_since.pop(tx_hash, None)
+
+    def reprice_stuck(self, after_blocks: int = REPRICE_AFTER_BLOCKS) -> list[tuple[str, str]]:
+        """Re-sign, same nonce and higher fees, transactions underpriced for `after_blocks` blocks.
+
+        Underpriced: the fee cap no longer covers the latest base fee plus the tip. The
+        replacement pays FEE_BUMP times the old tip and cap, and at least twice the base fee
+        plus the tip; it takes the old one's place in the outbox (crash-safe: it is on disk
+        first). Only transactions signed by this process can be re-priced (the keys stay in
+        memory). Returns (old hash, new hash) pairs.
+        """
+        with self._reprice_lock:
+            latest = self._call(lambda: self.w3.eth.get_block("latest"))
+            base = latest.get("baseFeePerGas")
+            if base is None:
+                return []
+            number = int(latest["number"])
+            done: list[tuple[str, str]] = []
+            for entry in self.outbox.entries():
+                known = self._unsigned.get(entry.hash)
+                if known is None:
+                    continue
+                account, tx = known
+                cap, tip = tx.get("maxFeePerGas"), tx.get("maxPriorityFeePerGas")
+                if cap is None or tip is None or cap >= base + tip:
+                    self._underpriced_since.pop(entry.hash, None)
+                    continue
+                since = self._underpriced_since.setdefault(entry.hash, number)
+                if number - since < after_blocks:
+                    continue
+                new_tip = max(int(tip * FEE_BUMP) + 1, DEFAULT_PRIORITY_FEE)
+                new_cap = max(int(cap * FEE_BUMP) + 1, 2 * base + new_tip)
+                replacement = {**tx, "maxPriorityFeePerGas": new_tip, "maxFeePerGas": new_cap}
+                raw = HexBytes(account.sign_transaction(replacement).raw_transaction)
+                try:
+                    new_hash = self._send_raw(raw)
+                except ChainError as exc:
+                    log.warning("outbox: could not re-price %s: %s", entry.hash, exc)
+                    continue
+                self.outbox.add(OutboxEntry(**{**asdict(entry), "hash": new_hash,
+                                               "raw": raw.to_0x_hex(), "sent_at": self._clock()}))
+                self.outbox.remove(entry.hash)
+                self._replaced_by[entry.hash] = new_hash
+                self._unsigned[new_hash] = (account, replacement)
+                self._forget(entry.hash)
+                log.info("outbox: re-priced %s %s as %s (fee cap %d -> %d wei, base fee %d)",
+                         entry.kind, entry.hash, new_hash, cap, new_cap, base)
+                done.append((entry.hash, new_hash))
+            return done
 
     def _revert_reason(self, tx_hash: str, receipt: dict[str, Any]) -> ContractReverted:
         """Replay a failed transaction as a call at its block to recover the custom error."""
@@ -270,6 +407,7 @@ class TxSender:
                 receipt = None
             if receipt is not None and receipt.get("blockNumber") is not None:
                 self.outbox.remove(entry.hash)
+                self._forget(entry.hash)
                 result["mined"].append(entry.hash)
                 continue
             try:

@@ -62,6 +62,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # The operator finalizes auctions and forwards the meters' signed readings.
             submitter=None,
             log_level=args.log_level,
+            # A bar per emulated hour, the last emulated day and a quarter in the window.
+            chart_bucket=max(1, round(3600 / args.acceleration)),
+            chart_window=max(1, round(30 * 3600 / args.acceleration)),
             # The banner comes after the server's own lines, so it is the last thing on screen.
             on_ready=lambda: print(banner, flush=True),
         )

@@ -65,6 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "KDF_N": args.kdf_n,
         "FINALIZER_ADDRESS": args.finalizer,
         "FINALIZER_PASSPHRASE_FILE": args.finalizer_passphrase_file,
+        # `microgrid demo` shows its accelerated day: a bar per emulated hour.
+        "CHART_WINDOW_SECONDS": getattr(args, "chart_window", None),
+        "CHART_BUCKET_SECONDS": getattr(args, "chart_bucket", None),
     }
     app = create_app({k: v for k, v in config.items() if v is not None})
     ext = app.extensions["microgrid"]

@@ -513,3 +513,79 @@ def trade_event_line(name: str, args: dict, who: Callable[[str], str]) -> str | 
         return (f"closed: trade #{args['tradeId']} after {_kwh(args['deliveredWh'])} "
                 "delivered")
     return None
+
+
+# -- trading agents (dapp/services/agents.py) --------------------------------------------------
+
+AGENT_KEY_NOTE = (
+    "While the agent is on, the server keeps your decrypted key in its memory (never on disk) so "
+    "it can sign for you, as it does for a logged-in session. Logging out does not stop the "
+    "agent; turning it off, the server stopping, or {hours} hours after you last turned it on "
+    "or changed its limits forgets the key."
+)
+AGENT_SIGNAL_NOTE = (
+    "The meters report energy and power, not your battery's charge, so the agent counts your "
+    "energy tokens (with those listed or still to deliver, and energy delivered to you on open "
+    "trades) as the stored energy, against a battery of {capacity} kWh set by the server, and "
+    "your meters' net power of the last hour as the expected use."
+)
+AGENT_ON_FIELD = "Set 'on' to true or false."
+AGENT_ON_FORM = "Choose whether to turn the agent on or off."
+AGENT_WAITING = "waiting: a transaction of yours is still pending"
+
+
+def agent_amount_not_number(what: str, unit: str, example: str) -> str:
+    """An agent price or limit that is not a decimal number."""
+    return f"The {what} must be a number of {unit}, like {example}."
+
+
+def agent_amount_negative(what: str) -> str:
+    """An agent price or limit below zero."""
+    return f"The {what} cannot be negative."
+
+
+def agent_amount_decimals(what: str) -> str:
+    """An agent price or limit finer than a wei."""
+    return f"The {what} can have at most 18 decimal places."
+
+
+def agent_turned_on(reserve: str, floor: str, ceiling: str, daily: str) -> str:
+    """The owner turned the agent on (or changed its limits while on)."""
+    return (f"Agent on: keeps a {reserve} % reserve, sells at no less than {floor} ETH/kWh, "
+            f"buys at up to {ceiling} ETH/kWh and {daily} ETH a day. It acts on the next block.")
+
+
+def agent_limits_saved(reserve: str, floor: str, ceiling: str, daily: str) -> str:
+    """The owner saved limits with the agent off."""
+    return (f"Agent off; limits saved: {reserve} % reserve, floor {floor} ETH/kWh, ceiling "
+            f"{ceiling} ETH/kWh, {daily} ETH a day.")
+
+
+AGENT_TURNED_OFF = "Agent off: it sends nothing more, and the server forgot your key."
+
+
+def agent_expired(hours: float) -> str:
+    """The agent turned itself off after its time limit."""
+    return (f"Agent off: {hours:g} hours passed since you turned it on; the server forgot your "
+            "key. Turn it on again to go on trading.")
+
+
+def agent_action_failed(what: str, reason: str) -> str:
+    """An action the agent decided on was refused (pre-check or revert)."""
+    return f"could not {what}: {reason}"
+
+
+def agent_close_pending(trade_id: object) -> str:
+    """The agent asked to close the active trade; the next load reading finishes it."""
+    return (f"trade {trade_id}: close requested, the relays are open; your load meter's next "
+            "reading settles what was delivered, then the trade closes")
+
+
+AGENT_NO_LOAD_METER = (
+    "did not bid: only accounts with an accepted load meter may bid (its readings settle the "
+    "trade); accept the operator's offer of one on this page")
+
+
+def agent_finalized(lot_id: object) -> str:
+    """The agent ended its own (or its won) auction because the server has no finalizer."""
+    return f"finalized listing {lot_id}: its auction has ended"

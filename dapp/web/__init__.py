@@ -51,7 +51,12 @@ DEFAULTS: dict[str, Any] = {
     "FINALIZER_PASSPHRASE_FILE": None,
     "LIVE_INTERVAL": 0.5,
     "LISTENER_INTERVAL": 1.0,
+    # The wallet's generation chart, in seconds of chain time: its window and its bars.
+    "CHART_WINDOW_SECONDS": 6 * 3600,
+    "CHART_BUCKET_SECONDS": 600,
     "START_BACKGROUND": True,
+    "AGENT_BATTERY_KWH": 10.0,  # the battery the trading agents assume (no SoC from the meters)
+    "AGENT_EXPIRY_HOURS": 24.0,  # an agent turns itself off (forgets the key) after this
     "NODE_MODULES": str(ROOT / "node_modules"),
     "MAX_CONTENT_LENGTH": 256 * 1024,
     "SESSION_COOKIE_NAME": "microgrid_session",
@@ -138,6 +143,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         finalizer=_finalizer(app.config, keystore),
         live_interval=float(app.config["LIVE_INTERVAL"]),
         listener_interval=float(app.config["LISTENER_INTERVAL"]),
+        chart_window=int(app.config["CHART_WINDOW_SECONDS"]),
+        chart_bucket=int(app.config["CHART_BUCKET_SECONDS"]),
+        agent_capacity_wh=float(app.config["AGENT_BATTERY_KWH"]) * 1000,
+        agent_expiry_s=float(app.config["AGENT_EXPIRY_HOURS"]) * 3600,
     )
     app.extensions["microgrid"] = ext
 

@@ -314,3 +314,24 @@ def close(trade_id: str) -> ResponseReturnValue:
     """Close the connection of an open trade."""
     result = app_state().market.close(g.user.account, trade_id)
     return _action(result, "close connection", market=True)
+
+
+# -- trading agent ---------------------------------------------------------------------------
+
+
+@bp.get("/agent")
+@login_required
+def agent() -> ResponseReturnValue:
+    """The trading agent: on/off, limits, the decision log (newest first)."""
+    return jsonify(app_state().agents.status(g.user.address))
+
+
+@bp.put("/agent")
+@login_required
+def set_agent() -> ResponseReturnValue:
+    """Turn the agent on or off and set its limits (left-out limits keep their saved value)."""
+    data = body()
+    return jsonify(app_state().agents.configure(
+        g.user.account, data.get("on"), data.get("reserve_percent"),
+        data.get("floor_eth_per_kwh"), data.get("ceiling_eth_per_kwh"),
+        data.get("daily_limit_eth")))

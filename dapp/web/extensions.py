@@ -1,10 +1,11 @@
 """The app's own state, kept in ``app.extensions["microgrid"]``.
 
 `AppState` holds what one app needs: the chain client, the keystore, the unlocked keys, the
-services, the login limiters, the live hub, and the background tasks (the event listener and
-the hub's ticker). Flask-SocketIO (threading mode: web3 and pyserial block) is made per app by
-`make_socketio`, not once at module level: a SocketIO object keeps one server, so two apps in
-one process (the tests make many) would otherwise share it.
+services, the login limiters, the live hub, and the background tasks (the new-heads feed, the
+event listener it wakes and the hub's ticker the listener wakes). Flask-SocketIO (threading
+mode: web3 and pyserial block) is made per app by `make_socketio`, not once at module level: a
+SocketIO object keeps one server, so two apps in one process (the tests make many) would
+otherwise share it.
 
 Every consumer of chain events subscribes to the process's one `EventListener` (its own
 subscriber list is the only one): the meter board, the market service and the live hub from
@@ -32,12 +33,14 @@ from flask_socketio import SocketIO
 
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent, EventListener
+from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
+from dapp.services.agents import AgentService
 from dapp.services.market import AutoFinalizer, MarketService
 from dapp.services.meters import Bridge, MeterBoard
 from dapp.services.wallet import WalletService
 from dapp.wallet.keystore import Keystore, UnlockedKeys
-from dapp.web.live import LiveHub
+from dapp.web.live import LiveHub, user_room
 from dapp.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -66,21 +69,37 @@ class AppState:
         finalizer: LocalAccount | None = None,
         live_interval: float = 0.5,
         listener_interval: float = 1.0,
+        chart_window: int = 6 * 3600,
+        chart_bucket: int = 600,
+        agent_capacity_wh: float = 10_000.0,
+        agent_expiry_s: float = 24 * 3600.0,
     ) -> None:
         self.client = client
         self.keystore = keystore
         self.keys = UnlockedKeys(idle_timeout)
-        self.meters = MeterBoard(client)
+        self.meters = MeterBoard(client, window_seconds=chart_window, bucket_seconds=chart_bucket)
         self.wallet = WalletService(client, keystore, self.meters)
         self.market = MarketService(client, self.meters, names=self.wallet.label_of)
         self.finalizer = AutoFinalizer(self.market, finalizer)
+        # Trading agents act on each new block (the hub's per-block hook), after the finalizer;
+        # their log goes to the owner's room as `agent` events.
+        self.agents = AgentService(
+            client, self.market, self.meters, capacity_wh=agent_capacity_wh,
+            expiry_s=agent_expiry_s,
+            emit=lambda address, entry: socketio.emit("agent", entry, to=user_room(address)),
+            on_sent=self._agent_sent, finalize_own=not self.finalizer.enabled,
+        )
         self.login_per_account = RateLimiter(login_limit_per_account, login_limit_window)
         self.login_per_client = RateLimiter(login_limit_per_client, login_limit_window)
         self.socketio = socketio
         self.hub = LiveHub(socketio, client=client, wallet=self.wallet, market=self.market,
-                           keys=self.keys, on_block=self.finalizer.run_once,
+                           keys=self.keys, on_block=self._on_block,
                            interval=live_interval)
         self.listener_interval = listener_interval
+        # New blocks by subscription where the node offers it (else a short poll): the listener
+        # polls on each new head and then wakes the hub, instead of each sleeping a fixed time.
+        self.heads = HeadFeed(client.rpc_url, client.block_number,
+                              poll=min(0.1, listener_interval))
         self._lock = threading.Lock()
         self._listener: EventListener | None = None
         self._waiting: dict[int, Subscriber] = {}  # until the listener exists
@@ -134,6 +153,16 @@ class AppState:
         if relay_moved:  # the cards show relays; generation alone moves only the owner's wallet
             self.hub.touch_market()
 
+    def _agent_sent(self, address: str, tx_hash: str, kind: str) -> None:
+        """An agent sent a transaction: its owner's pending list and the market change."""
+        self.hub.touch_user(address)
+        self.hub.touch_market()
+
+    def _on_block(self) -> None:
+        """The hub's per-block hook: finalize due auctions, then let the agents act."""
+        self.finalizer.run_once()
+        self.agents.run_once()
+
     # -- background tasks -----------------------------------------------------------------------
 
     def start_background(self) -> None:
@@ -144,6 +173,7 @@ class AppState:
             self._stop = stop = threading.Event()
         self.hub.begin()
         self._tasks = [
+            self.socketio.start_background_task(self.heads.run, stop),
             self.socketio.start_background_task(self._listen, stop),
             self.socketio.start_background_task(self.hub.run, stop),
         ]
@@ -155,6 +185,7 @@ class AppState:
         if stop is None:
             return
         stop.set()
+        self.agents.forget_all()  # no key outlives the server's tasks
         for task in self._tasks:
             task.join(timeout)
         self._tasks = []
@@ -186,7 +217,8 @@ class AppState:
             log.info("live: %d recent meter readings loaded", count)
         except Exception as exc:  # noqa: BLE001 - the chart starts empty instead
             log.warning("live: meter history not loaded: %s", exc)
-        listener.run(stop, interval=self.listener_interval)
+        listener.run(stop, interval=self.listener_interval, heads=self.heads,
+                     on_poll=self.hub.wake)
 
     def status(self) -> dict[str, Any]:
         """Chain status for templates and the API."""

@@ -5,11 +5,17 @@ which runs the listener and subscribes the services, the hub and the meter bridg
 each contract event the hub marks what changed (the market, the accounts named in the event)
 and, for events newer than the server's start, sends short notices to the people concerned.
 
-Its ticker (`run`) reads the chain head every `interval` seconds. On a new block it marks every
-connected user's wallet as changed (balances and pending transactions move without contract
-events), calls `on_block` (the auto-finalizer), and reports transactions sent from the pages
-that failed after sending. Then it pushes what changed: `chain` to everyone, `market` to the
-market room, `wallet` to each user's own room. Expired sessions are told so and disconnected.
+Its ticker (`run`) ticks when the listener has delivered a block's events (`wake`) and at the
+latest every `interval` seconds. On a new block it pushes the `market` (computed once) to the
+market room first, then `chain`; it calls `on_block` (the auto-finalizer), so a `finalize`
+makes the next block; then it pushes `wallet` to the rooms of the users the block concerns:
+those named in its events, those with a transaction of this server in flight or shown as
+pending last time, and a rotating few of the others (about 1/`ROTATION_BLOCKS` of the connected
+users a block, for changes nothing announces, such as Ether sent from elsewhere). Last it
+reports transactions sent from the pages that failed after sending and re-prices this server's
+transactions that full blocks priced out (`TxSender.reprice_stuck`). Expired sessions are told
+so and disconnected. A block costs one market snapshot plus the wallets that moved, whatever
+the number of open pages.
 
 Rooms: ``market`` (every logged-in socket) and ``user:<address>`` (one per account).
 """
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MARKET_ROOM = "market"
 WATCH_SECONDS = 600.0
+ROTATION_BLOCKS = 30  # every connected wallet is recomputed at least once in this many blocks
 
 
 def user_room(address: str) -> str:
@@ -65,6 +72,10 @@ class LiveHub:
         self._last_chain: str | None = None
         self._last_block: int | None = None
         self._notices_from: int | None = None
+        self._wake = threading.Event()
+        self._in_flight: set[str] = set()  # accounts with an outbox transaction last block
+        self._showing_pending: set[str] = set()  # last pushed wallet listed pending txs
+        self._rotation: list[str] = []
 
     # -- sockets --------------------------------------------------------------------------------
 
@@ -197,7 +208,8 @@ class LiveHub:
     # -- ticker ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One round: chain head, finalizer, watched transactions, expiries, pushes."""
+        """One round: the market, chain head, wallets, finalizer, watched transactions, expiries."""
+        self._push_market()  # what the block's events changed, before anything else is read
         status = self.wallet.chain_status()
         key = json.dumps([status["available"], status["block"], status["mining"]],
                          sort_keys=True)
@@ -209,16 +221,57 @@ class LiveHub:
                 self.touch_market()
                 for address in self.connected_addresses():
                     self.touch_user(address)
-        if status["available"] and status["block"] != self._last_block:
+        new_block = status["available"] and status["block"] != self._last_block
+        if new_block:
             self._last_block = status["block"]
             if self._notices_from is None:
                 self._notices_from = status["block"] + 1
-            for address in self.connected_addresses():
+            for address in self._block_concerns():
                 self.touch_user(address)
-            self.on_block()
-            self._check_watched()
-        self._expire_sessions()
+            self.on_block()  # the finalizer: its transaction should make the next block
         self.flush()
+        if new_block:
+            self._check_watched()
+            self._reprice()
+        self._expire_sessions()
+
+    def _reprice(self) -> None:
+        """Re-price this server's transactions that full blocks priced out (see TxSender)."""
+        try:
+            self.client.sender.reprice_stuck()
+        except ChainError as exc:
+            log.debug("live: re-pricing skipped: %s", exc)
+
+    def _block_concerns(self) -> set[str]:
+        """Accounts whose wallet a new block may have changed without a contract event."""
+        in_flight: set[str] = set()
+        for entry in self.client.sender.outbox.entries():
+            in_flight.add(entry.sender)
+            in_flight.update(entry.concerns)
+            if entry.to:
+                in_flight.add(entry.to)
+        with self._lock:
+            watched = {address for address, _, _ in self._watched.values()}
+        # Last block's too: the block that mines a transaction takes it off the outbox.
+        concerned = in_flight | self._in_flight | watched | self._showing_pending
+        self._in_flight = in_flight
+        return concerned | self._rotate()
+
+    def _rotate(self) -> set[str]:
+        """The next few connected accounts in turn (all of them within ROTATION_BLOCKS)."""
+        if not self._rotation:
+            self._rotation = sorted(self.connected_addresses())
+        size = -(-len(self._rotation) // ROTATION_BLOCKS) if self._rotation else 0
+        chosen, self._rotation = self._rotation[:size], self._rotation[size:]
+        return set(chosen)
+
+    def _push_market(self) -> None:
+        """Push the market now if an event changed it and someone is connected."""
+        with self._lock:
+            if not (self._market_dirty and self._sockets):
+                return
+            self._market_dirty = False
+        self.socketio.emit("market", self.market.snapshot(), to=MARKET_ROOM)
 
     def flush(self) -> None:
         """Push the market, wallets and greetings that changed since the last flush."""
@@ -235,7 +288,12 @@ class LiveHub:
         if market:
             self.socketio.emit("market", snapshot, to=MARKET_ROOM)
         for address in users:
-            self.socketio.emit("wallet", self.wallet.summary(address), to=user_room(address))
+            summary = self.wallet.summary(address)
+            if summary.get("pending"):
+                self._showing_pending.add(address)
+            else:
+                self._showing_pending.discard(address)
+            self.socketio.emit("wallet", summary, to=user_room(address))
         if greet:
             status = self.wallet.chain_status()
             for socket_id in greet:
@@ -273,14 +331,19 @@ class LiveHub:
                 self.end_session(session_id, "session expired")
         keys.purge_expired()
 
+    def wake(self) -> None:
+        """Tick now (the listener delivered a new block's events)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
-        """Tick until `stop` is set; a failing tick is logged, never fatal."""
+        """Tick on each `wake` and at least every `interval` s until `stop`; failures logged."""
         while not stop.is_set():
+            self._wake.clear()
             try:
                 self.tick()
             except Exception:
                 log.exception("live: tick failed")
-            stop.wait(self.interval)
+            self._wake.wait(self.interval)
 
     def begin(self) -> None:
         """Before the ticker starts: only events after the current block are worth a notice."""

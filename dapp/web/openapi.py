@@ -187,6 +187,22 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         status="202", errors=write, params=TRADE_ID),
         },
     }
+    agent_limits = {
+        "reserve_percent": {"type": ["number", "string"], "minimum": 0, "maximum": 100,
+                            "description": "battery reserve the agent keeps, in %"},
+        "floor_eth_per_kwh": {**AMOUNT, "description": "lowest price it sells at, ETH per kWh"},
+        "ceiling_eth_per_kwh": {**AMOUNT,
+                                "description": "highest price it bids, ETH per kWh"},
+        "daily_limit_eth": {**AMOUNT, "description": "most it spends per (chain, UTC) day, ETH"},
+    }
+    paths["/agent"] = {
+        "get": _op("The trading agent: on/off, limits, decision log",
+                   _json({"$ref": REF + "Agent"}), errors=("401",), tag="agent"),
+        "put": _op("Turn the trading agent on or off and set its limits (left-out limits keep "
+                   "their saved values)", _json({"$ref": REF + "Agent"}),
+                   body=_obj(["on"], on={"type": "boolean"}, **agent_limits),
+                   errors=("400", "401"), tag="agent"),
+    }
     party = _obj(["address", "name"], address=ADDRESS, name={"type": "string"})
     schemas = {
         "Error": _obj(["error"], error={"type": "string", "description": "a sentence"},
@@ -262,6 +278,28 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                                      price={"type": "string"})},
         ),
     }
+    schemas["Agent"] = _obj(
+        ["on", "limits", "log", "notes"], on={"type": "boolean"},
+        limits={"oneOf": [_obj(list(agent_limits), **{k: {"type": "string"}
+                                                        for k in agent_limits}),
+                          {"type": "null"}]},
+        expires_at={"type": ["number", "null"],
+                    "description": "server time (Unix s) the agent turns itself off"},
+        capacity_kwh={"type": "string", "description": "the battery the agent assumes"},
+        household={"oneOf": [{"type": "null"}, _obj(
+            ["battery_percent", "stored_kwh", "net_load_w", "spent_today_eth"],
+            battery_percent={"type": "string"}, stored_kwh={"type": "string"},
+            net_load_w={"type": "string"}, spent_today_eth={"type": "string"},
+            daily_limit_eth={"type": "string"})],
+            "description": "the household as the agent's last run saw it"},
+        notes=_obj(["key", "signal"], key={"type": "string"}, signal={"type": "string"}),
+        log={"type": "array", "description": "newest first", "items": _obj(
+            ["time", "kind", "text"], time={"type": "number"}, time_text={"type": "string"},
+            kind={"enum": ["action", "note", "failure", "status"]},
+            text={"type": "string"}, on={"type": "boolean"},
+            household={"description": "as in `household`, when the agent is on"})},
+        message={"type": "string", "description": "after PUT: what changed"},
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -280,7 +318,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "security": [{"session": [], "csrf": []}],
         "tags": [{"name": "session"}, {"name": "network"}, {"name": "wallet"},
-                 {"name": "meters"}, {"name": "market"}],
+                 {"name": "meters"}, {"name": "market"}, {"name": "agent"}],
         "paths": paths,
         "components": {
             "schemas": schemas,

@@ -5,7 +5,8 @@ each handler asks `current_user()` itself: a logged-out or expired session is re
 Cross-origin connections are refused by the server (same-origin is engineio's default).
 
 Client → server events: ``refresh`` (send me the full state again; answers {"ok": bool}).
-Server → client events: ``chain``, ``wallet``, ``market``, ``notice``, ``session_expired``.
+Server → client events: ``chain``, ``wallet``, ``market``, ``notice``, ``session_expired``,
+``agent`` (one entry of the trading agent's log, to its owner's room only).
 """
 
 from __future__ import annotations

@@ -111,3 +111,37 @@ def decline_meter() -> ResponseReturnValue:
         return render_wallet(exc.status, exc.message)
     acted(result, "decline meter")
     return _done(result["message"], result["tx_hash"])
+
+
+# -- trading agent (templates/wallet/_agent.html) --------------------------------------------
+
+AGENT_FIELDS = ("reserve_percent", "floor_eth_per_kwh", "ceiling_eth_per_kwh", "daily_limit_eth")
+
+
+@bp.context_processor
+def _agent_panel() -> dict[str, object]:
+    """The agent panel's state (and, after a refused setting, what the owner typed)."""
+    user = getattr(g, "user", None)
+    if user is None:
+        return {}
+    return {"agent": app_state().agents.status(user.address),
+            "agent_form": g.get("agent_form"), "agent_error": g.get("agent_error")}
+
+
+@bp.post("/agent")
+@login_required
+def agent() -> ResponseReturnValue:
+    """Turn the trading agent on with the four limits (or save them), or turn it off."""
+    values = form_values(request.form, *AGENT_FIELDS)
+    switch = request.form.get("on", "")
+    try:
+        if switch == "off":  # turning off needs no limits, and bad ones do not keep it on
+            result = app_state().agents.configure(g.user.account, "off", form=True)
+        else:
+            result = app_state().agents.configure(
+                g.user.account, switch, *(values[name] for name in AGENT_FIELDS), form=True)
+    except UserError as exc:
+        g.agent_form, g.agent_error = values, exc.message
+        return render_wallet(exc.status, exc.message)
+    flash(result["message"], "ok")
+    return redirect(url_for("wallet.page") + "#agent-panel", 303)

@@ -79,7 +79,7 @@ class Story:
         return receipt
 
     def meters_and_tokens(self) -> None:
-        """Offer both meters, their owners accept, a baseline reading, then 2 kWh to the seller.
+        """Offer the meters, their owners accept, a baseline reading, then 2 kWh to the seller.
 
         The readings are signed by the supply meter's own key and carried by the operator (any
         account may carry them).
@@ -89,6 +89,10 @@ class Story:
         self.send(reg.offerMeter(self.load_meter, self.buyer, LOAD, 5000), self.operator)
         self.send(reg.acceptMeter(self.supply_meter), self.seller)
         self.send(reg.acceptMeter(self.load_meter), self.buyer)
+        # Bidders need an accepted load meter: the rival has one too.
+        rival_meter = self.chain.new_key("the rival's load meter")
+        self.send(reg.offerMeter(rival_meter, self.rival, LOAD, 5000), self.operator)
+        self.send(reg.acceptMeter(rival_meter), self.rival)
         self.reading(100)
         self.chain.advance(3600)
         self.reading(2100)
@@ -154,8 +158,9 @@ def test_delivers_decoded_events_in_order_from_the_deployment_block(chain: Chain
 
     assert keys(events) == story.expected()
     assert received == deployed + events
-    assert [e.name for e in events][:5] == [
-        "MeterOffered", "MeterOffered", "MeterAccepted", "MeterAccepted", "ReadingRecorded"
+    assert [e.name for e in events][:7] == [
+        "MeterOffered", "MeterOffered", "MeterAccepted", "MeterAccepted", "MeterOffered",
+        "MeterAccepted", "ReadingRecorded"
     ]
     credited = next(e for e in events if e.name == "Credited")
     assert credited.contract == "EnergyMarket"

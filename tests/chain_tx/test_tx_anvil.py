@@ -93,8 +93,11 @@ def test_twenty_concurrent_sends_from_one_account_are_all_mined(anvil_factory, t
 
 
 def _auction(w3: Web3, tmp_path):
-    """Deploy, mint, list and bid: an auction in progress. Returns what the test needs."""
-    operator, seller, buyer = fund(w3), fund(w3), fund(w3)
+    """Deploy, mint, list and bid: an auction in progress. Returns what the test needs.
+
+    The buyer and a rival hold accepted load meters: bidders must.
+    """
+    operator, seller, buyer, rival = fund(w3), fund(w3), fund(w3), fund(w3)
     meter = Account.create()  # the meter's own key: it signs readings and holds no Ether
     dep = deploy(w3, operator, MarketParameters(min_duration=60, max_duration=3600))
     sender = TxSender(w3, tmp_path / "outbox.json")
@@ -106,6 +109,12 @@ def _auction(w3: Web3, tmp_path):
         "offer meter")
     sender.transact(seller, {"to": dep.registry, "data": _call_data(
         registry.functions.acceptMeter(meter.address))}, "accept meter")
+    for bidder in (buyer, rival):
+        load = Account.create().address
+        sender.transact(operator, {"to": dep.registry, "data": _call_data(
+            registry.functions.offerMeter(load, bidder.address, 1, 60_000))}, "offer meter")
+        sender.transact(bidder, {"to": dep.registry, "data": _call_data(
+            registry.functions.acceptMeter(load))}, "accept meter")
 
     def reading(energy_wh: int, sequence: int) -> dict:
         """The meter's signed reading, carried (and paid for) by the operator."""
@@ -123,7 +132,7 @@ def _auction(w3: Web3, tmp_path):
     deposit = market.functions.depositFor(1, PRICE).call()
     sender.transact(buyer, {"to": dep.market, "value": deposit, "data": _call_data(
         market.functions.bid(1, PRICE))}, "bid")
-    return dep, sender, market, seller, buyer, deposit
+    return dep, sender, market, seller, buyer, rival, deposit
 
 
 def test_sigterm_mid_auction_restart_keeps_state_and_listener_resumes(anvil_factory, tmp_path):
@@ -131,7 +140,7 @@ def test_sigterm_mid_auction_restart_keeps_state_and_listener_resumes(anvil_fact
     node = anvil_factory(data, block_time=None)
     node.start()
     w3 = connect(node.url)
-    dep, sender, market, seller, buyer, deposit = _auction(w3, tmp_path)
+    dep, sender, market, seller, buyer, rival, deposit = _auction(w3, tmp_path)
     seen: list[tuple[str, int]] = []
     listener = EventListener(w3, dep, data / "listener.json", window=50)
     listener.subscribe(lambda e: seen.append((e.name, e.log_index, e.block_number)))
@@ -148,7 +157,6 @@ def test_sigterm_mid_auction_restart_keeps_state_and_listener_resumes(anvil_fact
     assert w3.eth.get_balance(dep.market) == deposit
 
     # A new bid after the restart: the listener (a new instance, same cursor) gets only it.
-    rival = fund(w3)
     higher = PRICE + 10**12
     TxSender(w3, tmp_path / "outbox2.json").transact(rival, {
         "to": dep.market, "value": market.functions.depositFor(1, higher).call(),
@@ -167,7 +175,7 @@ def test_kill_9_loses_at_most_the_save_interval_and_the_outbox_resends(anvil_fac
     node = anvil_factory(data, block_time=None, state_interval=1)
     node.start()
     w3 = connect(node.url)
-    dep, sender, market, seller, buyer, deposit = _auction(w3, tmp_path)
+    dep, sender, market, seller, buyer, rival, deposit = _auction(w3, tmp_path)
     time.sleep(2.5)  # more than the save interval: the auction is on disk
     mining = MiningControl(w3, detect(w3))
     mining.stop_mining()

@@ -19,7 +19,7 @@ from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 
 from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
-from dapp.chain.deploy import create_address
+from dapp.chain.deploy import Deployment, create_address
 from dapp.errors import ContractReverted
 
 
@@ -74,6 +74,11 @@ class Chain:
         # Carries signed readings to the chain: any account may, the meters need no Ether.
         self.carrier = self.addresses[9]
         self.token, self.registry, self.market = deploy_market(self.w3, self.addresses[0], PARAMS)
+        # The deployment as the app's chain layer knows it (the listener suites use it); each
+        # of the three creations was mined in a block of its own, the token's first.
+        self.deployment = Deployment(self.token.address, self.registry.address,
+                                     self.market.address, self.addresses[0],
+                                     self.w3.eth.block_number - 2)
         self._by_address = {
             self.token.address: ("EnergyToken", self.token),
             self.registry.address: ("MeterRegistry", self.registry),

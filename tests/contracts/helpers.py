@@ -256,9 +256,19 @@ def report(
     return chain.send(fn, sender or chain.carrier)
 
 
+def packed(readings: list[tuple[str, int, int, bytes]]) -> bytes:
+    """Readings as `reportBatch` takes them: meter(20) energyWh(8) sequence(8) r(32) s(32) v(1)."""
+    return b"".join(
+        bytes.fromhex(meter[2:]) + energy_wh.to_bytes(8, "big") + sequence.to_bytes(8, "big")
+        + signature
+        for meter, energy_wh, sequence, signature in readings
+    )
+
+
 def report_batch(chain: Chain, readings: list[tuple], sender: str | None = None) -> dict:
     """Carry several signed readings in one transaction; return the receipt."""
-    return chain.send(chain.registry.functions.reportBatch(readings), sender or chain.carrier)
+    fn = chain.registry.functions.reportBatch(packed(readings))
+    return chain.send(fn, sender or chain.carrier)
 
 
 def seconds_for(energy_wh: int, rated_w: int) -> int:

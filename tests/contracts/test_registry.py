@@ -20,9 +20,11 @@ from tests.contracts.helpers import (
     measure,
     meter_of,
     offer_meter,
+    packed,
     register_meter,
     registry_event,
     report,
+    report_batch,
     run_ahead_of_wall_clock,
     signed,
     supply,
@@ -33,6 +35,8 @@ from tests.contracts.helpers import (
 
 BASELINE = 10_000  # Wh on the counter when the meter was installed
 MAX_COUNTER = 2**64 - 1
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+ITEM_BYTES = 101  # one packed reportBatch item
 OFFERED, ACTIVE, DECLINED, DEACTIVATED = (
     MeterStatus.OFFERED,
     MeterStatus.ACTIVE,
@@ -470,6 +474,9 @@ def forgeries(chain: Chain, meter: str, energy_wh: int, sequence: int) -> dict[s
     good = bytearray(chain.sign_reading(meter, energy_wh, sequence))
     flipped = bytearray(good)
     flipped[10] ^= 1
+    # The same signature's twin (n - s, v flipped): ecrecover accepts it, the registry must not.
+    s = int.from_bytes(good[32:64], "big")
+    twin = good[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - good[64]])
     return {
         "other chain id": chain.sign_reading(meter, energy_wh, sequence, chain_id=other_chain),
         "other registry": chain.sign_reading(meter, energy_wh, sequence, registry=other_registry),
@@ -478,6 +485,9 @@ def forgeries(chain: Chain, meter: str, energy_wh: int, sequence: int) -> dict[s
         "bit flipped": bytes(flipped),
         "truncated": bytes(good[:64]),
         "empty": b"",
+        "too long": bytes(good) + b"\x00",
+        "high s": bytes(twin),
+        "v as 0 or 1": bytes(good[:64]) + bytes([good[64] - 27]),
     }
 
 
@@ -489,7 +499,11 @@ FORGERIES = [
     "bit flipped",
     "truncated",
     "empty",
+    "too long",
+    "high s",
+    "v as 0 or 1",
 ]
+MALFORMED = ("truncated", "empty", "too long", "high s", "v as 0 or 1")  # recover no signer
 
 
 @pytest.mark.usefixtures("installed")
@@ -505,7 +519,7 @@ def test_forged_signatures_are_refused(chain: Chain, seller: str, supply_meter: 
     assert meter == supply_meter and signer != supply_meter
     if forgery == "other meter":
         assert signer == Account.from_key(b"\x22" * 32).address
-    if forgery in ("truncated", "empty"):
+    if forgery in MALFORMED:
         assert signer == ZERO_ADDRESS
     assert supply(chain) == 0
 
@@ -628,7 +642,7 @@ def test_batch_skips_bad_items_and_records_the_rest(
         signed(chain, supply_meter, BASELINE + 100_000, 4),  # implausible
         signed(chain, supply_meter, BASELINE + 100, 5),  # a heartbeat (same block: no allowance)
     ]
-    receipt = chain.send(chain.registry.functions.reportBatch(readings), chain.carrier)
+    receipt = report_batch(chain, readings)
 
     def rejected(meter: str, sequence: int, error: str):
         return registry_event(
@@ -653,8 +667,69 @@ def test_batch_skips_bad_items_and_records_the_rest(
 
 def test_empty_batch_changes_nothing(chain: Chain, seller: str):
     with unchanged(chain, [seller]):
-        receipt = chain.send(chain.registry.functions.reportBatch([]), chain.carrier)
+        receipt = report_batch(chain, [])
     assert chain.events(receipt) == []
+
+
+@pytest.mark.usefixtures("installed")
+@pytest.mark.parametrize("length", [1, ITEM_BYTES - 1, ITEM_BYTES + 1, 3 * ITEM_BYTES - 36])
+def test_a_packed_batch_of_a_length_that_is_not_whole_items_is_refused(
+    chain: Chain, seller: str, supply_meter: str, length: int
+):
+    chain.advance(3_600)
+    readings = [signed(chain, supply_meter, BASELINE + 100 * i, 1 + i) for i in range(1, 4)]
+    fn = chain.registry.functions.reportBatch(packed(readings)[:length])
+    with (
+        unchanged(chain, [seller], [supply_meter]),
+        reverts("MeterBatchMalformed", length),
+    ):
+        chain.send(fn, chain.carrier)
+
+
+@pytest.mark.usefixtures("installed")
+def test_a_batch_whose_last_item_is_truncated_records_none_of_it(
+    chain: Chain, seller: str, supply_meter: str
+):
+    chain.advance(3_600)
+    whole = packed([signed(chain, supply_meter, BASELINE + 100, 2)])
+    heartbeat = signed(chain, supply_meter, BASELINE + 100, 3)
+    cut = packed([heartbeat])[:-1]  # its v lost on the way
+    fn = chain.registry.functions.reportBatch(whole + cut)
+    with (
+        unchanged(chain, [seller], [supply_meter]),
+        reverts("MeterBatchMalformed", 2 * ITEM_BYTES - 1),
+    ):
+        chain.send(fn, chain.carrier)
+    # The same two readings, whole, are recorded.
+    receipt = report_batch(chain, [signed(chain, supply_meter, BASELINE + 100, 2), heartbeat])
+    assert chain.events(receipt) == [
+        recorded(supply_meter, BASELINE + 100, 2, 100),
+        transfer(ZERO_ADDRESS, seller, 100),
+        recorded(supply_meter, BASELINE + 100, 3, 0),
+    ]
+
+
+@pytest.mark.usefixtures("installed")
+def test_a_batch_item_with_a_malformed_signature_is_skipped(
+    chain: Chain, operator: str, seller: str, buyer: str, supply_meter: str
+):
+    second = chain.new_key("the buyer's supply meter")
+    install_meter(chain, operator, second, buyer, SUPPLY, SUPPLY_W, 0)
+    chain.advance(3_600)
+    high_s = forgeries(chain, supply_meter, BASELINE + 100, 2)["high s"]
+    receipt = report_batch(chain, [
+        (supply_meter, BASELINE + 100, 2, high_s),
+        signed(chain, second, 300, 2),
+    ])
+    assert chain.events(receipt) == [
+        registry_event(
+            "ReadingRejected", meter=supply_meter, sequence=2,
+            reason=error_selector(chain, "MeterSignatureInvalid"),
+        ),
+        recorded(second, 300, 2, 300),
+        transfer(ZERO_ADDRESS, buyer, 300),
+    ]
+    assert (tokens(chain, seller), tokens(chain, buyer)) == (0, 300)
 
 
 def error_selector(chain: Chain, name: str) -> bytes:

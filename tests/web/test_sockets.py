@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from eth_account import Account
 from flask import Flask
 from flask_socketio import SocketIOTestClient
 
@@ -256,3 +257,31 @@ def test_an_unreachable_chain_is_pushed_as_unavailable(make_app, world, tmp_path
     assert chain["available"] is False and "connection refused" in chain["message"]
     assert events.wait("wallet")["available"] is False
     assert events.wait("market")["available"] is False
+
+
+def test_a_block_recomputes_the_wallets_it_concerns_and_a_rotating_few(app, world, monkeypatch):
+    from dapp.web import live as live_module
+
+    monkeypatch.setattr(live_module, "ROTATION_BLOCKS", 3)  # one of three people a block
+    roles = ("consumer", "producer", "rival")
+    people = {role: connect(app, logged_in(app, world, role)) for role in roles}
+    hub = app.extensions["microgrid"].hub
+    hub.tick()  # greetings: everyone's full state
+    assert all(events.named("wallet") for events in people.values())
+    for events in people.values():
+        events.seen.clear()
+    stranger = Account.create().address
+    for _ in range(3):  # blocks without anything for these people: each is refreshed once
+        world.mine(world.client.send_ether(world.bank, stranger, 1))
+        hub.tick()
+    assert {role: len(people[role].named("wallet")) for role in roles} == dict.fromkeys(roles, 1)
+    for events in people.values():
+        events.seen.clear()
+    # Ether sent from this server: the sender's and the recipient's wallets move with the block.
+    client = app.extensions["microgrid"].client
+    tx_hash = client.send_ether(world.account("consumer"), world.address["rival"], 12_345)
+    world.mine(tx_hash)
+    hub.tick()
+    pushed = {role: people[role].named("wallet") for role in roles}
+    assert pushed["consumer"] and pushed["rival"]
+    assert sum(len(p) for p in pushed.values()) <= 3
