@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/gas.py
 	$(PY) -m bench.run $(if $(FULL),--full)
 	$(PY) -m bench.pages
+	$(PY) bench/simulate.py
 	MICROGRID_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/web/test_fuzz_api.py
 
 # Everything from a fresh clone to the app on http://localhost:3000 (Ctrl-C stops it all).

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "dapp.commands.bridge",
     "dapp.commands.serve",
     "dapp.commands.demo",
+    "dapp.commands.simulate",
 )
 
 

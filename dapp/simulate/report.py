@@ -95,6 +95,11 @@ class RunSeries:
     block_transactions: list[int] | None = None  # transactions in each block mined in the run
     trade_prices_wei_per_kwh: list[int] | None = None  # the price of every trade opened
     held_wei: int = 0  # Ether the market still holds at the end (escrow not settled or refunded)
+    # Per household account, from chain state: start/end balance, deposits, withdrawals, gas fees
+    # and `residual_wei` = start - deposited + withdrawn - fees - end (0 when Ether is conserved).
+    ether_accounts: list[dict] | None = None
+    operator_gas_used: int = 0  # gas of the accounts that carry readings and finalize auctions
+    extra: dict = field(default_factory=dict)  # run facts for report.json's "run" object
 
     @property
     def duration_s(self) -> float:
@@ -144,7 +149,8 @@ def kpis(run: RunSeries) -> dict:
     curtailed = sum(h.total("curtailed_wh") for h in houses)
     from_pv = max(0.0, consumed - sum(_borrowed_wh(h) for h in houses))
     days = run.duration_s / 86_400.0
-    gas = sum(h.total("gas_used") for h in houses)
+    household_gas = sum(h.total("gas_used") for h in houses)
+    gas = household_gas + run.operator_gas_used
     blocks = run.block_transactions
     per_household = []
     for h in houses:
@@ -186,6 +192,8 @@ def kpis(run: RunSeries) -> dict:
         "prices_wei_per_kwh": _price_stats(run),
         "chain": {
             "gas_used": int(gas),
+            "household_gas_used": int(household_gas),
+            "operator_gas_used": int(run.operator_gas_used),
             "gas_per_household_per_day": gas / len(houses) / days if houses and days else None,
             "transactions": int(sum(h.total("transactions") for h in houses)),
             "blocks": len(blocks) if blocks is not None else None,
@@ -221,6 +229,20 @@ def balance(run: RunSeries) -> dict:
     ether_out = int(sum(h.total("ether_out_wei") for h in houses))
     ether_in = int(sum(h.total("ether_in_wei") for h in houses))
     ether_residual = ether_out - ether_in - run.held_wei
+    accounts = run.ether_accounts
+    accounts_close = accounts is None or all(a["residual_wei"] == 0 for a in accounts)
+    ether = {
+        "sent_to_market_wei": ether_out, "returned_wei": ether_in,
+        "held_by_market_wei": run.held_wei, "residual_wei": ether_residual,
+        "equation": "sent to the market = returned + held by the market",
+        "closes": ether_residual == 0 and accounts_close,
+    }
+    if accounts is not None:
+        ether["accounts"] = accounts
+        ether["accounts_equation"] = ("per household: balance at start - deposits sent + "
+                                      "withdrawals - gas fees = balance at end")
+        ether["accounts_close"] = accounts_close
+        ether["gas_fees_wei"] = sum(a["gas_fees_wei"] for a in accounts)
     return {
         "energy": {
             "produced_kwh": _kwh(produced), "consumed_kwh": _kwh(consumed),
@@ -231,12 +253,7 @@ def balance(run: RunSeries) -> dict:
             "equation": "produced = consumed + stored + curtailed + losses",
             "closes": energy_closes,
         },
-        "ether": {
-            "sent_to_market_wei": ether_out, "returned_wei": ether_in,
-            "held_by_market_wei": run.held_wei, "residual_wei": ether_residual,
-            "equation": "sent to the market = returned + held by the market",
-            "closes": ether_residual == 0,
-        },
+        "ether": ether,
     }
 
 
@@ -255,6 +272,7 @@ def build_report(trading: RunSeries, baseline: RunSeries) -> dict:
         "trading": kpis(trading),
         "baseline": kpis(baseline),
         "balance": {**balances, "closes": closes, "statement": statement},
+        "run": trading.extra,
         "definitions": {
             "self_sufficiency": "(consumption - consumption met by the batteries' starting "
                                 "charge) / demand",
@@ -315,7 +333,8 @@ def _plots(out_dir: Path, trading: RunSeries, baseline: RunSeries) -> list[dict]
         plt.close(fig)
         made.append({"file": file, "title": title})
 
-    x = _hours(trading.households[0])[: min(len(h.intervals) for h in trading.households)]
+    count = min(len(h.intervals) for run in (trading, baseline) for h in run.households)
+    x = _hours(trading.households[0])[:count]
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
     for ax, run in zip(axes, (trading, baseline), strict=True):
         for name, label in (("generation_wh", "PV generation"), ("consumption_wh", "consumption"),
