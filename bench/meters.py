@@ -289,7 +289,6 @@ def run_bridge(world: BenchWorld, heads: HeadClock, count: int, *, cadence: floa
             tcp.stop()
     if process.returncode not in (0, None):
         raise RuntimeError("bridge process failed:\n" + log_path.read_text()[-3000:])
-    print(log_path.read_text(encoding="utf-8")[-1500:], flush=True)
     read_times = tcp.read_times if tcp else {
         address: {int(s): t for s, t in seqs.items()}
         for address, seqs in json.loads((work / "out.json").read_text()).items()}
