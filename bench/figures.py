@@ -1,4 +1,4 @@
-"""Print the README's "Figures" tables from bench/results/{live,finalize,throughput}.json.
+"""Print the README's "Figures" tables from bench/results/{live,finalize,throughput,meters}.json.
 
 `make bench` writes them into the README (`--readme`); tests/test_figures.py checks that the README
 quotes exactly what the result files hold.
@@ -27,6 +27,7 @@ def _ms(value: float | None) -> str:
 def figures() -> str:
     """The markdown of the live, finalize and throughput figures, with machine and date."""
     live, fin, thr = _load("live.json"), _load("finalize.json"), _load("throughput.json")
+    met = _load("meters.json")
     where = live["machine"]
     lines = [
         f"Measured {where['date']} on {where['cores']} cores ({where['cpu']}), Python "
@@ -61,9 +62,42 @@ def figures() -> str:
         f"Raw node limit: {thr['raw_tx_per_s']:,.0f} signed transfers a second "
         f"({thr['raw']['max_per_block']:,} in a full block); end-to-end readings a second: "
         + ("pending (the new meter bridge)." if thr["readings_per_s"] is None else
-           f"{thr['readings_per_s']:,.0f} ({thr['ratio']:.0%} of the raw rate)."),
+           f"{thr['readings_per_s']:,.0f} ({thr['ratio']:.0%} of the raw rate, same run; "
+           f"{thr['readings']['meters']:,} meters READ every second by one bridge)."),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _meters(met))
+
+
+def _meters(met: dict[str, Any]) -> list[str]:
+    """The meters table: one bridge process carrying N meters, and its memory per meter."""
+    lines = [
+        "",
+        f"One meter bridge process, a reading every {met['cadence_s']:g} s per meter "
+        f"({met['mode']}):",
+        "",
+        "| meters | driver | expected/s | accepted/s | backlog p50 | backlog p95 | CPU | "
+        "memory | threads |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in met["runs"]:
+        driver = "TCP emulator" if run["driver"].startswith("emulator") else "in-process"
+        lines.append(
+            f"| {run['meters']:,} | {driver} | {run['expected_per_s']:g} | "
+            f"{run['accepted_per_s']:g} | {_s(run['backlog_p50_s'])} | "
+            f"{_s(run['backlog_p95_s'])} | {run['cpu_pct']:g} % | {run['rss_mb']:g} MB | "
+            f"{run['threads']} |")
+    tcp = [r for r in met["runs"] if r["driver"].startswith("emulator")]
+    if len(tcp) > 1 and tcp[-1]["meters"] > tcp[0]["meters"]:
+        per_meter = ((tcp[-1]["rss_mb"] - tcp[0]["rss_mb"]) * 1024
+                     / (tcp[-1]["meters"] - tcp[0]["meters"]))
+        lines += ["", f"Bridge memory per meter: about {per_meter:,.0f} KB (resident memory "
+                  f"from {tcp[0]['meters']} to {tcp[-1]['meters']} meters on TCP lines); the "
+                  f"thread count does not grow with the meters (a fixed pool)."]
+    return lines
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
 
 
 def write_readme(path: Path = README) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import figures, finalize, live, throughput
+from bench import figures, finalize, live, meters, throughput
 
 
 def main() -> int:
@@ -18,7 +18,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="full sizes (takes longer)")
     full = parser.parse_args().full
     started = time.monotonic()
-    for bench in (throughput, finalize, live):
+    for bench in (throughput, finalize, live, meters):
         bench.main(full)
     figures.write_readme()
     print(f"bench: done in {time.monotonic() - started:.0f} s (results in bench/results/)")

@@ -27,13 +27,16 @@ from typing import Any
 import requests
 import socketio
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect as ws_connect
 
+from dapp.bridge import SignedReading
 from dapp.chain.anvil import ManagedAnvil
 from dapp.chain.client import ChainClient
 from dapp.chain.deploy import MarketParameters
 from dapp.chain.transports import rpc
 from dapp.wallet.keystore import Keystore
+from hardware.signing import sign_reading
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,7 +168,8 @@ class BenchWorld:
     """A managed anvil with the contracts, a keystore of users, a seller with tokens."""
 
     def __init__(self, *, block_time: float = 1.0, users: int = 1,
-                 params: MarketParameters | None = None, tokens_wh: int = 50_000) -> None:
+                 params: MarketParameters | None = None, tokens_wh: int = 50_000,
+                 load_meters: bool = True) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="microgrid-bench-")
         self.root = Path(self._tmp.name)
         self.data_dir = self.root / "server"
@@ -192,22 +196,39 @@ class BenchWorld:
         self.passphrase_file = self.root / "passphrase"
         self.passphrase_file.write_text(PASSPHRASE + "\n", encoding="utf-8")
         if tokens_wh:
-            self.mint(self.seller.address, tokens_wh)
+            self.mint(self.seller, tokens_wh)
+        if load_meters:  # bidding needs an accepted load meter
+            for bidder in self.bidders:
+                self.give_meter(bidder, Account.create().address, "load")
 
     def fund(self, address: str, wei: int) -> None:
         """Set an account's Ether (anvil_setBalance)."""
         self.client.fund_dev_account(address, wei)
 
-    def mint(self, owner: str, wh: int) -> None:
-        """Give `owner` `wh` tokens through a registered supply meter's readings."""
+    def give_meter(self, owner: LocalAccount, meter: str, kind: str,
+                   rated_w: int = RATED_W) -> None:
+        """The operator offers meter `meter` to `owner`, who accepts it."""
+        self.client.wait(self.client.offer_meter(self.operator, meter, owner.address, kind,
+                                                 rated_w))
+        self.client.wait(self.client.accept_meter(owner, meter))
+
+    def mint(self, owner: LocalAccount, wh: int) -> None:
+        """Give `owner` `wh` tokens through the signed readings of a supply meter of theirs."""
         meter = Account.create()
-        self.fund(meter.address, 10 * ETHER)
-        self.client.wait(self.client.register_meter(self.operator, meter.address, owner,
-                                                    "supply", RATED_W))
-        self.client.wait(self.client.report(meter, 1_000, owner))
+        self.give_meter(owner, meter.address, "supply")
+        domain = self.client.reading_domain()
+
+        def report(energy_wh: int, sequence: int) -> None:
+            signature = sign_reading(meter.key, domain, energy_wh, sequence)
+            signed = SignedReading(meter.address, energy_wh, sequence, signature)
+            outcome = self.client.reading_outcomes(
+                self.client.submit_readings(self.operator, [signed]))
+            assert outcome[(meter.address, sequence)].accepted, outcome
+
+        report(1_000, 1)
         hours = -(-wh // RATED_W) + 1
         rpc(self.client._w3, "evm_increaseTime", [hours * 3600])  # noqa: SLF001
-        self.client.wait(self.client.report(meter, 1_000 + wh, owner))
+        report(1_000 + wh, 2)
 
     def chain_time(self) -> int:
         """The latest block's timestamp."""
@@ -223,7 +244,7 @@ class Server:
     """`microgrid serve` as a child process over a bench world."""
 
     def __init__(self, world: BenchWorld, *, finalizer: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "dapp.cli", "--data-dir", str(world.data_dir), "serve",
@@ -232,6 +253,7 @@ class Server:
         if finalizer:
             cmd += ["--finalizer", world.finalizer,
                     "--finalizer-passphrase-file", str(world.passphrase_file)]
+        cmd += args or []
         environment = {**os.environ, "PYTHONUNBUFFERED": "1",
                        "MICROGRID_SECRET_KEY": "bench-only-secret",
                        "MICROGRID_LOGIN_LIMIT_PER_ACCOUNT": "100000",

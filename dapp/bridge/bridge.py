@@ -75,7 +75,7 @@ class MeterBridge:
         halt_after: float = 10.0,
         head_interval: float = 0.5,
         batch_interval: float = 0.5,
-        max_batch: int = 200,
+        max_batch: int = 99,  # 100k + 300k gas each: 99 fit a 30M-gas block, 200 never do
     ) -> None:
         meters = list(meters)
         if poll_interval <= 0 or read_timeout <= 0:
