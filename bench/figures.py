@@ -87,11 +87,13 @@ def _meters(met: dict[str, Any]) -> list[str]:
             f"{_s(run['backlog_p95_s'])} | {run['cpu_pct']:g} % | {run['rss_mb']:g} MB | "
             f"{run['threads']} |")
     tcp = [r for r in met["runs"] if r["driver"].startswith("emulator")]
+    if len(tcp) < 2:
+        tcp = met["runs"]  # across drivers: the bridge's own state per meter
     if len(tcp) > 1 and tcp[-1]["meters"] > tcp[0]["meters"]:
         per_meter = ((tcp[-1]["rss_mb"] - tcp[0]["rss_mb"]) * 1024
                      / (tcp[-1]["meters"] - tcp[0]["meters"]))
         lines += ["", f"Bridge memory per meter: about {per_meter:,.0f} KB (resident memory "
-                  f"from {tcp[0]['meters']} to {tcp[-1]['meters']} meters on TCP lines); the "
+                  f"from {tcp[0]['meters']:,} to {tcp[-1]['meters']:,} meters); the "
                   f"thread count does not grow with the meters (a fixed pool)."]
     return lines
 

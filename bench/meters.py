@@ -5,8 +5,8 @@ ten meters) and the owners accept them, all sent at once so that many go in each
 one bridge process (`python -m bench.meters --bridge CONFIG`, so its CPU, memory and threads
 are its own) serves every meter with its fixed pool and forwards their readings from one
 submitter account. Each meter is READ every `CADENCE_S` seconds and each sane reading goes to
-the chain (`submit_interval` = the same), so the expected rate is N / CADENCE_S readings a
-second.
+the chain (`submit_interval` = the same less one submitter pass), so the expected rate is
+N / CADENCE_S readings a second.
 
 Meters: up to `TCP_MAX` meters are emulated meters (hardware/emulator.py) speaking the real
 serial protocol over TCP, served from this process; above that, a lighter in-process driver
@@ -48,6 +48,11 @@ from bench.world import (
 )
 
 CADENCE_S = 10.0
+# The submitter's pass interval (MeterBridge batch_interval): `submit_interval` is the READ
+# period less one pass, so each READ goes at the first pass after it. Equal to the READ period,
+# a reading would wait for the first pass past the 10 s mark and the next READ a little
+# longer each time: the forwarding moment drifts through the whole period.
+PASS_S = 0.5
 TCP_MAX = 300
 METERS_PER_OWNER = 10
 SCHEME = "benchmeter"
@@ -150,7 +155,8 @@ def bridge_process(config_path: str) -> int:
         meters.append(BridgeMeter(url, light.address))
     meters += [BridgeMeter(url) for url in config.get("urls", [])]
     bridge = MeterBridge(chain, meters, submitter=Account.from_key(config["submitter"]),
-                         poll_interval=config["cadence"], submit_interval=config["cadence"],
+                         poll_interval=config["cadence"],
+                         submit_interval=max(0.0, config["cadence"] - PASS_S),
                          **config.get("bridge", {}))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -340,6 +346,7 @@ def main(full: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "block_time_s": world.block_time,
         "cadence_s": CADENCE_S,
+        "submit_interval_s": CADENCE_S - PASS_S,
         "drivers": (f"up to {TCP_MAX} meters: emulated meters (hardware/emulator.py) over TCP, "
                     "the real serial protocol, served by the bench process; above: an "
                     "in-process driver (benchmeter://) in the bridge process that signs each "
