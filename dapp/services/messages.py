@@ -451,6 +451,10 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
         f"{format_duration(_arg(a, 2))} is more than the meter's rating allows "
         f"({_kwh(_arg(a, 1))})."
     ),
+    "MeterBatchMalformed": lambda a: (
+        f"That batch of readings is malformed ({_arg(a, 0)} bytes is not a whole number of "
+        "readings); nothing in it was recorded."
+    ),
     # EIP-712 domain strings (only the registry's constructor can raise these)
     "InvalidShortString": lambda a: "The registry's signing domain is malformed.",
     "StringTooLong": lambda a: "The registry's signing domain is malformed.",

@@ -402,13 +402,18 @@ def test_the_running_app_lets_the_agent_act_on_each_new_block(make_app, world):
 
 
 def test_without_a_load_meter_the_agent_says_it_cannot_bid(fresh, tmp_path):
+    from eth_account import Account
+
     agents = service(fresh, tmp_path)
-    me = fresh.address["rival"]  # no load meter offered to it
+    newcomer = Account.create()  # funded, but no load meter was ever offered to it
+    fresh.mine(fresh.client.send_ether(fresh.bank, newcomer.address, 10**18))
+    me = newcomer.address
     lot_id = list_lot(fresh, 1_000, MILLI)
-    agents.configure(fresh.account("rival"), True, **GOOD)
-    before = nonce(fresh, "rival")
+    agents.configure(newcomer, True, **GOOD)
+    before = fresh.w3.eth.get_transaction_count(me, "pending")
     entries = run(agents, fresh, me)
-    assert nonce(fresh, "rival") == before and fresh.client.lot(lot_id).buyer is None
+    assert fresh.w3.eth.get_transaction_count(me, "pending") == before
+    assert fresh.client.lot(lot_id).buyer is None
     assert [e["text"] for e in entries if e["kind"] == "note"][0].startswith(
         "did not bid: only accounts with an accepted load meter may bid")
 

@@ -61,9 +61,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Live
     world.reading_at = world.now()  # the reading's block is the latest one
     world.chain.empty_blocks = True
     world.chain.start_mining(1.0)
-    bridge = SteadyMeters(world.address["producer"], world.supply_meter.address)
-    app = create_app(app_config(world, START_BACKGROUND=True, BRIDGE=bridge,
+    producer = world.address["producer"]
+    bridge = SteadyMeters(producer, world.supply_meters[producer].address)
+    app = create_app(app_config(world, START_BACKGROUND=True,
                                 LIVE_INTERVAL=0.25, LISTENER_INTERVAL=0.25))
+    app.extensions["microgrid"].attach_bridge(bridge)
     server = LiveServer(app).start()
     yield world, server
     server.stop()
