@@ -154,7 +154,11 @@ def world(tmp_path) -> Iterator[dict]:
                                  ("load_meter", "load", "consumer")):
             # The meter's EEPROM: a key file of its own, in neither household's data directory.
             eeprom = MeterState.in_directory(tmp_path / "meters", f"e2e-{kind}")
-            emulated = EmulatedMeter(kind, grid, meter_id=f"e2e-{kind}", state=eeprom)
+            # Rated 1.5x its peak: the story stops mining for a while, and the registry judges
+            # the energy of that pause against the chain time of the blocks that follow it.
+            peak = 1000 if kind == "supply" else 400
+            emulated = EmulatedMeter(kind, grid, meter_id=f"e2e-{kind}", state=eeprom,
+                                     rated_power_w=1.5 * peak)
             who[key] = emulated.address
             offer_meter(producer_dir, node.url, who["operator"], emulated.address, who[owner],
                         kind, emulated.identity.rated_power_w, pw)
