@@ -63,20 +63,9 @@ def simulate(community: Community, seconds: float, interval_s: float = DEFAULT_I
         for name, house in community.households.items():
             now, then = house.counters, before[name]
             paid, received = money[name]
-            series[name].intervals.append(Interval(
-                t_s=t,
-                generation_wh=now.generation_wh - then.generation_wh,
-                demand_wh=now.demand_wh - then.demand_wh,
-                consumption_wh=now.consumed_wh - then.consumed_wh,
-                unmet_wh=now.unmet_wh - then.unmet_wh,
-                curtailed_wh=now.curtailed_wh - then.curtailed_wh,
-                losses_wh=now.losses_wh - then.losses_wh,
-                imported_wh=now.imported_wh - then.imported_wh,
-                exported_wh=now.exported_wh - then.exported_wh,
-                stored_wh=now.stored_wh,
-                soc=house.battery.soc,
-                paid_wei=paid, ether_out_wei=paid, ether_in_wei=received,
-            ))
+            series[name].intervals.append(Interval.between(
+                t, now, then, house.battery.soc,
+                paid_wei=paid, ether_out_wei=paid, ether_in_wei=received))
         if on_interval is not None:
             on_interval(step + 1, steps)
     return RunSeries(label=label, interval_s=interval_s, households=list(series.values()))

@@ -552,17 +552,8 @@ class ChainSimulation:
             address = self.households[name].account.address
             money = flows.get(address, {})
             gas, txs = self.gas_interval.pop(name, [0, 0])
-            self.series[name].intervals.append(Interval(
-                t_s=self.time_s,
-                generation_wh=now.generation_wh - then.generation_wh,
-                demand_wh=now.demand_wh - then.demand_wh,
-                consumption_wh=now.consumed_wh - then.consumed_wh,
-                unmet_wh=now.unmet_wh - then.unmet_wh,
-                curtailed_wh=now.curtailed_wh - then.curtailed_wh,
-                losses_wh=now.losses_wh - then.losses_wh,
-                imported_wh=now.imported_wh - then.imported_wh,
-                exported_wh=now.exported_wh - then.exported_wh,
-                stored_wh=now.stored_wh, soc=household.battery.soc,
+            self.series[name].intervals.append(Interval.between(
+                self.time_s, now, then, household.battery.soc,
                 paid_wei=money.get("paid_wei", 0),
                 ether_out_wei=money.get("deposited_wei", 0),
                 ether_in_wei=money.get("withdrawn_wei", 0),

@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 WH_PER_KWH = 1000.0
 WEI_PER_ETHER = 10**18
@@ -62,6 +63,25 @@ class Interval:
     ether_in_wei: int = 0  # received from the market (seller credit, refunds)
     gas_used: int = 0  # gas of this household's transactions mined during the interval
     transactions: int = 0  # this household's transactions mined during the interval
+
+    @classmethod
+    def between(cls, t_s: float, now: Any, then: Any, soc: float, **money: int) -> Interval:
+        """The interval ending at `t_s` from a household's counters `then` and `now`
+        (hardware.community.Counters); `money` sets the Ether and gas fields."""
+        return cls(
+            t_s=t_s,
+            generation_wh=now.generation_wh - then.generation_wh,
+            demand_wh=now.demand_wh - then.demand_wh,
+            consumption_wh=now.consumed_wh - then.consumed_wh,
+            unmet_wh=now.unmet_wh - then.unmet_wh,
+            curtailed_wh=now.curtailed_wh - then.curtailed_wh,
+            losses_wh=now.losses_wh - then.losses_wh,
+            imported_wh=now.imported_wh - then.imported_wh,
+            exported_wh=now.exported_wh - then.exported_wh,
+            stored_wh=now.stored_wh,
+            soc=soc,
+            **money,
+        )
 
 
 @dataclass
