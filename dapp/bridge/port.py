@@ -285,7 +285,13 @@ class MeterPort:
                  identity.watchdog_s)
         self.check_registry()
         if self.connected_once:
-            # Trades may have opened or closed while the line was down: ask the chain again.
+            # Trades may have opened or closed while the line was down: read this owner's again
+            # before the relay is commanded (and all of them soon, in the sync thread).
+            if self.owner is not None:
+                try:
+                    self.bridge.trades.refresh(self.owner)
+                except ChainError as exc:
+                    log.warning("%s: cannot read the trades again yet (%s)", self.name, exc)
             self.bridge.request_resync()
         self.connected_once = True
         with self._lock:
