@@ -87,7 +87,6 @@ class Outbox:
         self._compact_after = compact_after
         self._lock = threading.Lock()
         self._entries: dict[str, OutboxEntry] = {}
-        self._journal: Any = None
         self._lines = 0
         if path is not None and path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -136,14 +135,15 @@ class Outbox:
     def _append(self, record: dict[str, Any], *, sync: bool) -> None:
         if self._journal_path is None:
             return
-        if self._journal is None:
-            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._journal = os.fdopen(fd, "a", encoding="utf-8")
-        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._journal.flush()
-        if sync:
-            os.fsync(self._journal.fileno())
+        self._journal_path.parent.mkdir(parents=True, exist_ok=True)
+        # Opened per record (a few microseconds): nothing stays open when the sender is dropped.
+        fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         self._lines += 1
         if self._lines > len(self._entries) + self._compact_after:
             self._compact()
@@ -153,9 +153,6 @@ class Outbox:
             return
         payload = {"transactions": [asdict(e) for e in self._entries.values()]}
         atomic.write_json(self._path, payload, indent=1)
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
         with open(self._journal_path, "w", encoding="utf-8") as handle:
             handle.flush()
             os.fsync(handle.fileno())
@@ -317,6 +314,26 @@ class TxSender:
     def _forget(self, tx_hash: str) -> None:
         self._unsigned.pop(tx_hash, None)
         self._underpriced_since.pop(tx_hash, None)
+
+    def forget_mined(self) -> list[OutboxEntry]:
+        """Take the transactions that have a receipt off the outbox; returns them.
+
+        Transactions sent without waiting (a page's bid, the finalizer's) would otherwise stay
+        in the outbox until the next start, and their accounts would look busy on every block.
+        """
+        gone: list[OutboxEntry] = []
+        for entry in self.outbox.entries():
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(entry.hash)
+            except (TransactionNotFound, Web3Exception):
+                continue
+            except (OSError, ValueError):  # the node is away: look again next block
+                break
+            if receipt is not None and receipt.get("blockNumber") is not None:
+                self.outbox.remove(entry.hash)
+                self._forget(entry.hash)
+                gone.append(entry)
+        return gone
 
     def reprice_stuck(self, after_blocks: int = REPRICE_AFTER_BLOCKS) -> list[tuple[str, str]]:
         """Re-sign, same nonce and higher fees, transactions underpriced for `after_blocks` blocks.

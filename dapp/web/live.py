@@ -32,6 +32,7 @@ from flask_socketio import SocketIO
 
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
+from dapp.chain.tx import OutboxEntry
 from dapp.errors import ChainError, ContractReverted
 from dapp.services import messages
 from dapp.services.market import MarketService
@@ -48,6 +49,17 @@ ROTATION_BLOCKS = 30  # every connected wallet is recomputed at least once in th
 def user_room(address: str) -> str:
     """The Socket.IO room of one account."""
     return f"user:{address.lower()}"
+
+
+def _accounts_of(entries: list[OutboxEntry]) -> set[str]:
+    """The accounts outbox transactions move: sender, recipient and the ones they concern."""
+    found: set[str] = set()
+    for entry in entries:
+        found.add(entry.sender)
+        found.update(entry.concerns)
+        if entry.to:
+            found.add(entry.to)
+    return found
 
 
 class LiveHub:
@@ -244,16 +256,17 @@ class LiveHub:
 
     def _block_concerns(self) -> set[str]:
         """Accounts whose wallet a new block may have changed without a contract event."""
-        in_flight: set[str] = set()
-        for entry in self.client.sender.outbox.entries():
-            in_flight.add(entry.sender)
-            in_flight.update(entry.concerns)
-            if entry.to:
-                in_flight.add(entry.to)
+        try:
+            mined = self.client.sender.forget_mined()
+        except ChainError as exc:
+            log.debug("live: outbox not checked: %s", exc)
+            mined = []
+        in_flight = _accounts_of(self.client.sender.outbox.entries())
         with self._lock:
             watched = {address for address, _, _ in self._watched.values()}
-        # Last block's too: the block that mines a transaction takes it off the outbox.
-        concerned = in_flight | self._in_flight | watched | self._showing_pending
+        # Last block's too, and what this block mined: their wallets changed with it.
+        concerned = (in_flight | _accounts_of(mined) | self._in_flight | watched
+                     | self._showing_pending)
         self._in_flight = in_flight
         return concerned | self._rotate()
 

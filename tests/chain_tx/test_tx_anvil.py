@@ -61,6 +61,27 @@ def test_stopped_mining_keeps_a_transfer_pending_until_started(anvil_factory, tm
     assert w3.eth.get_balance(bob) == 5
 
 
+def test_a_transaction_sent_without_waiting_leaves_the_outbox_once_mined(anvil_factory, tmp_path):
+    node = anvil_factory(block_time=None)
+    node.start()
+    w3 = connect(node.url)
+    mining = MiningControl(w3, detect(w3))
+    alice, bob = fund(w3), Account.create().address
+    sender = TxSender(w3, tmp_path / "outbox.json")
+
+    mining.stop_mining()
+    tx_hash = sender.send(alice, {"to": bob, "value": 7}, "send Ether")
+    assert sender.forget_mined() == []  # still in the pool: it stays
+    assert [e.hash for e in sender.outbox.entries()] == [tx_hash]
+
+    mining.start_mining(1)
+    wait_for(lambda: w3.eth.get_balance(bob) == 7, timeout=10)
+    gone = sender.forget_mined()
+    assert [(e.hash, e.sender, e.to) for e in gone] == [(tx_hash, alice.address, bob)]
+    assert sender.outbox.entries() == []
+    assert TxSender(w3, tmp_path / "outbox.json").outbox.entries() == []  # also on disk
+
+
 def test_twenty_concurrent_sends_from_one_account_are_all_mined(anvil_factory, tmp_path):
     node = anvil_factory(block_time=1)
     node.start()
