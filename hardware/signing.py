@@ -9,6 +9,7 @@ the signer of a reading (the bridge, the tests). The firmware builds the same by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from eth_account import Account
 from eth_keys import keys
@@ -45,11 +46,15 @@ class Domain:
             raise ValueError(f"chain id out of range: {self.chain_id}")
         object.__setattr__(self, "registry", to_checksum_address(self.registry))
 
-    def separator(self) -> bytes:
-        """The 32-byte EIP-712 domain separator."""
+    @cached_property
+    def _separator(self) -> bytes:
         return keccak(DOMAIN_TYPEHASH + keccak(DOMAIN_NAME.encode())
                       + keccak(DOMAIN_VERSION.encode()) + self.chain_id.to_bytes(32, "big")
                       + _word(to_canonical_address(self.registry)))
+
+    def separator(self) -> bytes:
+        """The 32-byte EIP-712 domain separator (computed once per domain)."""
+        return self._separator
 
     def typed_data(self) -> dict:
         """The domain as eth-account's `encode_typed_data(domain_data=...)` takes it."""
@@ -86,8 +91,9 @@ def meter_address(private_key: bytes) -> str:
 
 def sign_reading(private_key: bytes, domain: Domain, energy_wh: int, sequence: int) -> bytes:
     """The 65-byte signature r || s || v (v 27/28, low s, RFC 6979) of a reading by this key."""
-    digest = reading_digest(domain, meter_address(private_key), energy_wh, sequence)
-    signature = keys.PrivateKey(private_key).sign_msg_hash(digest)
+    key = keys.PrivateKey(private_key)
+    digest = reading_digest(domain, key.public_key.to_checksum_address(), energy_wh, sequence)
+    signature = key.sign_msg_hash(digest)
     return signature.to_bytes()[:64] + bytes([signature.v + 27])
 
 

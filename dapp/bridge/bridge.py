@@ -42,12 +42,16 @@ from dapp.bridge.submitter import ReadingSubmitter
 from dapp.bridge.trades import TradeBook
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
+from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
 from hardware.signing import Domain, recover_signer
 
 log = logging.getLogger(__name__)
 
 RESYNC_MIN_INTERVAL_S = 2.0  # at most one re-read of the open trades this often on request
+# Readings per reportBatch at most: 101 bytes each, so a full batch (~100 KB) stays under the
+# 128 KB a geth node takes as one transaction; gas is fitted per batch (ReadingSubmitter).
+MAX_BATCH = 1_000
 REGISTRY_EVENTS = ("MeterOffered", "MeterAccepted", "MeterDeclined", "MeterDeactivated")
 
 
@@ -75,7 +79,8 @@ class MeterBridge:
         halt_after: float = 10.0,
         head_interval: float = 0.5,
         batch_interval: float = 0.5,
-        max_batch: int = 99,  # 100k + 300k gas each: 99 fit a 30M-gas block, 200 never do
+        max_batch: int = MAX_BATCH,
+        heads: HeadFeed | None = None,
     ) -> None:
         meters = list(meters)
         if poll_interval <= 0 or read_timeout <= 0:
@@ -99,6 +104,7 @@ class MeterBridge:
         self.clock = clock
         self.on_change = on_change
         self.head_interval = head_interval
+        self.heads = heads  # the process's new-heads feed: chain time read on each block
         self.trades = TradeBook(chain, owners=self._owners, on_change=self._relays_changed,
                                 halt_after=halt_after, clock=clock)
         self.ports = [MeterPort(self, m) for m in meters]
@@ -293,12 +299,22 @@ class MeterBridge:
         """Read the chain's head every `head_interval`: chain time for the stall rule, and a
         halted chain (no new block for `halt_after` seconds, or no node) opens every relay."""
         was_halted = False
-        while not self._stopping.wait(self.head_interval):
+        last = -1
+        while True:
+            if self.heads is not None:  # at the block's arrival, or after head_interval
+                self.heads.wait(last, self.head_interval, self._stopping)
+                if self._stopping.is_set():
+                    return
+            elif self._stopping.wait(self.head_interval):
+                return
             try:
                 number, timestamp = self.chain.head()
             except ChainError:
-                pass  # no node is a halted chain too: the book says so after `halt_after`
+                # No node is a halted chain too: the book says so after `halt_after`.
+                if self.heads is not None and self._stopping.wait(self.head_interval):
+                    return
             else:
+                last = number
                 self.trades.on_head(number, timestamp)
             halted = self.trades.halted()
             if halted and not was_halted:

@@ -401,6 +401,8 @@ class MeterPort:
                 with self._lock:
                     self.identity = identity
             self.check_registry()
+        # A relay the chain now wants otherwise goes first: a woken pass must not wait for a READ.
+        self._apply_relay(driver)
         if now >= self.next_read:
             self.next_read = now + self.bridge.poll_interval
             try:

@@ -48,6 +48,7 @@ class ReadingSubmitter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next = 0  # where the next pass starts on the ports' list
 
     def start(self) -> None:
         """Start the sending thread (without an account, readings are only shown)."""
@@ -95,7 +96,11 @@ class ReadingSubmitter:
         """Forward every reading that is due, in batches; the number sent."""
         now = self.clock()
         batch: list[tuple[MeterPort, SignedReading]] = []
-        for port in self.ports():
+        ports = list(self.ports())
+        # In turn from where the last pass stopped: when a block cannot carry every meter's
+        # reading, the first meters on the list must not be the only ones that get through.
+        start = self._next % len(ports) if ports else 0
+        for port in ports[start:] + ports[:start]:
             signed = port.take_outgoing(now)
             if signed is not None:
                 batch.append((port, signed))
@@ -103,19 +108,45 @@ class ReadingSubmitter:
                 break
         if not batch:
             return 0
+        sent = self._forward(batch)
+        last = batch[sent - 1][0] if sent else None
+        if last is not None:
+            self._next = ports.index(last) + 1
+        return sent
+
+    def _fitting(self, batch: list[tuple[MeterPort, SignedReading]]
+                 ) -> tuple[list[tuple[MeterPort, SignedReading]], int | None]:
+        """The longest head of `batch` whose gas fits a block, and that gas; the rest is put
+        back (it goes in the next pass)."""
+        assert self.account is not None
+        limit = self.chain.block_gas_limit()
+        while True:
+            readings = [signed for _, signed in batch]
+            gas = self.chain.readings_gas(self.account.address, readings)
+            if gas <= limit or len(batch) == 1:
+                return batch, (gas if len(batch) > 1 else None)
+            keep = max(1, min(len(batch) - 1, len(batch) * limit * 9 // (gas * 10)))
+            for port, signed in batch[keep:]:
+                port.unsent(signed)
+            batch = batch[:keep]
+
+    def _forward(self, batch: list[tuple[MeterPort, SignedReading]]) -> int:
+        """Send what fits a block, wait for its receipt, settle each reading; the number sent.
+        On any failure, the readings are put back for the next pass."""
         try:
-            self._forward(batch)
+            batch, gas = self._fitting(batch)
+            self._send(batch, gas)
         except BaseException:
             for port, signed in batch:
                 port.unsent(signed)
             raise
         return len(batch)
 
-    def _forward(self, batch: list[tuple[MeterPort, SignedReading]]) -> None:
+    def _send(self, batch: list[tuple[MeterPort, SignedReading]], gas: int | None) -> None:
         assert self.account is not None
         readings = [signed for _, signed in batch]
         try:
-            tx_hash = self.chain.submit_readings(self.account, readings)
+            tx_hash = self.chain.submit_readings(self.account, readings, gas=gas)
         except ContractReverted as exc:  # a single reading refused in the pre-flight
             port, signed = batch[0]
             port.settled(signed, ReadingOutcome(signed.meter, signed.sequence, False,

@@ -38,23 +38,25 @@ def cmd_meter_emulator(args: argparse.Namespace) -> int:
     setup_logging()
     transport, port = ("pty", 0) if args.pty else ("tcp", args.tcp)
     server = MeterServer(meter, transport=transport, host=args.host, port=port)
-    url = server.start()
-    ident = meter.identity
-    print(f"{ident.kind} meter {ident.meter_id} {meter.address} on {url} (rated "
-          f"{ident.rated_power_w} W, watchdog {ident.watchdog_s} s, acceleration "
-          f"{args.acceleration:g}x)", flush=True)
-    if not args.key_file:
-        print("warning: no --key-file: the meter's key lives in memory only; a restart makes a "
-              "new meter, which the grid operator must offer again", file=sys.stderr)
-    if ident.rated_power_w > MAX_RATED_POWER_W:
-        print(f"warning: rated power x acceleration = {ident.rated_power_w} W exceeds the "
-              f"registry's {MAX_RATED_POWER_W} W; lower --acceleration or the powers",
-              file=sys.stderr)
-    try:
-        with stop_on_signal() as stop:
+    # The handler first: whoever waits for the banner may interrupt right after it.
+    with stop_on_signal() as stop:
+        try:
+            url = server.start()
+            ident = meter.identity
+            print(f"{ident.kind} meter {ident.meter_id} {meter.address} on {url} (rated "
+                  f"{ident.rated_power_w} W, watchdog {ident.watchdog_s} s, acceleration "
+                  f"{args.acceleration:g}x)", flush=True)
+            if not args.key_file:
+                print("warning: no --key-file: the meter's key lives in memory only; a restart "
+                      "makes a new meter, which the grid operator must offer again",
+                      file=sys.stderr)
+            if ident.rated_power_w > MAX_RATED_POWER_W:
+                print(f"warning: rated power x acceleration = {ident.rated_power_w} W exceeds "
+                      f"the registry's {MAX_RATED_POWER_W} W; lower --acceleration or the powers",
+                      file=sys.stderr)
             stop.wait()  # serve until Ctrl-C or SIGTERM
-    finally:
-        server.stop()
+        finally:
+            server.stop()
     return 0
 
 

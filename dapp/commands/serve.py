@@ -125,7 +125,8 @@ def _bridge(args: argparse.Namespace, ext: AppState) -> Any:
         passphrase = read_passphrase(args.submitter_passphrase_file,
                                      f"Passphrase of {args.submitter}: ")
         submitter = ext.keystore.unlock(args.submitter, passphrase)
-    bridge = MeterBridge(ext.client, meters, submitter=submitter, on_change=ext.meter_changed)
+    bridge = MeterBridge(ext.client, meters, submitter=submitter, on_change=ext.meter_changed,
+                         heads=ext.heads)
     ext.attach_bridge(bridge)
     for meter in meters:
         print(f"bridging the meter on {meter.url}", flush=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.support import SigningMeter
+from dapp.bridge import BridgeMeter
+from dapp.chain.client import BATCH_BASE_GAS, BATCH_ITEM_GAS, BATCH_MARGIN_GAS, LotStatus
+from tests.support import SigningMeter, wait_for
 
 
 def test_a_packed_batch_records_good_readings_and_skips_bad_ones(world):
@@ -27,3 +29,106 @@ def test_a_packed_batch_records_good_readings_and_skips_bad_ones(world):
         (True, None), (False, "MeterSignatureInvalid"), (False, "MeterSignatureInvalid"),
     ]
     assert [client.meter(m.address).sequence for m in meters] == [2, 1, 1]
+
+
+def test_a_batch_estimated_before_trades_opened_still_settles_them_all(world):
+    """The gas of a batch is its estimate on the latest block plus a margin: a load reading in
+    it that, by the time it is mined, walks four trades that opened since (and closes them)
+    still fits, and the batch costs a fraction of the worst-case bound per item."""
+    client = world.client
+    seller, buyer = world.accounts(2)
+    world.mint(seller, 1_000)
+    load = SigningMeter("load")
+    load.offer_to(client, world.operator, buyer)
+    supplies = [SigningMeter() for _ in range(20)]
+    for meter in supplies:
+        meter.offer_to(client, world.operator, seller)
+    domain = client.reading_domain()
+    baselines = [load.sign(domain, 10)] + [m.sign(domain, 100) for m in supplies]
+    outcomes = client.reading_outcomes(client.submit_readings(world.operator, baselines))
+    assert all(outcomes[(r.meter, r.sequence)].accepted for r in baselines)
+
+    # 500 Wh drawn: signed and estimated now, while the buyer has no trade.
+    batch = [load.sign(domain, 510)] + [m.sign(domain, 101) for m in supplies]
+    gas = client.readings_gas(world.operator.address, batch)
+    assert gas < BATCH_BASE_GAS + BATCH_ITEM_GAS * len(batch) // 4
+    trades = [world.trade(seller, buyer, 100) for _ in range(5)]
+    tx = client.submit_readings(world.operator, batch, gas=gas)
+    outcomes = client.reading_outcomes(tx)
+    assert all(outcomes[(r.meter, r.sequence)].accepted for r in batch)
+    assert [client.lot(t).status for t in trades] == [LotStatus.CLOSED] * 4 + [LotStatus.OPEN]
+    assert client.lot(trades[4]).delivered_wh == 0
+    assert client.carried_of(buyer.address) == 100  # beyond the walk: billed next reading
+    assert client.token_balance(seller.address) == 1_000 - 500 + 20  # the supply Wh minted
+
+
+def test_the_margin_covers_three_walks_of_four_trades_the_estimate_did_not_see(world):
+    """BATCH_MARGIN_GAS is sized by measurement: what a load reading that completes four
+    trades costs more than the same reading with no trade, three times over."""
+    client = world.client
+    seller, buyer = world.accounts(2)
+    world.mint(seller, 1_000)
+    load = SigningMeter("load")
+    load.offer_to(client, world.operator, buyer)
+    helper = SigningMeter()
+    helper.offer_to(client, world.operator, seller)
+    domain = client.reading_domain()
+    client.reading_outcomes(client.submit_readings(
+        world.operator, [load.sign(domain, 10), helper.sign(domain, 10)]))
+
+    def used(readings: list) -> int:
+        tx = client.submit_readings(world.operator, readings)
+        client.reading_outcomes(tx)
+        return client.wait(tx)["gasUsed"]
+
+    world.advance(60)
+    quiet = used([load.sign(domain, 410), helper.sign(domain)])
+    for _ in range(4):
+        world.trade(seller, buyer, 100)
+    world.advance(60)
+    walk = used([load.sign(domain, 810), helper.sign(domain)])
+    assert 3 * (walk - quiet) <= BATCH_MARGIN_GAS
+
+
+def test_a_bridge_sends_what_fits_a_block_and_the_rest_next(world, plant, bridges, monkeypatch):
+    """With a block too small for more than one reading, the bridge cuts every batch down to
+    what fits, puts the rest back and sends it next: every meter's readings reach the chain,
+    and no transaction asks for more gas than a block has."""
+    owner = world.account()
+    servers = [plant.meter("supply") for _ in range(6)]
+    meters = [world.give(server, owner) for server in servers]
+    client = world.chain_client()
+    empty = client.readings_gas(world.operator.address, [])  # a batch's fixed part and margin
+    monkeypatch.setattr(client, "block_gas_limit", lambda: empty + 5_000)  # < any one item
+    sent: list[tuple[int, int | None]] = []
+    real = client.submit_readings
+
+    def recording(sender, readings, concerns=None, gas=None):
+        sent.append((len(readings), gas))
+        return real(sender, readings, concerns, gas)
+
+    monkeypatch.setattr(client, "submit_readings", recording)
+    bridges([BridgeMeter(server.url) for server in servers], client)
+    wait_for(lambda: all(world.readings_on_chain(m) >= 2 for m in meters), timeout=30,
+             what="two readings of every meter on chain")
+    assert sent and {size for size, _ in sent} == {1}  # one `report` each, at its fixed gas
+    assert all(gas is None for _, gas in sent)
+
+
+def test_the_hand_decoded_reading_events_are_the_registrys():
+    """`reading_outcomes` decodes ReadingRecorded and ReadingRejected by hand: their topics and
+    data layouts must be the artifact's."""
+    from eth_utils import event_abi_to_log_topic
+
+    from dapp.chain.client import READING_RECORDED_TOPIC, READING_REJECTED_TOPIC
+    from dapp.chain.contracts import load_artifact
+
+    events = {e["name"]: e for e in load_artifact("MeterRegistry").abi if e["type"] == "event"}
+    recorded, rejected = events["ReadingRecorded"], events["ReadingRejected"]
+    assert event_abi_to_log_topic(recorded) == READING_RECORDED_TOPIC
+    assert event_abi_to_log_topic(rejected) == READING_REJECTED_TOPIC
+    assert [(i["name"], i["type"], i["indexed"]) for i in recorded["inputs"]] == [
+        ("meter", "address", True), ("energyWh", "uint256", False),
+        ("sequence", "uint256", False), ("deltaWh", "uint256", False)]
+    assert [(i["name"], i["type"], i["indexed"]) for i in rejected["inputs"]] == [
+        ("meter", "address", True), ("sequence", "uint256", False), ("reason", "bytes4", False)]
