@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.world import (
+    AsyncPages,
     BenchWorld,
     HeadClock,
     Server,
-    connect_client,
     cpu_seconds,
     login,
     machine,
@@ -73,10 +73,10 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
     users = world.users[:clients]
     with ThreadPoolExecutor(16) as pool:
         cookies = list(pool.map(lambda a: login(server.url, a), users))
-        pages = [Page() for _ in users]
-        sockets = list(pool.map(
-            lambda pair: connect_client(server.url, pair[0], {"market": pair[1].on_market}),
-            zip(cookies, pages, strict=True)))
+    pages = [Page() for _ in users]
+    sockets = AsyncPages()
+    sockets.connect(server.url, [(cookie, {"market": page.on_market})
+                                 for cookie, page in zip(cookies, pages, strict=True)])
     # Steady state: every page has its greeting (full state) before the rounds start.
     settle = time.monotonic() + 180
     while not all(page.seen for page in pages) and time.monotonic() < settle:
@@ -132,8 +132,7 @@ def run_clients(world: BenchWorld, server: Server, heads: HeadClock, clients: in
     wall = time.monotonic() - wall0
     cpu = (cpu_seconds(server.pid) - cpu0) / wall * 100
     own = (cpu_seconds(os.getpid()) - own0) / wall * 100
-    with ThreadPoolExecutor(64) as pool:  # each disconnect waits ~3 s for its threads
-        list(pool.map(lambda sock: sock.disconnect(), sockets))
+    sockets.close()
     return {
         "clients": clients,
         "rounds": rounds,

@@ -7,8 +7,9 @@ the week extrapolated from it (the target is 40 households x 7 days in under 2 h
 full week takes too long for `make bench`, so a shorter run is measured and scaled, which the
 file says), the age of every reading at mining ("no backlog": every reading a bridge takes is
 on chain within two blocks), and the outcome figures with and without trading. Set
-MICROGRID_BENCH_SIM_DAYS=7 to measure the week itself. The report directory goes to
-bench/results/simulate-report/ (not committed).
+MICROGRID_BENCH_SIM_DAYS=7 to measure the week itself (written to
+bench/results/simulate-week.json, so `make bench`'s day does not replace it). The report
+directory goes to bench/results/simulate-report/ (not committed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dapp.commands.common import stop_on_signal
 from dapp.simulate.chain_run import ChainSimulation, SimulationSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulate.json"
+WEEK_RESULTS = RESULTS.with_name("simulate-week.json")  # a measured week (7 days or more)
 REPORT_DIR = Path(__file__).resolve().parent / "results" / "simulate-report"
 TARGET_WEEK_S = 2 * 3600.0
 KPIS = ("self_sufficiency", "self_consumption", "local_pv_use", "unmet_demand_kwh",
@@ -86,8 +88,9 @@ def main() -> int:
         },
         "balances_close": report["balance"]["closes"],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = WEEK_RESULTS if days >= 7 else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: result[k] for k in ("wall_s", "week_wall_s", "week_note", "no_backlog",
                                              "balances_close")}, indent=2))
     print(json.dumps(result["outcome"], indent=2))

@@ -5,12 +5,13 @@ deploys the contracts, creates keystore accounts (scrypt N=16: logins cost nothi
 figures measure the server, not the KDF), funds them and mints a seller's tokens the real way
 (a registered supply meter reports readings). `HeadClock` follows the node's new heads over
 WebSocket and stamps each block's arrival in this process. `Server` runs `microgrid serve` as a
-child process; `login` and `connect_client` log in and open a Socket.IO client the way a page
+child process; `login` and `AsyncPages` log in and open Socket.IO clients the way a page
 does (session cookie, same Origin).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -297,12 +298,47 @@ def login(server_url: str, address: str) -> str:
     return "; ".join(f"{c.name}={c.value}" for c in http.cookies)
 
 
-def connect_client(server_url: str, cookie: str,
-                   handlers: dict[str, Callable[[Any], None]]) -> socketio.Client:
-    """A connected Socket.IO client (WebSocket transport) with `handlers` registered."""
-    client = socketio.Client(reconnection=False)
-    for event, handler in handlers.items():
-        client.on(event, handler)
-    client.connect(server_url, transports=["websocket"], wait_timeout=30,
-                   headers={"Cookie": cookie})  # websocket-client sends the Origin itself
-    return client
+class AsyncPages:
+    """Socket.IO clients on one asyncio event loop in a thread of their own.
+
+    Each receipt is stamped as it is read, without waiting for other clients' threads to get
+    the interpreter lock (browsers are processes of their own; a thread per client in one
+    Python process measured mostly the clients).
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="pages",
+                                        daemon=True)
+        self._thread.start()
+        self.clients: list[socketio.AsyncClient] = []
+
+    def connect(self, server_url: str,
+                pages: list[tuple[str, dict[str, Callable[[Any], None]]]]) -> None:
+        """Connect one client per (cookie, handlers), sixteen at a time."""
+        async def one(cookie: str, handlers: dict[str, Callable[[Any], None]],
+                      gate: asyncio.Semaphore) -> socketio.AsyncClient:
+            client = socketio.AsyncClient(reconnection=False)
+            for event, handler in handlers.items():
+                client.on(event, handler)
+            async with gate:
+                await client.connect(server_url, transports=["websocket"], wait_timeout=30,
+                                     headers={"Cookie": cookie, "Origin": server_url})
+            return client
+
+        async def every() -> list[socketio.AsyncClient]:
+            gate = asyncio.Semaphore(16)
+            return list(await asyncio.gather(*(one(c, h, gate) for c, h in pages)))
+
+        self.clients += asyncio.run_coroutine_threadsafe(every(), self.loop).result(600)
+
+    def close(self) -> None:
+        """Disconnect every client and stop the loop."""
+        async def every() -> None:
+            await asyncio.gather(*(c.disconnect() for c in self.clients),
+                                 return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(every(), self.loop).result(120)
+        self.clients = []
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -270,11 +270,12 @@ class TxSender:
         except Exception as exc:
             raise _node_failure(exc, "the node refused the transaction") from exc
 
-    def estimate_gas(self, tx: dict[str, Any]) -> int:
-        """Estimate gas; a revert raises ContractReverted with the decoded custom error."""
+    def estimate_gas(self, tx: dict[str, Any], block: str | None = None) -> int:
+        """Estimate gas (on `block`, the node's default if None); a revert raises
+        ContractReverted with the decoded custom error."""
         call = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value")}
         try:
-            return int(self.w3.eth.estimate_gas(call))
+            return int(self.w3.eth.estimate_gas(call, block))
         except Exception as exc:
             raise _node_failure(exc, "gas estimation failed") from exc
 
