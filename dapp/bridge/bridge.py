@@ -114,6 +114,7 @@ class MeterBridge:
                                           backoff=reconnect_backoff)
         self._pool = _Pool(self.ports, min(workers, max(1, len(self.ports))), clock)
         self._domain: tuple[int, str] | None = None
+        self._signing: Domain | None = None  # the EIP-712 domain of self._domain
         self._stopping = threading.Event()
         self._resync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
@@ -252,8 +253,11 @@ class MeterBridge:
             chain_id, registry = self.domain()
         except ChainError:
             return True  # cannot tell now; the registry checks it anyway
+        signing = self._signing
+        if signing is None or (signing.chain_id, signing.registry) != (chain_id, registry):
+            self._signing = signing = Domain(chain_id, registry)  # its separator, once
         try:
-            signer = recover_signer(Domain(chain_id, registry), signed.meter, signed.energy_wh,
+            signer = recover_signer(signing, signed.meter, signed.energy_wh,
                                     signed.sequence, signed.signature)
         except Exception:  # a malformed signature is simply not the meter's
             return False
