@@ -114,7 +114,7 @@ class MeterBridge:
                                           backoff=reconnect_backoff)
         self._pool = _Pool(self.ports, min(workers, max(1, len(self.ports))), clock)
         self._domain: tuple[int, str] | None = None
-        self._signing: Domain | None = None  # the EIP-712 domain of self._domain
+        self._signing: Domain | None = None  # self._domain as an EIP-712 domain (separator once)
         self._stopping = threading.Event()
         self._resync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
@@ -241,8 +241,8 @@ class MeterBridge:
     def domain(self) -> tuple[int, str]:
         """(chain id, registry address): what this chain's meters must sign for."""
         if self._domain is None:
-            registry = to_checksum_address(self.chain.deployment.registry)
-            self._domain = (self.chain.chain_id, registry)
+            self._signing = Domain(self.chain.chain_id, self.chain.deployment.registry)
+            self._domain = (self._signing.chain_id, self._signing.registry)
         return self._domain
 
     def signed_by(self, signed: SignedReading, address: str | None) -> bool:
@@ -250,14 +250,12 @@ class MeterBridge:
         if address is None or signed.meter != address:
             return False
         try:
-            chain_id, registry = self.domain()
+            self.domain()
         except ChainError:
             return True  # cannot tell now; the registry checks it anyway
-        signing = self._signing
-        if signing is None or (signing.chain_id, signing.registry) != (chain_id, registry):
-            self._signing = signing = Domain(chain_id, registry)  # its separator, once
+        assert self._signing is not None
         try:
-            signer = recover_signer(signing, signed.meter, signed.energy_wh,
+            signer = recover_signer(self._signing, signed.meter, signed.energy_wh,
                                     signed.sequence, signed.signature)
         except Exception:  # a malformed signature is simply not the meter's
             return False

@@ -115,7 +115,7 @@ class ReadingSubmitter:
         return sent
 
     def _fitting(self, batch: list[tuple[MeterPort, SignedReading]]
-                 ) -> tuple[list[tuple[MeterPort, SignedReading]], int | None]:
+                 ) -> tuple[list[tuple[MeterPort, SignedReading]], int]:
         """The longest head of `batch` whose gas fits a block, and that gas; the rest is put
         back (it goes in the next pass)."""
         assert self.account is not None
@@ -124,7 +124,7 @@ class ReadingSubmitter:
             readings = [signed for _, signed in batch]
             gas = self.chain.readings_gas(self.account.address, readings)
             if gas <= limit or len(batch) == 1:
-                return batch, (gas if len(batch) > 1 else None)
+                return batch, gas
             keep = max(1, min(len(batch) - 1, len(batch) * limit * 9 // (gas * 10)))
             for port, signed in batch[keep:]:
                 port.unsent(signed)
@@ -142,7 +142,7 @@ class ReadingSubmitter:
             raise
         return len(batch)
 
-    def _send(self, batch: list[tuple[MeterPort, SignedReading]], gas: int | None) -> None:
+    def _send(self, batch: list[tuple[MeterPort, SignedReading]], gas: int) -> None:
         assert self.account is not None
         readings = [signed for _, signed in batch]
         try:

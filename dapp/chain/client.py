@@ -44,10 +44,10 @@ READING_GAS = 600_000
 # used when the node cannot estimate the batch.
 BATCH_BASE_GAS = 100_000
 BATCH_ITEM_GAS = 300_000
-# On top of a batch's estimate: what the next block may add to it that the estimate (made on
-# the latest block) cannot see. A load reading settles a trade that opened in that block, or
-# completes trades whose close request came due: a few of those, each bounded by a walk of
-# MAX_TRADES_PER_READING trades (tests/contracts/test_batch_gas.py measures the walk).
+# On top of a batch's estimate: what the block that mines it may add that the estimate cannot
+# see. A load reading settles a trade that opened meanwhile, or completes trades whose close
+# request came due: a few of those, each bounded by a walk of MAX_TRADES_PER_READING trades
+# (tests/bridge/test_batch_encoding.py measures the walk).
 BATCH_MARGIN_GAS = 1_200_000
 BATCH_ESTIMATE_FACTOR = 1.1
 # Never less than this a reading (bench/results/gas.json: ~24,850 a batched reading): an item
@@ -580,25 +580,27 @@ class ChainClient:
             return READING_GAS
         tx = {"from": to_checksum_address(sender), "to": self._registry.address,
               "data": self._registry.encode_abi("reportBatch", args=[pack_readings(readings)])}
-        # On the pending block where the node has one (anvil, geth): the time of the block that
-        # will mine it, not the last one's; on the latest block elsewhere.
-        blocks = ["pending", None] if self._pending_estimates else [None]
-        for block in blocks:
-            try:
-                estimate = self.sender.estimate_gas(tx, block)
-                break
-            except ChainError as exc:
-                if isinstance(exc, ChainUnavailable):
-                    raise
-                if block == "pending" and not isinstance(exc, ContractReverted):
-                    self._pending_estimates = False
-                    continue
-                log.debug("readings: no estimate for a batch of %d (%s)", len(readings), exc)
-                return BATCH_BASE_GAS + BATCH_ITEM_GAS * len(readings)
-        else:
+        try:
+            estimate = self._estimate_on_pending(tx)
+        except ChainUnavailable:
+            raise
+        except ChainError as exc:
+            log.debug("readings: no estimate for a batch of %d (%s)", len(readings), exc)
             return BATCH_BASE_GAS + BATCH_ITEM_GAS * len(readings)
         floor = BATCH_BASE_GAS + BATCH_ITEM_FLOOR_GAS * len(readings)
         return max(int(estimate * BATCH_ESTIMATE_FACTOR), floor) + BATCH_MARGIN_GAS
+
+    def _estimate_on_pending(self, tx: dict[str, Any]) -> int:
+        """The estimate on the pending block where the node has one (anvil, geth: the time of
+        the block that will mine it, not the last one's), else on its default block."""
+        if self._pending_estimates:
+            try:
+                return self.sender.estimate_gas(tx, "pending")
+            except (ChainUnavailable, ContractReverted):
+                raise
+            except ChainError:
+                self._pending_estimates = False  # this node has no pending block
+        return self.sender.estimate_gas(tx)
 
     def block_gas_limit(self) -> int:
         """The latest block's gas limit (read again every GAS_LIMIT_TTL_S)."""
@@ -616,7 +618,7 @@ class ChainClient:
         stamp = self.block_timestamp(int(receipt["blockNumber"]))
         registry = self._registry.address.lower()
         out: dict[tuple[str, int], ReadingOutcome] = {}
-        # Decoded by hand: web3's process_receipt takes ~0.4 ms a log, most of a block's time
+        # Decoded by hand: web3's process_receipt took ~0.8 ms a log, most of a block's time
         # for a batch of a thousand readings. Layouts: tests/bridge/test_batch_encoding.py.
         for entry in receipt["logs"]:
             topics = entry["topics"]

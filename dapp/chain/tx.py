@@ -135,9 +135,13 @@ class Outbox:
     def _append(self, record: dict[str, Any], *, sync: bool) -> None:
         if self._journal_path is None:
             return
-        self._journal_path.parent.mkdir(parents=True, exist_ok=True)
         # Opened per record (a few microseconds): nothing stays open when the sender is dropped.
-        fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(self._journal_path, flags, 0o600)
+        except FileNotFoundError:  # the first record: the data directory is made now
+            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._journal_path, flags, 0o600)
         try:
             os.write(fd, (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
             if sync:
@@ -325,11 +329,10 @@ class TxSender:
         gone: list[OutboxEntry] = []
         for entry in self.outbox.entries():
             try:
-                receipt = self.w3.eth.get_transaction_receipt(entry.hash)
+                receipt = self._call(
+                    lambda e=entry: self.w3.eth.get_transaction_receipt(e.hash))
             except (TransactionNotFound, Web3Exception):
-                continue
-            except (OSError, ValueError):  # the node is away: look again next block
-                break
+                continue  # not mined (yet)
             if receipt is not None and receipt.get("blockNumber") is not None:
                 self.outbox.remove(entry.hash)
                 self._forget(entry.hash)
@@ -415,19 +418,9 @@ class TxSender:
         A transaction whose nonce was used by another transaction is dropped (logged). Returns
         {"mined": [...], "resent": [...], "dropped": [...]}.
         """
-        result: dict[str, list[str]] = {"mined": [], "resent": [], "dropped": []}
+        result: dict[str, list[str]] = {
+            "mined": [entry.hash for entry in self.forget_mined()], "resent": [], "dropped": []}
         for entry in self.outbox.entries():
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(entry.hash)
-            except TransactionNotFound:
-                receipt = None
-            except Web3Exception:
-                receipt = None
-            if receipt is not None and receipt.get("blockNumber") is not None:
-                self.outbox.remove(entry.hash)
-                self._forget(entry.hash)
-                result["mined"].append(entry.hash)
-                continue
             try:
                 known = self.w3.eth.get_transaction(entry.hash)
             except TransactionNotFound:

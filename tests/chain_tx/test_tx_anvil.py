@@ -39,13 +39,18 @@ def _call_data(fn) -> str:
     return fn._encode_transaction_data()
 
 
-def test_stopped_mining_keeps_a_transfer_pending_until_started(anvil_factory, tmp_path):
+def _node_and_sender(anvil_factory, tmp_path):
+    """A fresh anvil mining each transaction, its mining control, a funded sender `alice`, an
+    empty recipient `bob`, and a TxSender with its outbox in `tmp_path`."""
     node = anvil_factory(block_time=None)
     node.start()
     w3 = connect(node.url)
-    mining = MiningControl(w3, detect(w3))
-    alice, bob = fund(w3), Account.create().address
-    sender = TxSender(w3, tmp_path / "outbox.json")
+    return (w3, MiningControl(w3, detect(w3)), fund(w3), Account.create().address,
+            TxSender(w3, tmp_path / "outbox.json"))
+
+
+def test_stopped_mining_keeps_a_transfer_pending_until_started(anvil_factory, tmp_path):
+    w3, mining, alice, bob, sender = _node_and_sender(anvil_factory, tmp_path)
     view = PendingView(w3, sender.outbox)
 
     assert mining.stop_mining().mining is False
@@ -62,12 +67,7 @@ def test_stopped_mining_keeps_a_transfer_pending_until_started(anvil_factory, tm
 
 
 def test_a_transaction_sent_without_waiting_leaves_the_outbox_once_mined(anvil_factory, tmp_path):
-    node = anvil_factory(block_time=None)
-    node.start()
-    w3 = connect(node.url)
-    mining = MiningControl(w3, detect(w3))
-    alice, bob = fund(w3), Account.create().address
-    sender = TxSender(w3, tmp_path / "outbox.json")
+    w3, mining, alice, bob, sender = _node_and_sender(anvil_factory, tmp_path)
 
     mining.stop_mining()
     tx_hash = sender.send(alice, {"to": bob, "value": 7}, "send Ether")
