@@ -495,10 +495,18 @@ class ChainClient:
                                 "send Ether")
 
     def sell(self, account: LocalAccount, energy_wh: int, start_price_per_kwh: int,
-             duration: int) -> str:
-        """List `energy_wh` of the account's tokens for auction."""
+             duration: int, gas: int | None = None) -> str:
+        """List `energy_wh` of the account's tokens for auction (gas estimated if None)."""
         return self._send(account, self._market, "list",
-                          [energy_wh, start_price_per_kwh, duration], "sell")
+                          [energy_wh, start_price_per_kwh, duration], "sell", gas=gas)
+
+    def sell_gas(self, account: LocalAccount, energy_wh: int, start_price_per_kwh: int,
+                 duration: int) -> int:
+        """The node's gas estimate for that listing now (ContractReverted if it would fail)."""
+        return self.sender.estimate_gas({
+            "from": account.address, "to": self._market.address, "value": 0,
+            "data": self._market.encode_abi(
+                "list", args=[energy_wh, start_price_per_kwh, duration])})
 
     def bid(self, account: LocalAccount, lot_id: int, price_per_kwh: int) -> str:
         """Bid on a listing, sending exactly the deposit it needs."""

@@ -33,6 +33,13 @@ from dapp.errors import ChainError, ContractReverted
 log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei: private chains have no fee market to speak of
+# Gas limit = estimate x GAS_MARGIN + GAS_HEADROOM. The state can change between the estimate
+# and the block: a load reading that closes a seller's last trade empties the market's escrow
+# balance and the seller's lot list, and refilling an emptied storage slot costs 17,100 gas more
+# than the estimate saw (a listing's estimate grows by 29 %: tests/bridge/test_anvil.py).
+# Unused gas is not paid for; the headroom covers three such slots on any transaction.
+GAS_MARGIN = 1.25
+GAS_HEADROOM = 50_000
 # A transaction whose fee cap fell below the base fee for this many blocks is signed again with
 # the same nonce and higher fees (nodes take a replacement that pays at least 10 % more).
 REPRICE_AFTER_BLOCKS = 3
@@ -171,7 +178,7 @@ class TxSender:
         w3: Web3,
         outbox_path: Path | None = None,
         *,
-        gas_margin: float = 1.25,
+        gas_margin: float = GAS_MARGIN,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.w3 = w3
@@ -239,7 +246,7 @@ class TxSender:
         tx.setdefault("value", 0)
         tx["chainId"] = self.chain_id()
         if "gas" not in tx:
-            tx["gas"] = int(self.estimate_gas(tx) * self._gas_margin)
+            tx["gas"] = self.gas_limit(self.estimate_gas(tx))
         if "gasPrice" not in tx and "maxFeePerGas" not in tx:
             tx.update(self._fees())
         with self._lock_for(sender):
@@ -273,6 +280,10 @@ class TxSender:
             return HexBytes(self.w3.eth.send_raw_transaction(raw)).to_0x_hex()
         except Exception as exc:
             raise _node_failure(exc, "the node refused the transaction") from exc
+
+    def gas_limit(self, estimate: int) -> int:
+        """The gas limit a transaction of that estimate is sent with (see GAS_HEADROOM)."""
+        return int(estimate * self._gas_margin) + GAS_HEADROOM
 
     def estimate_gas(self, tx: dict[str, Any], block: str | None = None) -> int:
         """Estimate gas (on `block`, the node's default if None); a revert raises
@@ -388,13 +399,28 @@ class TxSender:
             return done
 
     def _revert_reason(self, tx_hash: str, receipt: dict[str, Any]) -> ContractReverted:
-        """Replay a failed transaction as a call at its block to recover the custom error."""
+        """Replay a failed transaction as a call at its block to recover the custom error.
+
+        A replay that passes with the node's own gas allowance but not with the transaction's
+        limit means the limit ran out (in a nested call, the caller then reverts with no data).
+        """
         try:
             tx = self.w3.eth.get_transaction(tx_hash)
+            out_of_gas = ContractReverted("OutOfGas", (tx["gas"],), (
+                f"transaction {tx_hash} ran out of gas (its limit of {tx['gas']:,} was not "
+                "enough when it was mined)"))
+            if receipt["gasUsed"] >= tx["gas"]:
+                return out_of_gas
             call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
             # At the failed transaction's own block: a transaction before it in the same block
             # (a rival's higher bid) is often the reason, and the failed one changed nothing.
             self.w3.eth.call(call, receipt["blockNumber"])
+            try:
+                self.w3.eth.call({**call, "gas": tx["gas"]}, receipt["blockNumber"])
+            except Exception as exc:  # noqa: BLE001 - a node's revert types differ
+                if is_connection_error(exc):
+                    raise
+                return out_of_gas
         except Exception as exc:  # noqa: BLE001 - whatever the node says, we want its data
             data = revert_data_from_exception(exc)
             if data is not None:

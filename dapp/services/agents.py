@@ -155,6 +155,7 @@ class _Book:
 
     limits: Limits | None = None
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_LOG))
+    seq: int = 0  # the number of the last entry: a page that reconnects asks for what is newer
 
 
 class AgentService:
@@ -223,6 +224,12 @@ class AgentService:
             "notes": self.notes(),
             "log": entries,
         }
+
+    def entries(self, address: str) -> list[dict[str, Any]]:
+        """The log of `address`, oldest first (each entry numbered by its `seq`)."""
+        with self._lock:
+            book = self._books.get(address.lower())
+            return list(book.log) if book else []
 
     def configure(self, account: LocalAccount, on: object, reserve_percent: object = None,
                   floor_eth_per_kwh: object = None, ceiling_eth_per_kwh: object = None,
@@ -459,7 +466,8 @@ class AgentService:
         made = []
         for text in texts:
             stamp = self._clock()
-            entry = {"time": stamp, "time_text": format_time(int(stamp)),
+            book.seq += 1
+            entry = {"seq": book.seq, "time": stamp, "time_text": format_time(int(stamp)),
                      "kind": kind, "text": text, "on": agent is not None,
                      "household": agent.seen if agent else None}
             book.log.append(entry)

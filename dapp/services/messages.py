@@ -461,6 +461,11 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
     # Solidity built-ins
     "Error": lambda a: f"The contract refused: {_arg(a, 0, 'no reason given')}.",
     "Panic": lambda a: "The contract stopped with an internal error.",
+    # Not the contract's: the transaction's gas limit (dapp.chain.tx) ran out when mined
+    "OutOfGas": lambda a: (
+        "The transaction ran out of gas when it was mined (the chain changed after its estimate); "
+        "nothing it asked for happened. Try again."
+    ),
 }
 
 

@@ -94,7 +94,7 @@ class AppState:
         self.socketio = socketio
         self.hub = LiveHub(socketio, client=client, wallet=self.wallet, market=self.market,
                            keys=self.keys, on_block=self._on_block,
-                           interval=live_interval)
+                           on_greet=self._greet_agent, interval=live_interval)
         self.listener_interval = listener_interval
         # New blocks by subscription where the node offers it (else a short poll): the listener
         # polls on each new head and then wakes the hub, instead of each sleeping a fixed time.
@@ -157,6 +157,13 @@ class AppState:
         """An agent sent a transaction: its owner's pending list and the market change."""
         self.hub.touch_user(address)
         self.hub.touch_market()
+
+    def _greet_agent(self, socket_id: str, address: str) -> None:
+        """A page (re)connected: send it the agent's log, so entries made while it was loading
+        or away reach it too (the page keeps the ones it shows already, by number)."""
+        entries = self.agents.entries(address)
+        if entries:
+            self.socketio.emit("agent_log", {"entries": entries}, to=socket_id)
 
     def _on_block(self) -> None:
         """The hub's per-block hook: finalize due auctions, then let the agents act."""

@@ -67,13 +67,16 @@ class LiveHub:
 
     def __init__(self, socketio: SocketIO, *, client: ChainClient, wallet: WalletService,
                  market: MarketService, keys: UnlockedKeys,
-                 on_block: Callable[[], object] = lambda: None, interval: float = 0.5) -> None:
+                 on_block: Callable[[], object] = lambda: None,
+                 on_greet: Callable[[str, str], object] = lambda socket_id, address: None,
+                 interval: float = 0.5) -> None:
         self.socketio = socketio
         self.client = client
         self.wallet = wallet
         self.market = market
         self.keys = keys
         self.on_block = on_block
+        self.on_greet = on_greet
         self.interval = interval
         self._lock = threading.Lock()
         self._sockets: dict[str, tuple[str, str]] = {}  # socket id -> (session id, address)
@@ -309,10 +312,11 @@ class LiveHub:
             self.socketio.emit("wallet", summary, to=user_room(address))
         if greet:
             status = self.wallet.chain_status()
-            for socket_id in greet:
+            for socket_id, address in greet.items():
                 self.socketio.emit("chain", status, to=socket_id)
                 if not market:
                     self.socketio.emit("market", snapshot, to=socket_id)
+                self.on_greet(socket_id, address)
 
     def _check_watched(self) -> None:
         """Tell users about their transactions that failed after being sent."""

@@ -6,7 +6,8 @@ Cross-origin connections are refused by the server (same-origin is engineio's de
 
 Client → server events: ``refresh`` (send me the full state again; answers {"ok": bool}).
 Server → client events: ``chain``, ``wallet``, ``market``, ``notice``, ``session_expired``,
-``agent`` (one entry of the trading agent's log, to its owner's room only).
+``agent`` (one entry of the trading agent's log, to its owner's room only), ``agent_log`` (the
+whole log, numbered, to a socket that just connected: what was logged while the page loaded).
 """
 
 from __future__ import annotations

@@ -35,12 +35,28 @@
       " W, spent today " + seen.spent_today_eth + " of " + seen.daily_limit_eth + " ETH.";
   }
 
+  /* Entries are numbered (`seq`); the list shows them newest first, each once. An entry arrives
+     twice when it was made while the socket connected (as `agent` and in `agent_log`), and an
+     older one can arrive after a newer one: it goes in its place. */
+  function placeOf(list, seq) {
+    var items = list.children;
+    for (var i = 0; i < items.length; i++) {
+      var shown = Number(items[i].dataset.seq) || 0;
+      if (shown === seq) { return null; }
+      if (shown < seq) { return items[i]; }
+    }
+    return undefined;
+  }
+
   function addEntry(entry) {
     var list = document.getElementById("agent-log");
     var empty = document.getElementById("agent-log-empty");
     if (!list || !entry) { return; }
+    var before = entry.seq ? placeOf(list, entry.seq) : list.firstChild;
+    if (before === null) { return; }
     var item = document.createElement("li");
     item.dataset.kind = entry.kind;
+    if (entry.seq) { item.dataset.seq = String(entry.seq); }
     var tag = document.createElement("span");
     tag.className = "tag";
     tag.textContent = entry.kind;
@@ -54,12 +70,17 @@
     item.appendChild(when);
     item.appendChild(document.createTextNode(" "));
     item.appendChild(text);
-    list.insertBefore(item, list.firstChild);
+    list.insertBefore(item, before || null);
     while (list.children.length > MAX) { list.removeChild(list.lastChild); }
     if (empty) { empty.hidden = true; }
-    showState(!!entry.on);
-    showHousehold(entry.household);
+    if (list.firstElementChild === item) {  /* the newest: what the agent is now */
+      showState(!!entry.on);
+      showHousehold(entry.household);
+    }
   }
 
   M.on("agent", addEntry);
+  M.on("agent_log", function (data) {  /* on (re)connecting: what was logged meanwhile */
+    ((data && data.entries) || []).forEach(addEntry);
+  });
 })();

@@ -12,20 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from dapp.chain.client import ChainClient
+from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.deploy import deploy
 from dapp.chain.transports import connect
+from dapp.errors import ContractReverted
 from dapp.wallet.keystore import Keystore
 from tests.bridge.conftest import (
     ETHER,
     PARAMS,
     PASSPHRASE,
+    PRICE,
     World,
     relay,
     trade_scenario,
     wait_for,
 )
 from tests.chain.conftest import anvil_factory, fund  # noqa: F401 - anvil_factory is a fixture
+from tests.support import SigningMeter
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +134,43 @@ def test_standalone_bridge_killed_and_restarted_keeps_relays_with_the_chain(
     assert second.wait(timeout=15) == 0
     assert not relay(supply) and not relay(load)
     assert "bridge stopped" in (tmp_path / "bridge1.log").read_text(encoding="utf-8")
+
+
+def test_a_listing_estimated_before_the_sellers_last_trade_closes_still_fits_its_gas(world):
+    """The race the bridge process test once lost: the seller lists while the buyer's load
+    reading closes the seller's last trade. The close empties the market's token escrow and the
+    seller's lot list, so the listing costs more when mined than when it was estimated."""
+    client = world.client
+    seller, buyer, carrier = world.accounts(3)
+    world.mint(seller, 600)
+    load = SigningMeter("load", 65535)
+    load.offer_to(client, world.operator, buyer)
+    assert load.report(client, carrier, 1).accepted  # the baseline
+    trade = world.trade(seller, buyer, 300)
+    world.advance(5)
+    assert load.report(client, carrier, 11).accepted  # 10 Wh delivered
+    world.close(buyer, trade)  # asked; the next load reading finishes it
+    estimate = client.sell_gas(seller, 300, PRICE, 10)  # the state the page's estimate sees
+    world.advance(1)
+    assert load.report(client, carrier, 12).accepted  # 1 Wh more, and the trade closes
+    assert client.lot(trade).status is LotStatus.CLOSED
+    assert client.lots_of_seller(seller.address) == []
+    assert client.token_balance(seller.address) == 589  # 11 Wh delivered, 289 returned
+    assert client.sell_gas(seller, 300, PRICE, 10) > estimate * 1.25  # the old margin fell short
+
+    ether = client.ether_balance(seller.address)
+    with pytest.raises(ContractReverted) as failed:  # the old rule: estimate x 1.25
+        client.wait(client.sell(seller, 300, PRICE, 10, gas=int(estimate * 1.25)))
+    assert failed.value.name == "OutOfGas"
+    assert "ran out of gas" in str(failed.value)
+    assert client.token_balance(seller.address) == 589  # nothing moved but the fee
+    assert client.lots_of_seller(seller.address) == []
+    assert 0 < ether - client.ether_balance(seller.address) <= int(estimate * 1.25) * 10**10
+
+    # The sender's rule covers it: the same stale estimate, and the listing is mined.
+    client.wait(client.sell(seller, 300, PRICE, 10, gas=client.sender.gas_limit(estimate)))
+    lot_id = client.lot_count()
+    assert client.lot(lot_id).seller == seller.address
+    assert client.lot(lot_id).status is LotStatus.LISTED
+    assert client.token_balance(seller.address) == 289
+    assert client.lots_of_seller(seller.address) == [lot_id]

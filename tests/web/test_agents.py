@@ -364,6 +364,30 @@ def test_the_log_goes_to_the_owners_room_only(app, world):
     assert theirs.named("agent") == []
 
 
+def test_a_page_that_connects_late_gets_what_was_logged_meanwhile(app, world):
+    """The wallet page renders the log, then connects its socket: what the agent logged in
+    between (its first action, a block after it was turned on) reaches the page on connecting,
+    numbered, so the page shows each entry once and in order."""
+    from tests.web.test_sockets import connect, logged_in
+
+    owner, other = logged_in(app, world, "consumer"), logged_in(app, world, "rival")
+    agents = app.extensions["microgrid"].agents
+    me = world.address["consumer"]
+    assert owner.api("PUT", "/api/v1/agent", {"on": True, **GOOD}).status_code == 200
+    agents.run_once()  # a block before the page's socket is there
+    logged = agents.entries(me)
+    seqs = [e["seq"] for e in logged]
+    assert len(logged) >= 2 and seqs == sorted(set(seqs))
+    late, theirs = connect(app, owner), connect(app, other)
+    app.extensions["microgrid"].hub.flush()  # the hub greets new sockets on its next tick
+    got = late.wait("agent_log")["entries"]
+    assert [e["seq"] for e in got] == seqs
+    assert [e["text"] for e in got] == [e["text"] for e in logged]
+    assert theirs.named("agent_log") == []  # the rival's agent logged nothing
+    page = owner.text("/wallet/")
+    assert all(f'data-seq="{e["seq"]}"' in page for e in got)  # the page numbers its own too
+
+
 def test_a_refused_action_is_logged_with_the_reason_and_nothing_is_sent(fresh, tmp_path):
     agents = service(fresh, tmp_path)
     me = fresh.address["consumer"]
