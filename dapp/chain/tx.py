@@ -37,7 +37,7 @@ DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei: private chains have no fee market to spe
 # and the block: a load reading that closes a seller's last trade empties the market's escrow
 # balance and the seller's lot list, and refilling an emptied storage slot costs 17,100 gas more
 # than the estimate saw (a listing's estimate grows by 29 %: tests/bridge/test_anvil.py).
-# Unused gas is not paid for; the headroom covers three such slots on any transaction.
+# Unused gas is not paid for; the headroom covers three such slots on any contract call.
 GAS_MARGIN = 1.25
 GAS_HEADROOM = 50_000
 # A transaction whose fee cap fell below the base fee for this many blocks is signed again with
@@ -246,7 +246,7 @@ class TxSender:
         tx.setdefault("value", 0)
         tx["chainId"] = self.chain_id()
         if "gas" not in tx:
-            tx["gas"] = self.gas_limit(self.estimate_gas(tx))
+            tx["gas"] = self.gas_limit(self.estimate_gas(tx), contract_call=bool(tx.get("data")))
         if "gasPrice" not in tx and "maxFeePerGas" not in tx:
             tx.update(self._fees())
         with self._lock_for(sender):
@@ -281,9 +281,10 @@ class TxSender:
         except Exception as exc:
             raise _node_failure(exc, "the node refused the transaction") from exc
 
-    def gas_limit(self, estimate: int) -> int:
-        """The gas limit a transaction of that estimate is sent with (see GAS_HEADROOM)."""
-        return int(estimate * self._gas_margin) + GAS_HEADROOM
+    def gas_limit(self, estimate: int, contract_call: bool = True) -> int:
+        """The gas limit a transaction of that estimate is sent with (see GAS_HEADROOM; plain
+        Ether carries no code whose storage could change, so it gets no headroom)."""
+        return int(estimate * self._gas_margin) + (GAS_HEADROOM if contract_call else 0)
 
     def estimate_gas(self, tx: dict[str, Any], block: str | None = None) -> int:
         """Estimate gas (on `block`, the node's default if None); a revert raises
