@@ -60,7 +60,7 @@ def deploy(w3: Web3, deployer: str) -> tuple[Any, Any, Any]:
 def reading_signature(
     key: bytes, chain_id: int, registry: str, energy_wh: int, sequence: int
 ) -> bytes:
-    """The meter's EIP-712 signature of a reading (the meter's side of INTERFACE.md)."""
+    """The meter's EIP-712 signature of a reading (the meter's side of hardware/PROTOCOL.md)."""
     meter = Account.from_key(key).address
     message = encode_typed_data(
         domain_data={

@@ -383,7 +383,8 @@ contract EnergyMarket is ReentrancyGuard {
     /// grace, a second call by either party closes it under the stall rule. The seller: once
     /// the trade is stalled (the buyer's load meter silent for the stall timeout) or the buyer's
     /// request is past its grace. Closing a stalled or unfinished active trade charges the most
-    /// the buyer's meter could have drawn while silent (rating x silent time, capped at the lot);
+    /// the buyer's meter could have drawn while silent (rating x silent time until the stall or the
+    /// request, capped at the lot);
     /// every close charges at least `minChargeWh` (or the whole lot if smaller). The unspent
     /// deposit is credited to the buyer; undelivered tokens return to the seller.
     /// Requirements: trade Open; caller is its buyer or seller, under the rules above.
@@ -573,7 +574,7 @@ contract EnergyMarket is ReentrancyGuard {
 
     /// @dev Charges the active trade `lot`, as delivered, for what a reading could not walk yet
     /// and the most the buyer's load meter could have drawn while silent (until the close
-    /// request, when there is one, since the relays opened then), capped at the undelivered lot.
+    /// request or the stall, since the relays opened then), capped at the undelivered lot.
     function _chargeSilence(uint256 id, Lot storage lot, address buyer, uint256 requested)
         private
     {
@@ -585,8 +586,10 @@ contract EnergyMarket is ReentrancyGuard {
         if (charged != 0) _deliver(id, lot, charged);
     }
 
-    /// @dev The buyer's silence on the active trade `lot`: from its start to now (or to the
-    /// close request), and the most its load meter could have drawn meanwhile (rounded down).
+    /// @dev The buyer's silence on the active trade `lot`: from its last reading (or the
+    /// trade's start) to now, but no later than the close request or the stall, since the
+    /// relays opened then; and the most its load meter could have drawn meanwhile (rounded
+    /// down). A seller who waits before closing a stalled trade is paid no more for the wait.
     function _silence(Lot storage lot, address buyer, uint256 requested)
         private
         view
@@ -598,6 +601,7 @@ contract EnergyMarket is ReentrancyGuard {
         if (readAt > since) since = readAt;
         until = block.timestamp;
         if (requested != 0 && requested < until) until = requested;
+        if (since + _stallTimeout < until) until = since + _stallTimeout;
         if (until > since) silentWh = (ratedPowerW * (until - since)) / 3600;
     }
 

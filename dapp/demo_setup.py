@@ -5,10 +5,11 @@ contracts if the chain has none, creates the operator, a producer and a consumer
 two users' passphrases are printed once), funds them, starts the emulated meters (one shared
 micro-grid: the producer's PV charges a lead-acid battery, the consumer's programmable load draws
 from it while the trade's relays are closed), has the operator offer each meter to its owner and
-the owner accept it. Each emulated meter keeps its own key in `<data-dir>/meters/` (its EEPROM;
-never in the keystore, never given to the bridge). The web server and the meter bridge are then
-run by `microgrid serve`'s code, the operator forwarding the meters' signed readings (and paying
-their gas). A second run finds the same chain, accounts and meters and only starts things again.
+the owner accept it. Each emulated meter keeps its own key in `<data-dir>-meters/`, beside the
+data directory and not in it (its EEPROM; never in the keystore, never given to the bridge). The
+web server and the meter bridge are then run by `microgrid serve`'s code, the operator
+forwarding the meters' signed readings (and paying their gas). A second run finds the same
+chain, accounts and meters and only starts things again.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ ETHER = 10**18
 # What the demo's users start with (anvil_setBalance: the managed node is a development chain).
 USER_FUNDS = 100 * ETHER
 OPERATOR_FUNDS = 1_000 * ETHER
-METER_NAMES = {SUPPLY: "producer-supply", LOAD: "consumer-load"}  # key files in <data>/meters
+METER_NAMES = {SUPPLY: "producer-supply", LOAD: "consumer-load"}  # key files in the meter dir
+
+
+def meter_dir_beside(data_dir: Path) -> Path:
+    """Where the demo's emulated meters keep their keys: `<data_dir>-meters`, beside it."""
+    resolved = Path(data_dir).resolve()
+    return resolved.parent / f"{resolved.name or 'microgrid'}-meters"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class DemoSettings:
     battery_soc: float = 0.4
     min_duration: int = 60
     stall_timeout: int = 180  # the bridge sends a heartbeat at least every third of it
+    meter_dir: Path | None = None  # the meters' key files; None: <data_dir>-meters beside it
 
 
 @dataclass
@@ -79,6 +87,7 @@ class DemoSetup:
         self.settings = settings
         self.out = out
         self.data_dir = Path(settings.data_dir)
+        self.meter_dir = settings.meter_dir or meter_dir_beside(self.data_dir)
         self.demo_dir = self.data_dir / "demo"
         self.keystore = Keystore(self.data_dir / "keystore")
         self.node = ManagedAnvil(
@@ -251,9 +260,14 @@ class DemoSetup:
     def _emulators(self) -> None:
         st = self.state
         self.grid = Microgrid(self._plant(), acceleration=self.settings.acceleration)
+        earlier = self.data_dir / "meters"  # where an earlier version kept them
+        if earlier.is_dir() and not self.meter_dir.exists():
+            earlier.rename(self.meter_dir)
+            self.out(f"      moved the meters' key files out of the data directory, to "
+                     f"{self.meter_dir}")
         for kind in (SUPPLY, LOAD):
             # The meter's EEPROM: its key, last signed counter and sequence, its domain.
-            eeprom = MeterState.in_directory(self.data_dir / "meters", METER_NAMES[kind])
+            eeprom = MeterState.in_directory(self.meter_dir, METER_NAMES[kind])
             emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}", state=eeprom)
             server = MeterServer(emulated, transport="tcp")
             url = server.start()

@@ -42,6 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_profile=args.load_profile,
         producer_load_profile=args.producer_load_profile,
         battery_wh=args.battery_wh,
+        meter_dir=Path(args.meter_dir) if args.meter_dir else None,
     )
     setup = DemoSetup(settings, out=lambda line: print(line, flush=True))
     try:
@@ -192,5 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="the producer's battery capacity in Wh (it starts 40 % full)")
     option(p, "--kdf-n", env="KDF_N", type=kdf_n, default=GETH_SCRYPT_N,
            help="scrypt cost of accounts created on the login page")
+    option(p, "--meter-dir", env="METER_DIR", shown_default="DATA_DIR-meters, beside it",
+           help="the emulated meters' own key files (their EEPROM), outside the data directory")
     add_log_level_option(p)
     p.set_defaults(func=cmd_demo)

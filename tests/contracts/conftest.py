@@ -194,7 +194,7 @@ def deploy_market(w3: Web3, deployer: str, rules: MarketRules) -> tuple[Contract
 def reading_typed_data(
     meter: str, energy_wh: int, sequence: int, chain_id: int, registry: str
 ) -> Any:
-    """The signable message of a reading (INTERFACE.md: domain MeterRegistry/1, type Reading)."""
+    """A reading's signable message (hardware/PROTOCOL.md: domain MeterRegistry/1, Reading)."""
     return encode_typed_data(
         full_message={
             "types": {

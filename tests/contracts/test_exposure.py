@@ -118,6 +118,28 @@ def test_a_silent_buyer_pays_for_the_most_its_meter_could_draw(
     assert supply(chain) == STOCK - 1_050
 
 
+def test_a_seller_who_waits_before_closing_a_stalled_trade_is_paid_no_more(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """The seller leaves a stalled trade open for ten stall timeouts before closing: its relay
+    opened at the stall, so the silence is charged until the stall only (750 Wh, as when it
+    closes at once), not for the wait (which would be the whole lot)."""
+    trade = open_trade(chain, seller, buyer, LOT, PRICE)
+    last_reading = block_time(chain, measure(chain, metered, 300))
+    chain.advance(10 * STALL)
+    receipt = chain.send(chain.market.functions.closeConnection(trade), seller)
+    charged = LOAD_W * STALL // 3600
+    assert chain.events(receipt)[0] == market_event(
+        "StallCharged", tradeId=trade, silentSince=last_reading,
+        silentUntil=last_reading + STALL, energyWh=charged,
+    )
+    assert billed(chain, trade) == (300 + charged, paid_wei(300 + charged, PRICE))
+    assert credit(chain, seller) == paid_wei(1_050, PRICE)
+    assert credit(chain, buyer) == DEPOSIT - paid_wei(1_050, PRICE)
+    assert tokens(chain, seller) == STOCK - 1_050  # 950 Wh undelivered came back
+    assert supply(chain) == STOCK - 1_050
+
+
 def test_heartbeats_keep_an_honest_idle_buyer_from_stalling(
     chain: Chain, seller: str, buyer: str, metered: str
 ):

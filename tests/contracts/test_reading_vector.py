@@ -1,4 +1,4 @@
-"""The signed-reading test vector of INTERFACE.md / hardware/PROTOCOL.md, checked on chain.
+"""The signed-reading test vector of hardware/PROTOCOL.md, checked on chain.
 
 The registry is deployed exactly where the vector says (chain id 31337, the first contract of
 the well-known development account of anvil and hardhat, 0x5FbDB...0aa3), so the contract's own
@@ -53,7 +53,7 @@ def test_the_vector_signature_is_what_eth_account_makes():
         "565ff037a371ea7d41ae278ab80744cbb4eca1b18bdd0e347cb23195201896911c"
     )
     assert signed.v == 28
-    # Low s, as INTERFACE.md requires (secp256k1 order / 2).
+    # Low s, as hardware/PROTOCOL.md requires (secp256k1 order / 2).
     assert signed.s <= 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 

@@ -90,6 +90,11 @@ def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
     assert "passphrase:" in first and "deployed: market" in first
     assert (data / "chain" / "anvil-state.json").is_file()
     assert oct((data / "demo" / "user-passphrases").stat().st_mode & 0o777) == "0o600"
+    # The meters' keys are theirs (their EEPROM): beside the data directory, never in it.
+    keys = sorted(p.name for p in (tmp_path / "data-meters").iterdir())
+    assert keys and all(oct(p.stat().st_mode & 0o777) == "0o600"
+                        for p in (tmp_path / "data-meters").glob("*.key"))
+    assert not list(data.rglob("*.key")) and not (data / "meters").exists()
     saved = _stopped_in_order(tmp_path / "first.log")
     passphrases = re.findall(r"passphrase: (\S+)", first)
     assert len(passphrases) == 2
@@ -111,6 +116,7 @@ def test_demo_starts_everything_and_a_second_run_resumes(tmp_path):
         _stop(process)
     second = (tmp_path / "second.log").read_text()
     assert "found the market" in second and "deployed: market" not in second
+    assert sorted(p.name for p in (tmp_path / "data-meters").iterdir()) == keys  # same meters
     assert "passphrase:" not in second  # printed once, on the first run only
     _stopped_in_order(tmp_path / "second.log")
 
