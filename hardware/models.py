@@ -32,6 +32,17 @@ class SolarArray:
         return self.peak_w * math.sin(math.pi * phase)
 
 
+EMPTY_CELL_V = 1.95  # a lead-acid cell's open-circuit voltage, empty
+FULL_CELL_V = 2.12  # and full
+
+
+def soc_from_voltage(volts: float, nominal_v: float = 24.0) -> float:
+    """State of charge (0-1) of a lead-acid bank from its open-circuit voltage (clamped)."""
+    cells = nominal_v / 2.0
+    soc = (volts / cells - EMPTY_CELL_V) / (FULL_CELL_V - EMPTY_CELL_V)
+    return min(1.0, max(0.0, soc))
+
+
 @dataclass
 class LeadAcidBattery:
     """A lead-acid bank: capacity, state of charge, charge/discharge efficiency, SoC limits.
@@ -67,7 +78,7 @@ class LeadAcidBattery:
     def voltage(self) -> float:
         """Terminal voltage: about 1.95 V/cell empty to 2.12 V/cell full (open circuit)."""
         cells = self.nominal_v / 2.0
-        return cells * (1.95 + 0.17 * self.soc)
+        return cells * (EMPTY_CELL_V + (FULL_CELL_V - EMPTY_CELL_V) * self.soc)
 
     def charge(self, power_w: float, seconds: float) -> float:
         """Offer `power_w` for `seconds`; return the power accepted at the terminals."""

@@ -66,6 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # A bar per emulated hour, the last emulated day and a quarter in the window.
             chart_bucket=max(1, round(3600 / args.acceleration)),
             chart_window=max(1, round(30 * 3600 / args.acceleration)),
+            agent_battery_kwh=settings.battery_wh / 1000,
             # The banner comes after the server's own lines, so it is the last thing on screen.
             on_ready=lambda: print(banner, flush=True),
         )

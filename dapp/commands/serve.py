@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # `microgrid demo` shows its accelerated day: a bar per emulated hour.
         "CHART_WINDOW_SECONDS": getattr(args, "chart_window", None),
         "CHART_BUCKET_SECONDS": getattr(args, "chart_bucket", None),
+        # `microgrid demo` knows its producer's battery: the agents assume that one.
+        "AGENT_BATTERY_KWH": getattr(args, "agent_battery_kwh", None),
     }
     app = create_app({k: v for k, v in config.items() if v is not None})
     ext = app.extensions["microgrid"]

@@ -15,14 +15,17 @@ words (also for a transaction that fails when mined); each new entry is handed t
 `emit(address, entry)` (the app sends it to the owner's Socket.IO room), and each transaction
 sent to `on_sent(address, tx_hash, kind)` (the app pushes the owner's wallet and the market).
 
-The state of charge is not on the chain and the meters do not report it, so the stored energy is
-estimated: the account's energy tokens, plus those it has listed or still has to deliver (they
-are in the market's escrow but still in its battery), plus energy delivered to it on open trades;
-the capacity is the server's `capacity_wh`. The expected use is the net power (load minus
-generation) of the meters: the bridge's live power when it reports both meters, else the last
-hour of readings on the chain. "Today" for the daily limit is the chain's UTC day; it counts what
-the account paid on trades opened today (also those it made by hand) plus what the policy adds
-(deposits on leading bids, escrow of open trades).
+The state of charge is not on the chain and the meters do not report it. Where the bridge reports
+the owner's supply meter live, the charge is read from the voltage it measures at the battery's
+terminals (a lead-acid bank of `battery_v` nominal: 1.95 V a cell empty, 2.12 V full, as
+`hardware.models.soc_from_voltage`). Otherwise the stored energy is estimated from the account's
+energy tokens, plus those it has listed or still has to deliver (they are in the market's escrow
+but still in its battery), plus energy delivered to it on open trades; that estimate forgets what
+the household used itself, so it runs high. The capacity is the server's `capacity_wh`. The
+expected use is the net power (load minus generation) of the meters: the bridge's live power when
+it reports both meters, else the last hour of readings on the chain. "Today" for the daily limit is
+the chain's UTC day; it counts what the account paid on trades opened today (also those it made by
+hand) plus what the policy adds (deposits on leading bids, escrow of open trades).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from dapp.services.amounts import format_time
 from dapp.services.errors import InvalidInput, UserError
 from dapp.services.market import MarketService
 from dapp.services.meters import LOAD, SUPPLY, MeterBoard
+from hardware.models import soc_from_voltage
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,8 @@ class AgentService:
     """The trading agents of one server: settings, the per-block run, the decision log."""
 
     def __init__(self, client: ChainClient, market: MarketService, meters: MeterBoard, *,
-                 capacity_wh: float = 10_000.0, expiry_s: float = 24 * 3600.0,
+                 capacity_wh: float = 10_000.0, battery_v: float = 24.0,
+                 expiry_s: float = 24 * 3600.0,
                  emit: Callable[[str, dict[str, Any]], None] = lambda address, entry: None,
                  on_sent: Callable[[str, str, str], None] = lambda address, tx, kind: None,
                  finalize_own: bool = False,
@@ -171,6 +176,7 @@ class AgentService:
         self.market = market
         self.meters = meters
         self.capacity_wh = float(capacity_wh)
+        self.battery_v = float(battery_v)
         self.expiry_s = float(expiry_s)
         self.emit = emit
         self.on_sent = on_sent
@@ -203,7 +209,7 @@ class AgentService:
         return {
             "key": messages.AGENT_KEY_NOTE.format(hours=f"{self.expiry_s / 3600:g}"),
             "signal": messages.AGENT_SIGNAL_NOTE.format(
-                capacity=f"{self.capacity_wh / 1000:g}"),
+                capacity=f"{self.capacity_wh / 1000:g}", volts=f"{self.battery_v:g}"),
         }
 
     def status(self, address: str) -> dict[str, Any]:
@@ -325,14 +331,18 @@ class AgentService:
         in_escrow = sum(x.energy_wh for x in listings if _same(x.seller, address))
         in_escrow += sum(t.remaining_wh for t in trades if _same(t.seller, address))
         received = sum(t.delivered_wh for t in trades if _same(t.buyer, address))
-        stored = tokens + in_escrow + received
+        volts = self._battery_volts(address)
+        if volts is not None:
+            soc = soc_from_voltage(volts, self.battery_v)
+        else:
+            soc = min(1.0, (tokens + in_escrow + received) / self.capacity_wh)
         day_start = chain_now - chain_now % DAY_S
         spent = sum(lot.paid_wei for lot in lots
                     if lot.status in (LotStatus.OPEN, LotStatus.CLOSED)
                     and _same(lot.buyer, address) and lot.deadline >= day_start)
         return HouseholdState(
             account=address, now_s=chain_now,
-            soc=min(1.0, stored / self.capacity_wh), capacity_wh=self.capacity_wh,
+            soc=soc, capacity_wh=self.capacity_wh,
             net_load_w=self._net_load_w(address), horizon_s=HORIZON_S, tokens_wh=tokens,
             listings=listings, trades=trades, spent_today_wei=spent,
         )
@@ -340,6 +350,17 @@ class AgentService:
     def _start(self, lot: Lot) -> int:
         start = self.market.start_price(lot)
         return lot.price_per_kwh if start is None else start
+
+    def _battery_volts(self, address: str) -> float | None:
+        """The voltage the owner's supply meter measures at its battery now (None: not live)."""
+        supply = self.meters.meter_of(address, SUPPLY, self.meters.states())
+        if supply is None or not supply.online or not supply.voltage_v:
+            return None
+        return supply.voltage_v
+
+    def battery_source(self, address: str) -> str:
+        """Where the agent's state of charge comes from: "voltage" or "tokens"."""
+        return "voltage" if self._battery_volts(address) is not None else "tokens"
 
     def _net_load_w(self, address: str) -> float:
         """Load minus generation in W: the bridge's live power, else the last hour on chain."""
@@ -365,6 +386,8 @@ class AgentService:
         state = self.state_of(address, chain_now, lots)
         agent.seen = {
             "battery_percent": f"{100 * state.soc:.0f}",
+            "battery_from": ("its voltage" if self.battery_source(address) == "voltage"
+                             else "your tokens"),
             "stored_kwh": f"{state.stored_wh / 1000:.3f}",
             "net_load_w": f"{state.net_load_w:.0f}",
             "spent_today_eth": format_eth(state.committed_wei),

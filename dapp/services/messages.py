@@ -587,10 +587,12 @@ AGENT_KEY_NOTE = (
     "or changed its limits forgets the key."
 )
 AGENT_SIGNAL_NOTE = (
-    "The meters report energy and power, not your battery's charge, so the agent counts your "
-    "energy tokens (with those listed or still to deliver, and energy delivered to you on open "
-    "trades) as the stored energy, against a battery of {capacity} kWh set by the server, and "
-    "your meters' net power of the last hour as the expected use."
+    "The chain does not know your battery's charge. While this server reads your supply meter, "
+    "the agent takes the charge from the voltage it measures at your battery (a {volts} V "
+    "lead-acid bank of {capacity} kWh, set by the server); otherwise it counts your energy "
+    "tokens (with those listed or still to deliver, and energy delivered to you on open trades), "
+    "which do not fall when your household uses energy itself. The expected use is your meters' "
+    "net power of the last hour."
 )
 AGENT_ON_FIELD = "Set 'on' to true or false."
 AGENT_ON_FORM = "Choose whether to turn the agent on or off."

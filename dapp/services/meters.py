@@ -50,6 +50,7 @@ class MeterView:
     energy_wh: int | None
     power_w: float | None
     detail: str
+    voltage_v: float | None = None  # at the battery's terminals (a supply meter's: its owner's)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -73,6 +74,7 @@ def _same(a: str | None, b: str | None) -> bool:
 def view_of(state: Any) -> MeterView:
     """A bridge's meter state (dapp.bridge.MeterState) as the pages show it."""
     relay, energy, power = state.relay_closed, state.energy_wh, state.power_w
+    volts = getattr(state, "voltage_v", None)
     return MeterView(
         address=state.address,
         owner=state.owner,
@@ -82,6 +84,7 @@ def view_of(state: Any) -> MeterView:
         energy_wh=None if energy is None else int(energy),
         power_w=None if power is None else float(power),
         detail=str(state.last_error or ""),
+        voltage_v=None if volts is None else float(volts),
     )
 
 

@@ -55,7 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "CHART_WINDOW_SECONDS": 6 * 3600,
     "CHART_BUCKET_SECONDS": 600,
     "START_BACKGROUND": True,
-    "AGENT_BATTERY_KWH": 10.0,  # the battery the trading agents assume (no SoC from the meters)
+    "AGENT_BATTERY_KWH": 10.0,  # the battery the trading agents assume for each household
+    "AGENT_BATTERY_V": 24.0,  # its nominal voltage (lead-acid): the charge from the voltage
     "AGENT_EXPIRY_HOURS": 24.0,  # an agent turns itself off (forgets the key) after this
     "NODE_MODULES": str(ROOT / "node_modules"),
     "MAX_CONTENT_LENGTH": 256 * 1024,
@@ -146,6 +147,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         chart_window=int(app.config["CHART_WINDOW_SECONDS"]),
         chart_bucket=int(app.config["CHART_BUCKET_SECONDS"]),
         agent_capacity_wh=float(app.config["AGENT_BATTERY_KWH"]) * 1000,
+        agent_battery_v=float(app.config["AGENT_BATTERY_V"]),
         agent_expiry_s=float(app.config["AGENT_EXPIRY_HOURS"]) * 3600,
     )
     app.extensions["microgrid"] = ext

@@ -72,6 +72,7 @@ class AppState:
         chart_window: int = 6 * 3600,
         chart_bucket: int = 600,
         agent_capacity_wh: float = 10_000.0,
+        agent_battery_v: float = 24.0,
         agent_expiry_s: float = 24 * 3600.0,
     ) -> None:
         self.client = client
@@ -85,7 +86,7 @@ class AppState:
         # their log goes to the owner's room as `agent` events.
         self.agents = AgentService(
             client, self.market, self.meters, capacity_wh=agent_capacity_wh,
-            expiry_s=agent_expiry_s,
+            battery_v=agent_battery_v, expiry_s=agent_expiry_s,
             emit=lambda address, entry: socketio.emit("agent", entry, to=user_room(address)),
             on_sent=self._agent_sent, finalize_own=not self.finalizer.enabled,
         )

@@ -31,7 +31,8 @@
       state.parentNode.insertBefore(line, state.nextSibling);
     }
     line.textContent = "As the agent saw it at its last block: battery " +
-      seen.battery_percent + " % (" + seen.stored_kwh + " kWh), load minus generation " + seen.net_load_w +
+      seen.battery_percent + " % (" + seen.stored_kwh + " kWh, from " + seen.battery_from +
+      "), load minus generation " + seen.net_load_w +
       " W, spent today " + seen.spent_today_eth + " of " + seen.daily_limit_eth + " ETH.";
   }
 

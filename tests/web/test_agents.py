@@ -102,8 +102,8 @@ def test_agent_sells_the_surplus_above_the_reserve_at_the_floor(fresh, tmp_path)
     assert [e["kind"] for e in entries] == ["action"]
     assert "offered 3.000 kWh" in entries[0]["text"] and "reserve" in entries[0]["text"]
 
-    seen = {"battery_percent": "50", "stored_kwh": "5.000", "net_load_w": "0",
-            "spent_today_eth": "0.0000", "daily_limit_eth": "1.0000"}
+    seen = {"battery_percent": "50", "stored_kwh": "5.000", "battery_from": "your tokens",
+            "net_load_w": "0", "spent_today_eth": "0.0000", "daily_limit_eth": "1.0000"}
     assert agents.status(me)["household"] == seen
 
     before = nonce(fresh, "producer")
@@ -254,7 +254,7 @@ def test_wallet_panel_turns_the_agent_on_and_off(producer, app, world):
     assert "Trading agent" in html and 'id="agent-state-text">Off<' in html
     assert "keeps your decrypted key in its memory" in html
     assert "Logging out does not stop the agent" in html
-    assert "energy and power, not your battery" in html
+    assert "the voltage it measures at your battery" in html
 
     answer = producer.post("/wallet/agent", {"on": "on", **GOOD})
     assert answer.status_code == 303
@@ -386,6 +386,53 @@ def test_a_page_that_connects_late_gets_what_was_logged_meanwhile(app, world):
     assert theirs.named("agent_log") == []  # the rival's agent logged nothing
     page = owner.text("/wallet/")
     assert all(f'data-seq="{e["seq"]}"' in page for e in got)  # the page numbers its own too
+
+
+class LiveSupply:
+    """Stands in for the meter bridge: the owner's supply meter, live, at a battery voltage."""
+
+    def __init__(self, owner: str, meter: str, volts: float, online: bool = True) -> None:
+        from types import SimpleNamespace
+
+        self.meter = SimpleNamespace(address=meter, owner=owner, kind="supply", online=online,
+                                     relay_closed=True, energy_wh=None, power_w=0.0,
+                                     voltage_v=volts, last_error="")
+
+    def on_event(self, event: Any) -> None:
+        """Chain events change nothing here."""
+
+    def state(self) -> list[Any]:
+        """The meters as a bridge reports them."""
+        return [self.meter]
+
+
+def test_the_charge_comes_from_the_battery_voltage_while_the_supply_meter_is_live(
+        fresh, tmp_path):
+    """The tokens say the battery is half full (5 of 10 kWh), but the household used its energy
+    itself: the supply meter measures 23.9 V at the 24 V bank, 24.5 %. The agent believes the
+    voltage and offers only the 0.45 kWh above the 20 % reserve (the tokens would have made it
+    offer 3 kWh); with the meter offline it falls back to the tokens."""
+    agents = service(fresh, tmp_path)
+    me = fresh.address["producer"]
+    meter = fresh.supply_meters[me].address
+    assert fresh.client.token_balance(me) == 5_000
+    assert agents.state_of(me, fresh.now(), []).soc == pytest.approx(0.5)
+    assert agents.battery_source(me) == "tokens"
+    agents.meters.bridge = LiveSupply(me, meter, volts=23.9)
+    assert agents.state_of(me, fresh.now(), []).soc == pytest.approx((23.9 / 12 - 1.95) / 0.17)
+    agents.configure(fresh.account("producer"), True, **GOOD)
+    entries = run(agents, fresh, me)
+    actions = [e["text"] for e in entries if e["kind"] == "action"]
+    assert len(actions) == 1 and actions[0].startswith(
+        "offered 0.450 kWh: battery 25 % is above the 20 % reserve")
+    assert fresh.client.lot(fresh.client.lot_count()).energy_wh == 450
+    assert fresh.client.token_balance(me) == 4_550
+    seen = agents.status(me)["household"]
+    assert seen["battery_percent"] == "25" and seen["battery_from"] == "its voltage"
+
+    agents.meters.bridge = LiveSupply(me, meter, volts=23.9, online=False)
+    assert agents.battery_source(me) == "tokens"
+    assert agents.state_of(me, fresh.now(), agents.market.lots()).soc == pytest.approx(0.5)
 
 
 def test_a_refused_action_is_logged_with_the_reason_and_nothing_is_sent(fresh, tmp_path):
