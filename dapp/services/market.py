@@ -18,7 +18,7 @@ from eth_account.signers.local import LocalAccount
 
 from dapp.chain.client import ChainClient, Lot, LotStatus
 from dapp.chain.listener import ChainEvent
-from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.errors import ChainError, ChainUnavailable, ContractReverted
 from dapp.services import messages, rules
 from dapp.services.amounts import (
     format_ether,
@@ -31,7 +31,7 @@ from dapp.services.amounts import (
     short_address,
 )
 from dapp.services.errors import ActionRefused, InvalidInput
-from dapp.services.messages import as_user_error, chain_error_sentence
+from dapp.services.messages import chain_error_sentence, sentenced
 from dapp.services.meters import LOAD, SUPPLY, MeterBoard
 
 log = logging.getLogger(__name__)
@@ -363,18 +363,18 @@ class MarketService:
         wh = parse_energy(energy)
         wei = parse_price(price, price_unit)
         seconds = parse_duration(duration, duration_unit)
-        params = self._read(self.parameters)
+        params = sentenced(self.parameters)
         low, high = params["min_duration"], params["max_duration"]
         if not rules.duration_allowed(seconds, low, high):
             raise InvalidInput(messages.duration_out_of_range(seconds, low, high))
-        balance = self._read(lambda: self.client.token_balance(account.address))
+        balance = sentenced(lambda: self.client.token_balance(account.address))
         if wh > balance:
             raise ActionRefused(messages.not_enough_tokens(balance, wh))
-        tx_hash = self._act(lambda: self.client.sell(account, wh, wei, seconds))
+        tx_hash = sentenced(lambda: self.client.sell(account, wh, wei, seconds))
         return {"tx_hash": tx_hash, "message": messages.listing_sent(wh, wei, seconds)}
 
     def _open_lot(self, lot_id: int) -> Lot:
-        lot = self._read(lambda: self.client.lot(lot_id))
+        lot = sentenced(lambda: self.client.lot(lot_id))
         if lot.status == LotStatus.NONE:
             raise InvalidInput(messages.no_such_listing(lot_id))
         return lot
@@ -389,21 +389,21 @@ class MarketService:
             raise ActionRefused(messages.listing_closed_for_bids(lot_id))
         if _eq(lot.seller, account.address):
             raise ActionRefused(messages.SELLER_CANNOT_BID)
-        if not rules.may_bid(self._read(lambda: self.client.load_meter_of(account.address))):
+        if not rules.may_bid(sentenced(lambda: self.client.load_meter_of(account.address))):
             raise ActionRefused(messages.NO_LOAD_METER)
-        now = self._read(self.client.latest_timestamp)
+        now = sentenced(self.client.latest_timestamp)
         if rules.auction_ended(now, lot.deadline):
             raise ActionRefused(messages.auction_ended(lot_id))
-        params = self._read(self.parameters)
+        params = sentenced(self.parameters)
         minimum = rules.min_next_bid(lot.price_per_kwh, lot.buyer is not None,
                                      params["min_increment_per_kwh"])
         if wei < minimum:
             raise ActionRefused(messages.bid_below_minimum(lot_id, minimum))
         deposit = rules.deposit_wei(lot.energy_wh, wei)
-        balance = self._read(lambda: self.client.ether_balance(account.address))
+        balance = sentenced(lambda: self.client.ether_balance(account.address))
         if deposit >= balance:
             raise ActionRefused(messages.deposit_exceeds_balance(deposit, lot.energy_wh, balance))
-        tx_hash = self._act(lambda: self.client.bid(account, lot_id, wei))
+        tx_hash = sentenced(lambda: self.client.bid(account, lot_id, wei))
         return {"tx_hash": tx_hash, "message": messages.bid_sent(wei, lot_id, deposit)}
 
     def close(self, account: LocalAccount, trade_id: object) -> dict[str, str]:
@@ -419,21 +419,21 @@ class MarketService:
             raise ActionRefused(messages.trade_not_open(trade_id))
         if not (_eq(account.address, lot.buyer) or _eq(account.address, lot.seller)):
             raise ActionRefused(messages.not_trade_party(trade_id))
-        grace = self._read(self.parameters)["close_grace"]
-        now = self._read(self.client.latest_timestamp)
+        grace = sentenced(self.parameters)["close_grace"]
+        now = sentenced(self.client.latest_timestamp)
         if _eq(account.address, lot.buyer):
-            active = self._read(lambda: self.client.active_trade_of(account.address)) == trade_id
+            active = sentenced(lambda: self.client.active_trade_of(account.address)) == trade_id
             effect = rules.buyer_close(active, lot.close_requested_at, now, grace)
             if effect == rules.WAITS:
                 raise ActionRefused(messages.close_already_requested(
                     trade_id, rules.grace_ends_at(lot.close_requested_at, grace)))
         else:
             effect = rules.CLOSES
-            close_at = rules.seller_close_at(self._read(lambda: self.client.stalls_at(trade_id)),
+            close_at = rules.seller_close_at(sentenced(lambda: self.client.stalls_at(trade_id)),
                                              lot.close_requested_at, grace)
             if not rules.seller_can_close(now, close_at):
                 raise ActionRefused(messages.seller_close_too_early(trade_id, close_at))
-        tx_hash = self._act(lambda: self.client.close_connection(account, trade_id))
+        tx_hash = sentenced(lambda: self.client.close_connection(account, trade_id))
         if effect == rules.REQUESTS:
             return {"tx_hash": tx_hash, "message": messages.close_request_sent(trade_id, grace)}
         return {"tx_hash": tx_hash, "message": messages.close_sent(trade_id)}
@@ -444,26 +444,11 @@ class MarketService:
         lot = self._open_lot(lot_id)
         if lot.status != LotStatus.LISTED:
             raise ActionRefused(messages.already_finalized(lot_id))
-        if not rules.auction_ended(self._read(self.client.latest_timestamp), lot.deadline):
+        if not rules.auction_ended(sentenced(self.client.latest_timestamp), lot.deadline):
             raise ActionRefused(messages.auction_not_ended(lot_id, lot.deadline))
-        tx_hash = self._act(lambda: self.client.finalize(account, lot_id))
+        tx_hash = sentenced(lambda: self.client.finalize(account, lot_id))
         return {"tx_hash": tx_hash, "message": messages.finalize_sent(lot_id)}
 
-    @staticmethod
-    def _read(read: Callable[[], Any]) -> Any:
-        """A chain read whose failure becomes a sentence."""
-        try:
-            return read()
-        except ChainError as exc:
-            raise as_user_error(exc) from None
-
-    @staticmethod
-    def _act(send: Callable[[], str]) -> str:
-        """A chain action whose failure becomes a sentence."""
-        try:
-            return send()
-        except (ContractReverted, ChainError, WalletError) as exc:
-            raise as_user_error(exc) from None
 
 
 class AutoFinalizer:

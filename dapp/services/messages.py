@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
 from dapp.services.amounts import (
@@ -19,6 +20,8 @@ from dapp.services.amounts import (
     format_time,
 )
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput, UserError
+
+T = TypeVar("T")
 
 Args = tuple
 
@@ -515,6 +518,14 @@ def wallet_sentence(exc: WalletError) -> str:
         return "Wrong passphrase (or a damaged key file)."
     text = text[:1].upper() + text[1:]
     return text if text.endswith(".") else text + "."
+
+
+def sentenced(action: Callable[[], T]) -> T:
+    """Run a chain read or action; a chain, contract or wallet failure becomes its sentence."""
+    try:
+        return action()
+    except (ContractReverted, ChainError, WalletError) as exc:
+        raise as_user_error(exc) from None
 
 
 def as_user_error(exc: BaseException) -> UserError:

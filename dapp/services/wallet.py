@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from dapp.chain.client import ChainClient, Meter
 from dapp.chain.contracts import load_artifact
-from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.errors import ChainError, ChainUnavailable, WalletError
 from dapp.services import messages
 from dapp.services.amounts import (
     format_ether,
@@ -30,6 +30,7 @@ from dapp.services.messages import (
     as_user_error,
     chain_error_sentence,
     deployment_unknown,
+    sentenced,
     unavailable_detail,
 )
 from dapp.services.meters import MeterBoard
@@ -315,14 +316,14 @@ class WalletService:
     def accept_meter(self, account: LocalAccount, meter: object) -> dict[str, str]:
         """Accept a meter offered to the account: its signed readings count for it."""
         info = answerable_offer(self.client, account.address, meter, accepting=True)
-        tx_hash = self._act(lambda: self.client.accept_meter(account, info.address))
+        tx_hash = sentenced(lambda: self.client.accept_meter(account, info.address))
         return {"tx_hash": tx_hash, "message": messages.meter_accept_sent(info.address,
                                                                           info.kind)}
 
     def decline_meter(self, account: LocalAccount, meter: object) -> dict[str, str]:
         """Decline a meter offered to the account: it never counts for it."""
         info = answerable_offer(self.client, account.address, meter, accepting=False)
-        tx_hash = self._act(lambda: self.client.decline_meter(account, info.address))
+        tx_hash = sentenced(lambda: self.client.decline_meter(account, info.address))
         return {"tx_hash": tx_hash, "message": messages.meter_decline_sent(info.address)}
 
     def preview_send(self, sender: str, to: object, amount: object) -> dict[str, Any]:
@@ -350,7 +351,7 @@ class WalletService:
     def send_ether(self, account: LocalAccount, to: object, amount: object) -> dict[str, str]:
         """Send Ether after the same checks as the preview; returns the transaction hash."""
         preview = self.preview_send(account.address, to, amount)
-        tx_hash = self._act(
+        tx_hash = sentenced(
             lambda: self.client.send_ether(account, preview["to"], int(preview["amount_wei"]))
         )
         return {"tx_hash": tx_hash,
@@ -364,7 +365,7 @@ class WalletService:
             raise as_user_error(exc) from None
         if credit == 0:
             raise ActionRefused("You have no credit to withdraw.")
-        tx_hash = self._act(lambda: self.client.withdraw(account))
+        tx_hash = sentenced(lambda: self.client.withdraw(account))
         return {"tx_hash": tx_hash, "message": f"Withdrawing {format_ether(credit)} ETH."}
 
     def start_mining(self) -> dict[str, Any]:
@@ -389,10 +390,3 @@ class WalletService:
             raise ActionRefused(f"The node refused: {exc}") from None
         return self.mining_status()
 
-    @staticmethod
-    def _act(send: Callable[[], str]) -> str:
-        """Run a chain action, turning every failure into a sentence."""
-        try:
-            return send()
-        except (ContractReverted, ChainError, WalletError) as exc:
-            raise as_user_error(exc) from None
