@@ -3,7 +3,8 @@
 Every state file of the app (listener cursor, outbox, deployment cache, keystore labels and key
 files, the demo's state) is written here: a temporary file in the same directory, flushed and
 fsynced, renamed over the target (`os.replace`), then the directory fsynced so the rename itself
-survives a power cut. The device side (hardware/) keeps no files, so it needs no copy of this.
+survives a power cut. The device side (hardware/emulator.py, the emulated meter's key file) has its
+own small copy, since hardware/ imports nothing from dapp.
 """
 
 from __future__ import annotations

@@ -69,6 +69,33 @@ _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD036414
 _METER_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
+def _write_whole(path: Path, text: str) -> Path:
+    """Write `text` to a new file `path` (mode 0600), flushed to disk; returns `path`.
+
+    The device side's own atomic writer: hardware/ imports nothing from dapp (dapp/atomic.py).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    return path
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename or link in it) to disk, where the OS allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class MeterState:
     """An emulated meter's EEPROM: its key, last signed counter and sequence, and its domain.
 
@@ -101,17 +128,23 @@ class MeterState:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> MeterState:
-        """Load the meter at `path`, or create it there (a new key, mode 0600) if it is absent."""
+        """Load the meter at `path`, or create it there (a new key, mode 0600) if it is absent.
+
+        A new key file is written whole beside it and linked into place, so a crash never
+        leaves half a key file, and two starts cannot both create one.
+        """
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if path.exists():
             return cls._load(path)
         state = cls(_new_key(), path=path)
-        with os.fdopen(fd, "w") as out:
-            out.write(state._dump())
-            out.flush()
-            os.fsync(out.fileno())
+        tmp = _write_whole(path.with_name(f"{path.name}.new-{secrets.token_hex(4)}"), state._dump())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return cls._load(path)
+        finally:
+            tmp.unlink()
+        _sync_directory(path.parent)
         log.info("%s: new meter key %s", path, state.address)
         return state
 
@@ -153,13 +186,10 @@ class MeterState:
         """Write the state to its file atomically (no-op for an ephemeral meter)."""
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(self._dump())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        # Before every signed reading: no directory fsync (a rename lost to a power cut makes
+        # the meter sign an old sequence again, which the registry refuses as a replay).
+        os.replace(_write_whole(self.path.with_name(self.path.name + ".tmp"), self._dump()),
+                   self.path)
 
     def sign_next(self, energy_wh: int) -> tuple[int, int, bytes]:
         """Sign the next reading: (counter, sequence, signature), persisted before it is returned.

@@ -18,7 +18,7 @@ CHAIN = "dapp/chain/"
 NODE_LIBRARIES = ("web3", "eth_tester")
 # Attributes that mean "talking to web3 directly": the Web3 object, its eth module, its
 # provider's raw requests, a contract's functions.
-NODE_ATTRIBUTES = ("w3", "_w3", "eth", "functions", "make_request")
+NODE_ATTRIBUTES = ("w3", "_w3", "eth", "functions", "make_request", "provider")
 # No device-side module imports dapp (the bridge is application code, in dapp/bridge).
 HARDWARE_MAY_IMPORT_DAPP: set[str] = set()
 
@@ -78,6 +78,8 @@ def test_the_source_tree_keeps_its_layers():
         ("n = client._registry.functions.x().call()\n", "dapp/x.py", "uses .functions"),
         ("r = w.provider.make_request('anvil_setBalance', [])\n", "dapp/x.py",
          "uses .make_request"),
+        ("node.provider.cache_allowed_requests = True\n", "dapp/simulate/x.py",
+         "uses .provider"),
         ("from dapp.errors import MeterError\n", "hardware/driver.py", "imports dapp.errors"),
         ("import dapp\n", "hardware/x.py", "imports dapp"),
     ],

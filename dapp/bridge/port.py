@@ -32,13 +32,13 @@ from dapp.bridge.drivers import (
 )
 from dapp.chain.client import Meter, ReadingOutcome
 from dapp.errors import ChainError, MeterError
+from hardware.protocol import KINDS
 
 if TYPE_CHECKING:
     from dapp.bridge.bridge import MeterBridge
 
 log = logging.getLogger(__name__)
 
-KINDS = ("supply", "load")
 
 
 @dataclass(frozen=True)

@@ -306,13 +306,16 @@ _clique_blocks = FormattingMiddlewareBuilder.build(
 )
 
 
-def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Web3:
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT, cache_constants: bool = False) -> Web3:
     """A Web3 for the node at `url`: http(s)://, ws(s)://, an IPC path, or inprocess://[name].
 
-    Nothing is sent yet: a node that is down makes the first call raise ChainUnavailable
-    (after at most `timeout` seconds). Use `wait_until_available` to wait for a node.
-    ``inprocess://`` (optionally ``inprocess://NAME``) returns the process-wide in-process
-    chain of that name, created on first use with its block timer running.
+    `cache_constants`: ask the chain id and client version once, not before every call (web3
+    asks for the chain id with each eth_call and transaction otherwise); for a node that is not
+    restarted under this process, such as a simulation's own. Nothing is sent yet: a node that
+    is down makes the first call raise ChainUnavailable (after at most `timeout` seconds). Use
+    `wait_until_available` to wait for a node. ``inprocess://`` (optionally
+    ``inprocess://NAME``) returns the process-wide in-process chain of that name, created on
+    first use with its block timer running.
     """
     url = url.strip()
     if timeout <= 0:
@@ -335,6 +338,9 @@ def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Web3:
         )
     else:
         provider = _IPCProvider(url, timeout)
+    if cache_constants:
+        provider.cache_allowed_requests = True
+        provider.cacheable_requests = {"eth_chainId", "net_version", "web3_clientVersion"}
     w3 = Web3(provider)
     w3.middleware_onion.inject(_clique_blocks, name="clique_blocks", layer=0)
     return w3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import stat
 
@@ -100,6 +101,39 @@ def test_key_file_is_created_once_with_mode_0600_and_keeps_the_identity(tmp_path
     path.chmod(0o644)
     with pytest.raises(ValueError, match="chmod 600"):
         MeterState.open(path)
+
+
+def test_a_new_key_file_appears_whole_and_only_once(tmp_path, monkeypatch):
+    """The key is written beside the file and linked into place: a start that dies while
+    writing leaves no half key file, and a start that finds the file already made uses it."""
+    import hardware.emulator as emulator
+
+    path = tmp_path / "meter.key"
+
+    def dies_writing(target, text):
+        target.write_text(text[:20])
+        raise OSError("power cut")
+
+    monkeypatch.setattr(emulator, "_write_whole", dies_writing)
+    with pytest.raises(OSError, match="power cut"):
+        MeterState.open(path)
+    assert not path.exists()  # only the abandoned temporary file, never the key file
+    monkeypatch.undo()
+    first = MeterState.open(path)  # the next start makes the key file whole
+    assert MeterState.open(path).address == first.address
+
+    real_link = os.link
+
+    def another_start_won(src, dst):  # the other start linked its key first
+        monkeypatch.setattr(emulator.os, "link", real_link)
+        MeterState.open(dst)
+        real_link(src, dst)
+
+    other = tmp_path / "other.key"
+    monkeypatch.setattr(emulator.os, "link", another_start_won)
+    winner = MeterState.open(other)
+    assert MeterState.open(other).address == winner.address != first.address
+    assert sorted(p.name for p in tmp_path.glob("other.key*")) == ["other.key"]
 
 
 def test_a_key_directory_holds_one_key_per_meter(tmp_path):
