@@ -341,12 +341,28 @@ class MarketService:
             "min_charge_kwh": format_kwh(charge_wh),
             "min_charge_fee": format_ether(rules.minimum_charge_fee_wei(
                 lot.energy_wh, lot.delivered_wh, lot.price_per_kwh, params["min_charge_wh"])),
-            "refund_if_closed": format_ether(rules.close_refund_wei(
-                lot.energy_wh, lot.delivered_wh, lot.price_per_kwh, params["min_charge_wh"])),
+            "refund_if_closed": format_ether(self._refund_if_closed(
+                lot, now, params, active and (stalled or buyer_close == rules.CLOSES),
+                carried_wh, stall_at)),
             "seller_can_close_at": close_at,
             "seller_can_close": rules.seller_can_close(now, close_at),
             "buyer_close": buyer_close,
         }
+
+    def _refund_if_closed(self, lot: Lot, now: int, params: dict[str, int], silent: bool,
+                          carried_wh: int, stall_at: int) -> int:
+        """The buyer's refund if the trade closed now; a silent active trade is first charged
+        for its silence (rules.silence_charge_wh), as the market does."""
+        delivered = lot.delivered_wh
+        if silent:
+            meter = self.client.load_meter_of(lot.buyer or "")
+            info = self.client.meter(meter) if meter else None
+            delivered += rules.silence_charge_wh(
+                info.rated_power_w if info else 0, stall_at - params["stall_timeout"], now,
+                lot.close_requested_at, params["stall_timeout"], carried_wh,
+                lot.energy_wh - lot.delivered_wh)
+        return rules.close_refund_wei(lot.energy_wh, delivered, lot.price_per_kwh,
+                                      params["min_charge_wh"])
 
     def due(self) -> list[Lot]:
         """Listings whose deadline has passed by the latest block's clock (ready to finalize)."""

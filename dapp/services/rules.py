@@ -71,6 +71,19 @@ def close_refund_wei(energy_wh: int, delivered_wh: int, price_per_kwh: int,
             - minimum_charge_fee_wei(energy_wh, delivered_wh, price_per_kwh, min_charge_wh))
 
 
+def silence_charge_wh(rated_power_w: int, silent_since: int, now: int, close_requested_at: int,
+                      stall_timeout: int, carried_wh: int, undelivered_wh: int) -> int:
+    """EnergyMarket._chargeSilence: what closing a silent active trade at `now` charges as
+    delivered: the carried-over energy plus rating x silence (until now, the close request or
+    the stall, whichever is first), capped at the undelivered lot."""
+    until = now
+    if close_requested_at and close_requested_at < until:
+        until = close_requested_at
+    until = min(until, silent_since + stall_timeout)
+    silent_wh = rated_power_w * (until - silent_since) // 3600 if until > silent_since else 0
+    return min(undelivered_wh, min(carried_wh, undelivered_wh) + silent_wh)
+
+
 def stalls_at(last_reading_at: int, active_since: int, stall_timeout: int) -> int:
     """EnergyMarket.stallsAt: the buyer's load meter's last accepted reading, or when the trade
     opened or became active if later, plus the stall timeout."""

@@ -268,6 +268,45 @@ def test_minimum_charge(market, seller, buyer, load_meter, energy, price, delive
             max(delivered, rules.minimum_charge_wh(energy, MIN_CHARGE)), price)
 
 
+@FEW
+@given(energy=st.integers(1, 3_000), delivered=st.integers(0, 3_000),
+       silence=st.integers(1, 3 * STALL), request=st.booleans(), wait=st.integers(0, 2 * STALL))
+@example(energy=3_000, delivered=300, silence=STALL, request=False, wait=10 * STALL)
+@example(energy=1_000, delivered=0, silence=GRACE, request=True, wait=0)
+def test_closing_a_silent_trade_charges_the_rule(market, seller, buyer, load_meter, energy,
+                                                 delivered, silence, request, wait):
+    """The seller closes the buyer's silent active trade once it may, possibly after waiting:
+    the silence charge, the refund and the seller's credit are the rule's to the wei."""
+    with fresh(market):
+        trade = open_trade(market, seller, buyer, energy, PRICE)
+        delivered = min(delivered, energy - 1)
+        if delivered:
+            measure(market, load_meter, delivered)
+        if request:
+            market.send(market.market.functions.closeConnection(trade), buyer)
+        market.advance(silence)
+        info = lot_of(market, trade)
+        if info.status != Status.OPEN:
+            return
+        read_at, rated = market.registry.functions.lastLoadReadingOf(buyer).call()
+        stall = rules.stalls_at(read_at, info.active_since, STALL)
+        close_at = rules.seller_close_at(stall, info.close_requested_at, GRACE)
+        at = max(close_at, market.now() + 1) + wait
+        advance_to(market, at)  # the seller's close is mined at `at`
+        charged = rules.silence_charge_wh(rated, stall - STALL, at, info.close_requested_at,
+                                          STALL, market.market.functions.carriedOf(buyer).call(),
+                                          energy - info.delivered_wh)
+        total = info.delivered_wh + charged
+        refund = rules.close_refund_wei(energy, total, PRICE, MIN_CHARGE)
+        seller_before, buyer_before = credit(market, seller), credit(market, buyer)
+        assert block_time(market, market.send(market.market.functions.closeConnection(trade),
+                                               seller)) == at
+        assert lot_of(market, trade).delivered_wh == total
+        assert credit(market, buyer) - buyer_before == refund
+        assert credit(market, seller) - seller_before == (
+            rules.deposit_wei(energy, PRICE) - paid_wei(info.delivered_wh, PRICE) - refund)
+
+
 def test_only_a_bidder_with_a_load_meter_may_bid(market, seller, buyer, rival):
     with fresh(market):
         lot = list_lot(market, seller, 100, PRICE)

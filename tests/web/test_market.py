@@ -250,6 +250,9 @@ def test_seller_may_close_a_stalled_trade(producer, consumer, world):
     trade = next(t for t in producer.client.get("/api/v1/market").get_json()["trades"]
                  if t["id"] == lot)
     assert trade["stalled"] is True and trade["stalls_at"] == opened + 60
+    # The refund shown is what the close leaves the buyer once its silence is charged: nothing.
+    assert trade["refund_if_closed"] == "0"
+    buyer_credit = world.client.credit_of(world.address["consumer"])
     seller_credit = world.client.credit_of(world.address["producer"])
     assert producer.post("/market/close", {"trade": str(lot)}).status_code == 303
     world.mine(pending_tx(producer))
@@ -259,6 +262,7 @@ def test_seller_may_close_a_stalled_trade(producer, consumer, world):
     # seller is paid for all of it from the escrow.
     assert closed.delivered_wh == 1000
     assert world.client.credit_of(world.address["producer"]) == seller_credit + 10**15
+    assert world.client.credit_of(world.address["consumer"]) == buyer_credit
 
 
 def test_a_queued_trade_shows_as_queued_and_its_seller_waits_for_a_stall(producer, consumer,
