@@ -6,11 +6,11 @@ the market knows its token and registry), the cache, or automatic discovery: the
 with that topic and no address filter finds every deployment. Each candidate is checked
 (`dapp.chain.verify`: the code of all three contracts equals the committed artifacts and their
 wiring agrees); a look-alike is skipped. Exactly one good deployment is taken; with several
-(anyone may deploy a copy with themselves as operator) discovery refuses and lists them, so the
-user picks one with ``--market`` or ``--operator ADDRESS`` (only deployments that account
-operates). The result is cached in ``<data-dir>/deployment.json`` keyed by the chain's genesis
-hash, so a chain replaced by a new one is never confused with the old one, and a copy deployed
-after the server joined does not matter to it.
+(anyone may deploy a copy, naming any operator) discovery refuses and lists them, so the
+user picks one with ``--market`` or ``--operator ADDRESS`` (only a deployment whose market that
+account created). The result is cached in ``<data-dir>/deployment.json`` keyed by the chain's
+genesis hash, so a chain replaced by a new one is never confused with the old one, and a copy
+deployed after the server joined does not matter to it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from hexbytes import HexBytes
 from web3 import Web3
 
 from dapp.chain.contracts import Artifact, _abi_type, load_artifact
-from dapp.chain.deploy import Deployment
+from dapp.chain.deploy import Deployment, create_address
 from dapp.errors import ChainError
 
 ROLES = {"token": "EnergyToken", "registry": "MeterRegistry", "market": "EnergyMarket"}
@@ -137,20 +137,30 @@ def first_operator(w3: Web3, registry: str, scan: Callable[..., list[dict]]) -> 
 
 
 def is_operator(w3: Web3, deployment: Deployment, account: str) -> bool:
-    """True if `account` operates this deployment (deployed it as operator or holds the role)."""
+    """True if `account` deployed this deployment: it sent the transaction that created the
+    market (the one that emitted its MarketDeployed). Naming an account as operator, or granting
+    it the role, is something anyone's copy can do; sending as it is not."""
     account = to_checksum_address(account)
-    if deployment.operator and to_checksum_address(deployment.operator) == account:
-        return True
-    abi = load_artifact("MeterRegistry").abi
-    names = {i.get("name") for i in abi if i["type"] == "function"}
-    if not {"OPERATOR_ROLE", "hasRole"} <= names:
+    abi = load_artifact("EnergyMarket").abi
+    event = next((i for i in abi if i["type"] == "event" and i["name"] == "MarketDeployed"), None)
+    if event is None:
         return False
-    registry = w3.eth.contract(address=deployment.registry, abi=abi)
     try:
-        role = registry.functions.OPERATOR_ROLE().call()
-        return bool(registry.functions.hasRole(role, account).call())
-    except Exception:  # noqa: BLE001 - a registry that cannot answer does not vouch for anyone
+        logs = w3.eth.get_logs({
+            "fromBlock": deployment.block, "toBlock": deployment.block,
+            "address": to_checksum_address(deployment.market),
+            "topics": [HexBytes(event_abi_to_log_topic(event)).to_0x_hex()],
+        })
+        for log in logs:
+            tx = w3.eth.get_transaction(log["transactionHash"])
+            sender = to_checksum_address(tx["from"])
+            if (tx.get("to") is None and sender == account
+                    and create_address(sender, tx["nonce"]) == to_checksum_address(
+                        deployment.market)):
+                return True
+    except Exception:  # noqa: BLE001 - a chain that cannot show the creation vouches for nobody
         return False
+    return False
 
 
 # Deployments that passed, by (chain id, market, hash of the market's code): the outcome depends

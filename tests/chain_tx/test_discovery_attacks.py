@@ -65,10 +65,12 @@ def tampered(bytecode: str) -> str:
 
 
 def deploy_with(w3: Web3, deployer, tamper: str | None = None,
-                token: str | None = None, registry: str | None = None) -> Deployment:
+                token: str | None = None, registry: str | None = None,
+                named_operator: str | None = None) -> Deployment:
     """Deploy like `microgrid deploy`, optionally altering one contract's code.
 
-    With `token`/`registry` given, only a market is deployed, claiming those contracts.
+    With `token`/`registry` given, only a market is deployed, claiming those contracts. With
+    `named_operator`, the registry names that account its operator instead of the deployer.
     """
     params = MarketParameters()
     nonce = w3.eth.get_transaction_count(deployer.address, "pending")
@@ -81,7 +83,7 @@ def deploy_with(w3: Web3, deployer, tamper: str | None = None,
         token, registry, market = (create_address(deployer.address, nonce + i) for i in range(3))
         plan = [
             ("EnergyToken", [registry, market]),
-            ("MeterRegistry", [deployer.address, token, market]),
+            ("MeterRegistry", [named_operator or deployer.address, token, market]),
             ("EnergyMarket", [token, registry, params.min_duration, params.max_duration,
                               params.min_increment_per_kwh, params.stall_timeout,
                                   params.close_grace, params.min_charge_wh]),
@@ -119,6 +121,23 @@ def test_an_honest_copy_by_someone_else_makes_discovery_refuse_and_list_both(
     stranger = Account.create().address
     with pytest.raises(ChainError, match=f"no Microgrid deployment operated by {stranger}"):
         discovery.resolve(w3, operator=stranger)
+
+
+def test_a_copy_that_names_the_real_operator_is_not_the_operators(w3, operator, attacker,
+                                                                  tmp_path):
+    """The attacker's copy makes the real operator its registry's operator (and admin): the
+    chain then holds two valid deployments "operated" by that account. Only the one the operator
+    sent is taken with --operator, so the copy can neither capture nor block a joining server."""
+    real = deploy(w3, operator)
+    copy = deploy_with(w3, attacker, named_operator=operator.address)
+    with pytest.raises(discovery.AmbiguousDeployment):
+        discovery.resolve(w3, tmp_path / "deployment.json")
+    assert same(discovery.resolve(w3, tmp_path / "a.json", operator=operator.address), real)
+    with pytest.raises(DeploymentRejected, match="not operated by"):
+        discovery.resolve(w3, market=copy.market, operator=operator.address)
+    # The copy is the attacker's: sent by it, whoever its registry names.
+    assert discovery.resolve(w3, tmp_path / "b.json", operator=attacker.address).market == (
+        copy.market)
 
 
 def test_a_server_that_joined_first_keeps_its_deployment_when_a_copy_appears(
