@@ -28,6 +28,8 @@ ERRORS = {
     "429": _error("Too many login attempts; see retry_after (seconds)"),
     "503": _error("The chain is unavailable; nothing was sent"),
     "404": _error("No such contract"),
+    "403": _error("Accounts are created and imported from this machine only "
+                  "(MICROGRID_ACCOUNTS_FROM_NETWORK allows others)"),
 }
 
 
@@ -89,7 +91,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "post": _op("Create an account", _json(_obj(["address"], address=ADDRESS), "Created"),
                         body=_obj(["passphrase"], passphrase={"type": "string", "minLength": 8},
                                   confirm={"type": "string"}, label={"type": "string"}),
-                        auth=False, status="201", errors=("400", "429"), tag="session"),
+                        auth=False, status="201", errors=("400", "403", "429"), tag="session"),
         },
         "/accounts/import": {
             "post": _op("Import a geth (V3) keystore file", _json(_obj(["address"],
@@ -99,7 +101,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "description": "the key file: a JSON object, or its base64 text "
                                            "(multipart field `keyfile` also works)"},
                             passphrase={"type": "string"}, label={"type": "string"}),
-                        auth=False, status="201", errors=("400", "429"), tag="session"),
+                        auth=False, status="201", errors=("400", "403", "429"), tag="session"),
         },
         "/chain": {
             "get": _op("The network: chain id, latest block, mining, the contracts' addresses "
