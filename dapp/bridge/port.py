@@ -576,6 +576,14 @@ class MeterPort:
             with self._lock:
                 self.last_error = None
         else:
+            with self._lock:
+                # Refused: the chain still holds its older counter, so that is the base again
+                # and this counter goes once more after the interval (signed anew), not only at
+                # the next heartbeat (an implausible jump becomes plausible as chain time
+                # passes; a frozen counter would otherwise wait a whole heartbeat).
+                if self.forwarded is not None and self.forwarded[1] == signed.sequence:
+                    base = self.registered.cumulative_wh if self.registered is not None else 0
+                    self.forwarded = (base, signed.sequence, self.forwarded[2])
             self._set_error(f"reading {signed.energy_wh} Wh (#{signed.sequence}) refused: "
                             f"{outcome.reason}")
             self.recheck_registry()

@@ -328,3 +328,33 @@ def _carry(world, reading: SignedReading, meter: str):
         return world.client.reading_outcomes(tx)[(meter, reading.sequence)]
     except ContractReverted as exc:
         return ReadingOutcome(meter, reading.sequence, False, exc.name)
+
+
+def test_a_refused_reading_goes_again_after_the_interval_not_the_heartbeat(
+        world, plant, bridges):
+    """The registry refuses a counter that grew faster than the meter's rating allows in the
+    chain time since its last reading. Once chain time has passed, the same counter is
+    plausible: the bridge sends it again (signed anew) after its interval, without waiting for
+    the next heartbeat (an hour here), so a frozen counter still reaches the chain and mints."""
+    client = world.client
+    (owner,) = world.accounts(1)
+    supply = plant.meter("supply")
+    meter = supply.meter.address
+    # Rated 3,600 W: the chain allows 1 Wh a second; the emulated PV makes about 8.
+    client.wait(client.offer_meter(world.operator, meter, owner.address, "supply", 3_600))
+    client.wait(client.accept_meter(owner, meter))
+    bridge = bridges([BridgeMeter(supply.url, meter, owner.address, "supply")],
+                     submit_interval=0.5, heartbeat_interval=3_600.0)
+    wait_for(lambda: client.meter(meter).read_at > 0, what="the baseline")
+    baseline = client.meter(meter).cumulative_wh
+    wait_for(lambda: "refused: MeterReadingImplausible" in (
+        bridge.meter_state(meter).last_error or ""), timeout=20, what="a refused jump")
+    plant.clock.freeze()
+    final = energy(supply)
+    wait_for(lambda: f"reading {final} Wh" in (bridge.meter_state(meter).last_error or ""),
+             timeout=20, what="the frozen counter refused")
+    assert client.meter(meter).cumulative_wh < final
+    world.advance(3_600)  # an hour of chain time: the jump is plausible now
+    wait_for(lambda: client.meter(meter).cumulative_wh == final, timeout=15,
+             what="the refused counter on chain")
+    assert client.token_balance(owner.address) == final - baseline  # every Wh minted once
