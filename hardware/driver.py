@@ -4,7 +4,7 @@
         meter.identify()              # -> Identity (with the meter's address and domain)
         meter.provision(domain)       # -> Domain (once, at installation; idempotent)
         meter.set_relay(True)         # -> True (the state the meter reports)
-        reading = meter.read()        # -> SignedReading
+        reading = meter.read(block)   # -> SignedReading of a recent block (BlockRef)
         reading.verify(domain, meter.identity.address)   # -> True unless forged or damaged
 
 Errors (all `hardware.protocol.MeterError`): MeterTimeout (no answer; MeterDisconnected when the

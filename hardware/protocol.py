@@ -17,7 +17,7 @@ from eth_utils import to_checksum_address
 
 from hardware.signing import UINT64_MAX, BlockRef, Domain, reading_digest, recover_signer
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: READ passes a recent block, which the reading signs
 MAX_LINE = 120  # longest request: bytes before the terminating LF, a trailing CR included
 MAX_REPLY = 255  # longest reply (a signed READ reply needs about 240)
 MAX_SEQ = 65535

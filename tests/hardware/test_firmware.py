@@ -167,7 +167,7 @@ def test_identify_follows_the_protocol(fresh):
     assert (reply.seq, reply.ok, reply.command) == (seq, True, "ID")
     identity = Identity.from_fields(reply.values)
     assert identity == Identity("meter-01", "2.0.0", "supply", 1000, 10, identity.address)
-    assert identity.provisioned is False and identity.protocol == 2
+    assert identity.provisioned is False and identity.protocol == 3
     assert fresh.directive("#reboot") == "#ok"
     assert fresh.identity().address == identity.address  # the key is kept in EEPROM
     assert fresh.directive("#wipe") == "#ok"

@@ -304,7 +304,7 @@ def test_malformed_read_values_are_protocol_errors(values):
         SignedReading.from_fields(values, VECTOR_BLOCK)
 
 
-GOOD_ID = ("m", "1", "supply", "100", "10", "2", ADDRESS.lower(), "1", "31337", REGISTRY)
+GOOD_ID = ("m", "1", "supply", "100", "10", "3", ADDRESS.lower(), "1", "31337", REGISTRY)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 // Microgrid meter firmware: one DC meter (INA226 current/voltage sensor + relay) speaking the
-// line protocol of hardware/PROTOCOL.md, version 2, at 115200 baud 8N1. The meter owns a
+// line protocol of hardware/PROTOCOL.md, version 3, at 115200 baud 8N1. The meter owns a
 // secp256k1 key, made at first boot and kept in EEPROM (never sent), and signs every reading
 // (EIP-712, eip712.cpp) for the domain it was given once at installation (INSTALL).
 //
@@ -408,7 +408,7 @@ static void handleLine() {
   static char body[MAX_REPLY + 1];  // static: kept off the stack, which signing needs
   if (strcmp(name, "ID") == 0) {
     if (args != 0) return sendError((uint16_t)seq, ERR_ARGUMENT);
-    int len = snprintf(body, sizeof body, "%u,OK,ID,%s,%s,%s,%lu,%lu,2,", (unsigned)seq,
+    int len = snprintf(body, sizeof body, "%u,OK,ID,%s,%s,%s,%lu,%lu,3,", (unsigned)seq,
                        METER_ID, FIRMWARE_VERSION, METER_KIND, (unsigned long)RATED_POWER_W,
                        (unsigned long)WATCHDOG_S);
     char *end = appendHex(body + len, meterAddress, 20);  // all zero if there is no key
