@@ -49,7 +49,7 @@ from hardware.signing import BlockRef, Domain, recover_signer
 log = logging.getLogger(__name__)
 
 RESYNC_MIN_INTERVAL_S = 2.0  # at most one re-read of the open trades this often on request
-# Readings per reportBatch at most: 101 bytes each, so a full batch (~100 KB) stays under the
+# Readings per reportBatch at most: 109 bytes each, so a full batch (~109 KB) stays under the
 # 128 KB a geth node takes as one transaction; gas is fitted per batch (ReadingSubmitter).
 MAX_BATCH = 1_000
 REGISTRY_EVENTS = ("MeterOffered", "MeterAccepted", "MeterDeclined", "MeterDeactivated")

@@ -50,7 +50,7 @@ BATCH_ITEM_GAS = 300_000
 # (tests/bridge/test_batch_encoding.py measures the walk).
 BATCH_MARGIN_GAS = 1_200_000
 BATCH_ESTIMATE_FACTOR = 1.1
-# Never less than this a reading (bench/results/gas.json: ~24,850 a batched reading): an item
+# Never less than this a reading (bench/results/gas.json: ~25,000 a batched reading): an item
 # the estimate saw refused (cheap) may be taken in the block that mines it, a second later.
 BATCH_ITEM_FLOOR_GAS = 26_000
 GAS_LIMIT_TTL_S = 60.0  # the block gas limit is read again after this long
