@@ -1,7 +1,8 @@
 // Microgrid meter firmware: one DC meter (INA226 current/voltage sensor + relay) speaking the
 // line protocol of hardware/PROTOCOL.md, version 3, at 115200 baud 8N1. The meter owns a
 // secp256k1 key, made at first boot and kept in EEPROM (never sent), and signs every reading
-// (EIP-712, eip712.cpp) for the domain it was given once at installation (INSTALL).
+// (EIP-712, eip712.cpp), with the recent block the host passes in READ, for the domain it was
+// given once at installation (INSTALL).
 //
 // Target board: a Raspberry Pi Pico (RP2040) or an ESP32 board, 3.3 V logic (PROTOCOL.md, "Target
 // board": an Uno/Nano has no random generator for the key and takes seconds per signature).
