@@ -22,6 +22,7 @@ from dapp.bridge.drivers import SignedReading
 from dapp.chain.client import pack_readings
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import create_address
+from hardware.signing import BlockRef
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gas.json"
 TARGETS = {
@@ -58,9 +59,10 @@ def deploy(w3: Web3, deployer: str) -> tuple[Any, Any, Any]:
 
 
 def reading_signature(
-    key: bytes, chain_id: int, registry: str, energy_wh: int, sequence: int
+    key: bytes, chain_id: int, registry: str, energy_wh: int, sequence: int, block: BlockRef
 ) -> bytes:
-    """The meter's EIP-712 signature of a reading (the meter's side of hardware/PROTOCOL.md)."""
+    """The meter's EIP-712 signature of a reading of `block` (the meter's side of
+    hardware/PROTOCOL.md)."""
     meter = Account.from_key(key).address
     message = encode_typed_data(
         domain_data={
@@ -74,9 +76,12 @@ def reading_signature(
                 {"name": "meter", "type": "address"},
                 {"name": "energyWh", "type": "uint64"},
                 {"name": "sequence", "type": "uint64"},
+                {"name": "blockNumber", "type": "uint64"},
+                {"name": "blockHash", "type": "bytes32"},
             ]
         },
-        message_data={"meter": meter, "energyWh": energy_wh, "sequence": sequence},
+        message_data={"meter": meter, "energyWh": energy_wh, "sequence": sequence,
+                      "blockNumber": block.number, "blockHash": block.hash},
     )
     return bytes(Account.sign_message(message, key).signature)
 
@@ -111,15 +116,17 @@ def main() -> int:
 
     def signed(key: bytes, energy_wh: int, sequence: int) -> SignedReading:
         meter = Account.from_key(key).address
-        return SignedReading(meter, energy_wh, sequence, reading_signature(
-            key, chain_id, registry.address, energy_wh, sequence
+        latest = w3.eth.get_block("latest")  # the meter signs the newest block
+        block = BlockRef(int(latest["number"]), bytes(latest["hash"]))
+        return SignedReading(meter, energy_wh, sequence, block, reading_signature(
+            key, chain_id, registry.address, energy_wh, sequence, block
         ))
 
     def read(name: str | None, meter: str, energy_wh: int) -> None:
         sequences[meter] += 1
         r = signed(meter_keys[meter], energy_wh, sequences[meter])
-        send(name, registry.functions.report(r.meter, r.energy_wh, r.sequence, r.signature),
-             carrier)
+        send(name, registry.functions.report(r.meter, r.energy_wh, r.sequence, r.block.number,
+                                             r.signature), carrier)
 
     def install(meter: str, owner: str, kind: int) -> None:
         send(None, registry.functions.offerMeter(meters[meter], owner, kind, 5000), operator)

@@ -78,15 +78,15 @@ class LightMeter:
         self.read_times: dict[int, float] = {}
         self.lock = threading.Lock()
 
-    def read(self) -> tuple[int, int, bytes]:
-        """A signed reading of the counter now (and when it was taken)."""
+    def read(self, block: Any) -> tuple[int, int, bytes]:
+        """A signed reading of the counter now with `block` (and when it was taken)."""
         from hardware.signing import sign_reading
 
         with self.lock:
             now = time.monotonic()
             self.sequence += 1
             energy = 1_000 + int(now - self.start)
-            signature = sign_reading(self.key, self.domain, energy, self.sequence)
+            signature = sign_reading(self.key, self.domain, energy, self.sequence, block)
             self.read_times[self.sequence] = now
             return energy, self.sequence, signature
 
@@ -113,12 +113,13 @@ class LightDriver:
         """Never needed: the meters are provisioned when made."""
         return self.identify()
 
-    def read(self) -> Any:
-        """READ."""
+    def read(self, block: Any) -> Any:
+        """READ of `block`."""
         from dapp.bridge.drivers import DeviceReading, SignedReading
 
-        energy, sequence, signature = self.meter.read()
-        return DeviceReading(SignedReading(self.meter.address, energy, sequence, signature),
+        energy, sequence, signature = self.meter.read(block)
+        return DeviceReading(SignedReading(self.meter.address, energy, sequence, block,
+                                           signature),
                              power_w=3600.0, voltage_v=230.0, current_a=15.6,
                              relay_closed=self.meter.relay, samples=sequence)
 
@@ -188,8 +189,8 @@ class TimedMeters:
         times = self.read_times
 
         class Timed(EmulatedMeter):
-            def reading(self):  # type: ignore[no-untyped-def]
-                signed = super().reading()
+            def reading(self, block):  # type: ignore[no-untyped-def]
+                signed = super().reading(block)
                 times.setdefault(self.address, {})[signed.sequence] = time.monotonic()
                 return signed
 

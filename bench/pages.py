@@ -85,9 +85,10 @@ class MarketBuilder:
         for sequence, wh in ((1, 0), (2, energy_wh)):
             if sequence == 2:
                 rpc(self.w3, "evm_increaseTime", [energy_wh * 3600 // 65_535 + 60])
-            signature = sign_reading(key, self.domain, wh, sequence)
+            block = self.client.reading_block()
+            signature = sign_reading(key, self.domain, wh, sequence, block)
             tx = self.client.submit_readings(
-                self.deployer, [SignedReading(meter, wh, sequence, signature)])
+                self.deployer, [SignedReading(meter, wh, sequence, block, signature)])
             self.client.wait(tx)
 
     def bulk(self, role: str, calls: list[tuple[str, list[Any], int]]) -> None:

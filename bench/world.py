@@ -220,8 +220,9 @@ class BenchWorld:
         domain = self.client.reading_domain()
 
         def report(energy_wh: int, sequence: int) -> None:
-            signature = sign_reading(meter.key, domain, energy_wh, sequence)
-            signed = SignedReading(meter.address, energy_wh, sequence, signature)
+            block = self.client.reading_block()
+            signature = sign_reading(meter.key, domain, energy_wh, sequence, block)
+            signed = SignedReading(meter.address, energy_wh, sequence, block, signature)
             outcome = self.client.reading_outcomes(
                 self.client.submit_readings(self.operator, [signed]))
             assert outcome[(meter.address, sequence)].accepted, outcome

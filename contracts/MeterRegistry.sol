@@ -20,7 +20,10 @@ interface IDeliverySettlement {
 /// server, a neighbour's, a gateway. The registry verifies the signature, refuses replays,
 /// backward counters and jumps beyond rated power x elapsed chain time, then mints energy tokens
 /// for supply meters or settles the owner's trades for load meters. An equal counter with a newer
-/// sequence is a heartbeat: recorded, minting and settling nothing.
+/// sequence is a heartbeat: recorded, minting and settling nothing. Every reading also signs a
+/// recent block (its number and hash), so it cannot have been signed before that block existed
+/// and is refused once it is more than MAX_READING_AGE_BLOCKS blocks old: a carrier cannot
+/// stockpile readings to send later.
 contract MeterRegistry is AccessControl, EIP712 {
     /// @notice What a meter measures.
     enum MeterKind {
@@ -67,7 +70,13 @@ contract MeterRegistry is AccessControl, EIP712 {
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     /// @notice EIP-712 type hash of a reading.
     bytes32 public constant READING_TYPEHASH =
-        keccak256("Reading(address meter,uint64 energyWh,uint64 sequence)");
+        keccak256(
+            "Reading(address meter,uint64 energyWh,uint64 sequence,uint64 blockNumber,bytes32 blockHash)"
+        );
+    /// @notice How many blocks old a reading's block may be when the reading is recorded: at
+    /// most 32 blocks (32 s at 1-second blocks, 64 s at 2-second ones), far below the market's
+    /// stall timeout, and far more than a carrier needs to have a reading mined.
+    uint256 public constant MAX_READING_AGE_BLOCKS = 32;
 
     /// @dev Allowance left over after a reading is carried to the next one only below one Wh: the
     /// fraction per-reading rounding would otherwise lose, never a saved-up burst.
@@ -79,15 +88,22 @@ contract MeterRegistry is AccessControl, EIP712 {
     uint256 private constant _BAD_SIGNATURE = 3;
     uint256 private constant _BACKWARDS = 4;
     uint256 private constant _IMPLAUSIBLE = 5;
+    uint256 private constant _BLOCK_NOT_RECENT = 6; // stale, or not mined yet
     /// @dev The bits of a Meter slot a reading leaves alone: ratedPowerW, kind and status.
     uint256 private constant _KEEP_ON_READING = (uint256(0xFFFF) << 160) | (uint256(0xFFFF) << 192);
-    /// @dev Bytes of one item of {reportBatch}: meter 20, energyWh 8, sequence 8, r 32, s 32, v 1.
-    uint256 private constant _ITEM_BYTES = 101;
+    /// @dev Bytes of one item of {reportBatch}: meter 20, energyWh 8, sequence 8, blockNumber 8,
+    /// r 32, s 32, v 1.
+    uint256 private constant _ITEM_BYTES = 109;
     /// @dev Where an item's signature (r || s || v, as {report} takes it) starts inside the item.
-    uint256 private constant _ITEM_SIGNATURE_AT = 36;
+    uint256 private constant _ITEM_SIGNATURE_AT = 44;
 
     IEnergyTokenMinter private immutable _token;
     IDeliverySettlement private immutable _market;
+    /// @dev The domain separator and the chain id it was built for (OpenZeppelin's cache minus
+    /// its `address(this)` check, which only a proxy or clone of the registry could fail: the
+    /// registry is deployed plainly). On another chain id (a fork) it is rebuilt.
+    bytes32 private immutable _separator;
+    uint256 private immutable _separatorChainId;
 
     mapping(address meter => Meter) private _meters;
     mapping(address meter => address owner) private _owners;
@@ -136,7 +152,12 @@ contract MeterRegistry is AccessControl, EIP712 {
     error MeterReadingBackwards(uint256 lastWh, uint256 reportedWh);
     /// @notice The increase implies more power than the meter's rating over the elapsed time.
     error MeterReadingImplausible(uint256 deltaWh, uint256 maxWh, uint256 elapsedSeconds);
-    /// @notice A packed batch's length is not a whole number of 101-byte items (see {reportBatch}).
+    /// @notice The reading's block is more than MAX_READING_AGE_BLOCKS blocks old: the oldest
+    /// block a reading may sign now is `oldestAccepted`.
+    error MeterReadingStale(uint256 blockNumber, uint256 oldestAccepted);
+    /// @notice The reading's block is this block or a later one, whose hash nobody knows yet.
+    error MeterReadingBlockUnknown(uint256 blockNumber, uint256 currentBlock);
+    /// @notice A packed batch's length is not a whole number of 109-byte items (see {reportBatch}).
     error MeterBatchMalformed(uint256 length);
 
     constructor(address operator, address token_, address market_) EIP712("MeterRegistry", "1") {
@@ -144,6 +165,8 @@ contract MeterRegistry is AccessControl, EIP712 {
         _grantRole(OPERATOR_ROLE, operator);
         _token = IEnergyTokenMinter(token_);
         _market = IDeliverySettlement(market_);
+        _separator = _domainSeparatorV4();
+        _separatorChainId = block.chainid;
     }
 
     /// @notice Offers `meter` (the address of the meter's own key) to `owner`.
@@ -212,12 +235,20 @@ contract MeterRegistry is AccessControl, EIP712 {
     /// fraction of a Wh the last reading left unused). A supply meter's increase mints tokens to
     /// its owner; a load meter's increase settles its owner's trades; an equal counter is a
     /// heartbeat.
+    /// The meter signed block `blockNumber`'s hash along with the counter: the digest is built
+    /// with this chain's `blockhash(blockNumber)`, so a reading signed with any other hash
+    /// recovers another signer ({MeterSignatureInvalid}). `blockNumber` must be an earlier block
+    /// ({MeterReadingBlockUnknown}) at most MAX_READING_AGE_BLOCKS old ({MeterReadingStale}).
     /// Requirements: `signature` is `meter`'s EIP-712 signature of the reading for this chain
     /// and registry; the meter is Active. Emits {ReadingRecorded}, and the token's {Transfer}
     /// (supply, when the counter grew) or the market's delivery events (load).
-    function report(address meter, uint64 energyWh, uint64 sequence, bytes calldata signature)
-        external
-    {
+    function report(
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        uint64 blockNumber,
+        bytes calldata signature
+    ) external {
         uint256 signatureAt;
         // A signature of any length but 65 is read from the end of the calldata instead, where
         // every byte is zero: r = s = v = 0 recovers no signer, so the reading is refused with
@@ -226,18 +257,19 @@ contract MeterRegistry is AccessControl, EIP712 {
             signatureAt := signature.offset
             if iszero(eq(signature.length, 65)) { signatureAt := calldatasize() }
         }
-        _record(meter, energyWh, sequence, signatureAt, true);
+        _record(meter, energyWh, sequence, blockNumber, signatureAt, true);
     }
 
     /// @notice Records many signed readings (of one or many meters) in one transaction; anyone
     /// may send it. A reading {report} would refuse is skipped with {ReadingRejected}; the others
     /// are recorded in order, exactly as {report} records them.
-    /// `packed` is the readings back to back, 101 bytes each, big-endian, with no padding:
-    /// `meter` (20 bytes) | `energyWh` (8) | `sequence` (8) | `r` (32) | `s` (32) | `v` (1), the
-    /// last three being the meter's 65-byte signature exactly as {report} takes it. (A packed
-    /// layout, not an array of structs: ABI-decoding a struct array with a `bytes` member cost
-    /// ~1,900 gas more per reading.)
-    /// Requirements: `packed.length` is a multiple of 101 (else {MeterBatchMalformed}; an
+    /// `packed` is the readings back to back, 109 bytes each, big-endian, with no padding:
+    /// `meter` (20 bytes) | `energyWh` (8) | `sequence` (8) | `blockNumber` (8) | `r` (32) |
+    /// `s` (32) | `v` (1), the last three being the meter's 65-byte signature exactly as {report}
+    /// takes it (the block hash is not carried: the registry takes it from `blockhash`, as
+    /// {report} does). (A packed layout, not an array of structs: ABI-decoding a struct array
+    /// with a `bytes` member cost ~1,900 gas more per reading.)
+    /// Requirements: `packed.length` is a multiple of 109 (else {MeterBatchMalformed}; an
     /// empty batch records nothing). Emits, per reading, what {report} emits, or
     /// {ReadingRejected}.
     function reportBatch(bytes calldata packed) external {
@@ -253,20 +285,23 @@ contract MeterRegistry is AccessControl, EIP712 {
             address meter;
             uint64 energyWh;
             uint64 sequence;
+            uint64 blockNumber;
             uint256 signatureAt;
             // Fixed-width big-endian fields of one whole item (the length check above means
-            // [item, item + 101) lies inside `packed`): the meter is the first 20 bytes of the
-            // first word, energyWh the next 8, sequence the 8 starting at byte 28, then the
-            // signature (item + 36 < calldatasize: no overflow).
+            // [item, item + 109) lies inside `packed`): the meter is the first 20 bytes of the
+            // first word, energyWh the next 8, then sequence and blockNumber the first 16 of
+            // the word at byte 28, then the signature (item + 44 < calldatasize: no overflow).
             assembly ("memory-safe") {
                 let head := calldataload(item)
                 meter := shr(96, head)
                 energyWh := and(shr(32, head), 0xffffffffffffffff)
-                sequence := shr(192, calldataload(add(item, 28)))
+                let tail := calldataload(add(item, 28))
+                sequence := shr(192, tail)
+                blockNumber := and(shr(128, tail), 0xffffffffffffffff)
                 signatureAt := add(item, _ITEM_SIGNATURE_AT)
             }
-            _record(meter, energyWh, sequence, signatureAt, false);
-            // item + 101 <= end <= calldatasize, far below 2^256.
+            _record(meter, energyWh, sequence, blockNumber, signatureAt, false);
+            // item + 109 <= end <= calldatasize, far below 2^256.
             unchecked {
                 item += _ITEM_BYTES;
             }
@@ -316,13 +351,16 @@ contract MeterRegistry is AccessControl, EIP712 {
         return (m.readAt, m.ratedPowerW);
     }
 
-    /// @notice The EIP-712 digest `meter` signs for this reading on this chain and registry.
-    function readingDigest(address meter, uint64 energyWh, uint64 sequence)
-        external
-        view
-        returns (bytes32)
-    {
-        return _digest(meter, energyWh, sequence);
+    /// @notice The EIP-712 digest `meter` signs for this reading on this chain and registry,
+    /// with `blockHash` as the hash of block `blockNumber` (any values: nothing is checked).
+    function readingDigest(
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        uint64 blockNumber,
+        bytes32 blockHash
+    ) external view returns (bytes32) {
+        return _digest(meter, energyWh, sequence, blockNumber, blockHash);
     }
 
     /// @dev Verifies and applies one reading. With `strict`, a refused reading reverts with its
@@ -331,6 +369,7 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
+        uint64 blockNumber,
         uint256 signatureAt,
         bool strict
     ) private returns (bool) {
@@ -341,9 +380,10 @@ contract MeterRegistry is AccessControl, EIP712 {
             word := sload(slot.slot)
         }
         (uint256 failure, uint256 deltaWh, uint256 carry) =
-            _verify(word, meter, energyWh, sequence, signatureAt);
+            _verify(word, meter, energyWh, sequence, blockNumber, signatureAt);
         if (failure != _ACCEPTED) {
-            bytes memory err = _error(failure, word, meter, energyWh, sequence, signatureAt);
+            bytes memory err =
+                _error(failure, word, meter, energyWh, sequence, blockNumber, signatureAt);
             return _refuse(strict, meter, sequence, err);
         }
         _apply(slot, meter, word, energyWh, sequence, deltaWh, carry);
@@ -363,10 +403,17 @@ contract MeterRegistry is AccessControl, EIP712 {
         // One SSTORE: rating, kind and status kept, the reading's fields replaced.
         uint256 updated = (word & _KEEP_ON_READING) | energyWh | (uint256(sequence) << 64)
             | (block.timestamp << 128) | (carry << 176);
+        bytes32 recorded = ReadingRecorded.selector;
+        // emit ReadingRecorded(meter, energyWh, sequence, deltaWh), its three words written
+        // past the free memory pointer (left where it is) instead of through the ABI encoder.
         assembly ("memory-safe") {
             sstore(slot.slot, updated)
+            let ptr := mload(0x40)
+            mstore(ptr, and(energyWh, 0xffffffffffffffff))
+            mstore(add(ptr, 0x20), and(sequence, 0xffffffffffffffff))
+            mstore(add(ptr, 0x40), deltaWh)
+            log2(ptr, 0x60, recorded, and(meter, 0xffffffffffffffffffffffffffffffffffffffff))
         }
-        emit ReadingRecorded(meter, energyWh, sequence, deltaWh);
 
         // The stored kind is always a valid MeterKind: compared as a byte, without the range
         // check a conversion to the enum would add.
@@ -407,11 +454,20 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
+        uint64 blockNumber,
         uint256 signatureAt
     ) private view returns (uint256 failure, uint256 deltaWh, uint256 carry) {
         if (uint8(word >> 200) != uint8(MeterStatus.Active)) return (_NOT_ACTIVE, 0, 0);
         if (sequence <= uint64(word >> 64)) return (_OLD_SEQUENCE, 0, 0);
-        if (_signer(_digest(meter, energyWh, sequence), signatureAt) != meter) {
+        // Recent means 1 <= block.number - blockNumber <= MAX_READING_AGE_BLOCKS; a block not
+        // mined yet (age 0, or "negative" and wrapped around) fails the same one comparison.
+        unchecked {
+            if (block.number - blockNumber - 1 >= MAX_READING_AGE_BLOCKS) {
+                return (_BLOCK_NOT_RECENT, 0, 0);
+            }
+        }
+        bytes32 digest = _digest(meter, energyWh, sequence, blockNumber, blockhash(blockNumber));
+        if (_signer(digest, signatureAt) != meter) {
             return (_BAD_SIGNATURE, 0, 0);
         }
         uint256 readAt = uint32(word >> 128);
@@ -437,6 +493,7 @@ contract MeterRegistry is AccessControl, EIP712 {
         address meter,
         uint64 energyWh,
         uint64 sequence,
+        uint64 blockNumber,
         uint256 signatureAt
     ) private view returns (bytes memory) {
         if (failure == _NOT_ACTIVE) {
@@ -454,8 +511,20 @@ contract MeterRegistry is AccessControl, EIP712 {
                 MeterSequenceNotNewer.selector, uint64(word >> 64), sequence
             );
         }
+        if (failure == _BLOCK_NOT_RECENT) {
+            if (blockNumber >= block.number) {
+                return abi.encodeWithSelector(
+                    MeterReadingBlockUnknown.selector, blockNumber, block.number
+                );
+            }
+            return abi.encodeWithSelector(
+                MeterReadingStale.selector, blockNumber, block.number - MAX_READING_AGE_BLOCKS
+            );
+        }
         if (failure == _BAD_SIGNATURE) {
-            address signer = _signer(_digest(meter, energyWh, sequence), signatureAt);
+            bytes32 digest =
+                _digest(meter, energyWh, sequence, blockNumber, blockhash(blockNumber));
+            address signer = _signer(digest, signatureAt);
             return abi.encodeWithSelector(MeterSignatureInvalid.selector, meter, signer);
         }
         if (failure == _BACKWARDS) {
@@ -505,13 +574,17 @@ contract MeterRegistry is AccessControl, EIP712 {
     }
 
     /// @dev The EIP-712 digest of a reading: keccak256("\x19\x01" || domain separator ||
-    /// keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence))).
-    function _digest(address meter, uint64 energyWh, uint64 sequence)
-        private
-        view
-        returns (bytes32 digest)
-    {
-        bytes32 separator = _domainSeparatorV4();
+    /// keccak256(abi.encode(READING_TYPEHASH, meter, energyWh, sequence, blockNumber,
+    /// blockHash))).
+    function _digest(
+        address meter,
+        uint64 energyWh,
+        uint64 sequence,
+        uint64 blockNumber,
+        bytes32 blockHash
+    ) private view returns (bytes32 digest) {
+        bytes32 separator =
+            block.chainid == _separatorChainId ? _separator : _domainSeparatorV4();
         bytes32 typeHash = READING_TYPEHASH;
         // What abi.encode and MessageHashUtils.toTypedDataHash do, hashed in place past the free
         // memory pointer (left where it is) instead of in a fresh allocation per reading. The
@@ -522,7 +595,9 @@ contract MeterRegistry is AccessControl, EIP712 {
             mstore(add(ptr, 0x20), and(meter, 0xffffffffffffffffffffffffffffffffffffffff))
             mstore(add(ptr, 0x40), and(energyWh, 0xffffffffffffffff))
             mstore(add(ptr, 0x60), and(sequence, 0xffffffffffffffff))
-            let structHash := keccak256(ptr, 0x80)
+            mstore(add(ptr, 0x80), and(blockNumber, 0xffffffffffffffff))
+            mstore(add(ptr, 0xa0), blockHash)
+            let structHash := keccak256(ptr, 0xc0)
             mstore(ptr, shl(240, 0x1901))
             mstore(add(ptr, 0x02), separator)
             mstore(add(ptr, 0x22), structHash)

@@ -4,7 +4,7 @@
         meter.identify()              # -> Identity (with the meter's address and domain)
         meter.provision(domain)       # -> Domain (once, at installation; idempotent)
         meter.set_relay(True)         # -> True (the state the meter reports)
-        reading = meter.read()        # -> SignedReading
+        reading = meter.read(block)   # -> SignedReading of a recent block (BlockRef)
         reading.verify(domain, meter.identity.address)   # -> True unless forged or damaged
 
 Errors (all `hardware.protocol.MeterError`): MeterTimeout (no answer; MeterDisconnected when the
@@ -42,7 +42,7 @@ from hardware.protocol import (
     parse_provision,
     parse_reply,
 )
-from hardware.signing import Domain
+from hardware.signing import BlockRef, Domain
 
 __all__ = [
     "MeterClient",
@@ -109,12 +109,14 @@ class MeterClient:
         self.identity = identity
         return identity
 
-    def read(self) -> SignedReading:
-        """Take a new signed reading (READ); MeterRefused code 8 while not provisioned.
+    def read(self, block: BlockRef) -> SignedReading:
+        """Take a new signed reading of the recent `block` (READ); MeterRefused code 8 while
+        not provisioned.
 
         The signature is not checked here: use `reading.verify(domain, identity.address)`.
         """
-        return SignedReading.from_fields(self._transact(Request(0, "READ")).values)
+        reply = self._transact(Request(0, "READ", block=block))
+        return SignedReading.from_fields(reply.values, block)
 
     def provision(self, domain: Domain) -> Domain:
         """Give the meter its domain once (INSTALL); the same domain again is accepted.

@@ -46,7 +46,7 @@ from hardware.protocol import (
     parse_request,
     provision_fields,
 )
-from hardware.signing import UINT64_MAX, Domain, meter_address, sign_reading
+from hardware.signing import UINT64_MAX, BlockRef, Domain, meter_address, sign_reading
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,9 @@ class MeterState:
         os.replace(_write_whole(self.path.with_name(self.path.name + ".tmp"), self._dump()),
                    self.path)
 
-    def sign_next(self, energy_wh: int) -> tuple[int, int, bytes]:
-        """Sign the next reading: (counter, sequence, signature), persisted before it is returned.
+    def sign_next(self, energy_wh: int, block: BlockRef) -> tuple[int, int, bytes]:
+        """Sign the next reading of `block`: (counter, sequence, signature), persisted before it
+        is returned.
 
         The counter signed is never below the last one signed; the sequence grows by one.
         """
@@ -200,7 +201,7 @@ class MeterState:
             raise RuntimeError("not provisioned")
         energy = max(energy_wh, self.energy_wh)
         sequence = self.sequence + 1
-        signature = sign_reading(self._key, self.domain, energy, sequence)
+        signature = sign_reading(self._key, self.domain, energy, sequence, block)
         self.energy_wh, self.sequence = energy, sequence
         self.save()  # before the reading leaves the meter
         return energy, sequence, signature
@@ -307,16 +308,17 @@ class EmulatedMeter:
         measured = plant.supply_wh if self.kind == "supply" else plant.load_wh
         return self.energy_offset_wh + measured
 
-    def reading(self) -> SignedReading:
-        """What READ reports now: a new signed reading (the sequence grows; needs a domain)."""
+    def reading(self, block: BlockRef) -> SignedReading:
+        """What READ of `block` reports now: a new signed reading (the sequence grows; needs a
+        domain)."""
         with self.grid.lock:
             energy = self.energy_wh()
             plant = self.grid.plant
             power = plant.supply_w if self.kind == "supply" else plant.load_w
             volts = plant.battery.voltage()
-            signed_wh, sequence, signature = self.state.sign_next(math.floor(energy))
+            signed_wh, sequence, signature = self.state.sign_next(math.floor(energy), block)
             return SignedReading(signed_wh, power, volts, power / volts, self.relay_closed,
-                                 self.samples, sequence, signature)
+                                 self.samples, sequence, signature, block)
 
     def set_relay(self, closed: bool) -> None:
         """Close or open the relay (idempotent); a load meter connects/disconnects the load."""
@@ -362,7 +364,8 @@ class EmulatedMeter:
                     code = ErrorCode.SENSOR_FAULT
                 if code is not None:
                     return encode_error(request.seq, code, ERROR_TEXT[code])  # no watchdog feed
-                reply = encode_ok(request.seq, "READ", self.reading().fields())
+                assert request.block is not None
+                reply = encode_ok(request.seq, "READ", self.reading(request.block).fields())
             elif request.command == "INSTALL":
                 assert request.domain is not None
                 if not self.provision(request.domain):

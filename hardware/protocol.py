@@ -15,9 +15,9 @@ from enum import IntEnum
 
 from eth_utils import to_checksum_address
 
-from hardware.signing import UINT64_MAX, Domain, reading_digest, recover_signer
+from hardware.signing import UINT64_MAX, BlockRef, Domain, reading_digest, recover_signer
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: READ passes a recent block, which the reading signs
 MAX_LINE = 120  # longest request: bytes before the terminating LF, a trailing CR included
 MAX_REPLY = 255  # longest reply (a signed READ reply needs about 240)
 MAX_SEQ = 65535
@@ -29,7 +29,7 @@ MAX_RATED_POWER_W = 65535
 ZERO_ADDRESS = "0x" + "0" * 40
 
 # Requests: command name -> number of arguments.
-COMMANDS = {"ID": 0, "READ": 0, "RELAY": 1, "HB": 0, "INSTALL": 2}
+COMMANDS = {"ID": 0, "READ": 2, "RELAY": 1, "HB": 0, "INSTALL": 2}
 
 
 class ErrorCode(IntEnum):
@@ -215,16 +215,19 @@ class LineBuffer:
 _UINT = re.compile(r"0|[1-9][0-9]{0,19}")
 _CHAIN_ID = re.compile(r"[1-9][0-9]{0,19}")
 _REQUEST_ADDRESS = re.compile(r"0x[0-9a-f]{40}")  # lower case: one spelling per address
+_BLOCK_HASH = re.compile(r"0x[0-9a-f]{64}")  # lower case, like addresses
 
 
 @dataclass(frozen=True)
 class Request:
-    """A decoded host command: ID, READ, RELAY (with `relay`), HB, INSTALL (with `domain`)."""
+    """A decoded host command: ID, READ (with `block`), RELAY (with `relay`), HB, INSTALL (with
+    `domain`)."""
 
     seq: int
     command: str
     relay: bool | None = None  # RELAY only: True closes (power flows), False opens
     domain: Domain | None = None  # INSTALL only: the chain id and registry to sign for
+    block: BlockRef | None = None  # READ only: the recent block the reading signs
 
     def encode(self) -> bytes:
         """The canonical frame for this request."""
@@ -232,6 +235,10 @@ class Request:
             if self.domain is None:
                 raise ValueError("INSTALL needs a domain")
             args: tuple[str, ...] = (str(self.domain.chain_id), self.domain.registry.lower())
+        elif self.command == "READ":
+            if self.block is None:
+                raise ValueError("READ needs a block")
+            args = (str(self.block.number), self.block.hex_hash())
         else:
             args = () if self.relay is None else ("1" if self.relay else "0",)
         return encode_frame(self.seq, (self.command, *args))
@@ -264,6 +271,14 @@ def parse_request(line: bytes) -> Request:
             raise MeterProtocolError("INSTALL takes a chain id and a lower-case address",
                                      ErrorCode.BAD_ARGUMENT, frame.seq)
         return Request(frame.seq, "INSTALL", domain=Domain(int(chain_id), registry))
+    if frame.name == "READ":
+        number, block_hash = args
+        if not (_UINT.fullmatch(number) and int(number) <= UINT64_MAX
+                and _BLOCK_HASH.fullmatch(block_hash)):
+            raise MeterProtocolError("READ takes a block number and a lower-case block hash",
+                                     ErrorCode.BAD_ARGUMENT, frame.seq)
+        return Request(frame.seq, "READ",
+                       block=BlockRef(int(number), bytes.fromhex(block_hash[2:])))
     return Request(frame.seq, frame.name)
 
 
@@ -338,8 +353,9 @@ class Identity:
 class SignedReading:
     """What READ reports: the counter and sequence the meter signed, and instantaneous values.
 
-    Only `energy_wh` and `sequence` are signed (with the meter's address and the domain); the
-    other values are for display and relay decisions, and a host must not settle anything on them.
+    Only `energy_wh`, `sequence` and `block` are signed (with the meter's address and the
+    domain); the other values are for display and relay decisions, and a host must not settle
+    anything on them. `block` is not in the reply: it is the block the host passed with READ.
     """
 
     energy_wh: int  # cumulative, never decreases, not even across a power cut once signed
@@ -350,6 +366,7 @@ class SignedReading:
     samples: int  # the meter's own sample counter; restarts from 0 when the meter reboots
     sequence: int  # grows with every signed reading, across power cuts too
     signature: bytes  # 65 bytes r || s || v over the EIP-712 Reading
+    block: BlockRef  # the block the host passed with READ, signed with the counter
 
     def fields(self) -> tuple[str, ...]:
         """The reply fields after `OK,READ`."""
@@ -358,8 +375,9 @@ class SignedReading:
                 str(self.sequence), "0x" + self.signature.hex())
 
     @classmethod
-    def from_fields(cls, fields: tuple[str, ...]) -> SignedReading:
-        """Parse the fields after `OK,READ`, or raise MeterProtocolError."""
+    def from_fields(cls, fields: tuple[str, ...], block: BlockRef) -> SignedReading:
+        """Parse the fields after `OK,READ` to a READ that passed `block`, or raise
+        MeterProtocolError."""
         if len(fields) != 8:
             raise MeterProtocolError(f"READ reply has {len(fields)} fields, expected 8")
         energy, power, voltage, current, relay, samples, sequence, signature = fields
@@ -371,18 +389,19 @@ class SignedReading:
         if int(energy) > UINT64_MAX or int(sequence) > UINT64_MAX or int(samples) >= 2**32:
             raise MeterProtocolError(f"READ reply out of range: {','.join(fields)}")
         return cls(int(energy), float(power), float(voltage), float(current), relay == "1",
-                   int(samples), int(sequence), bytes.fromhex(signature[2:]))
+                   int(samples), int(sequence), bytes.fromhex(signature[2:]), block)
 
     def digest(self, domain: Domain, meter: str) -> bytes:
         """The EIP-712 digest this reading claims `meter` signed for `domain`."""
-        return reading_digest(domain, meter, self.energy_wh, self.sequence)
+        return reading_digest(domain, meter, self.energy_wh, self.sequence, self.block)
 
     def signer(self, domain: Domain, meter: str) -> str:
         """The address that signed this reading as `meter`'s reading for `domain`.
 
-        Equal to `meter` only if the meter's key signed exactly this counter and sequence.
+        Equal to `meter` only if the meter's key signed exactly this counter, sequence and block.
         """
-        return recover_signer(domain, meter, self.energy_wh, self.sequence, self.signature)
+        return recover_signer(domain, meter, self.energy_wh, self.sequence, self.block,
+                              self.signature)
 
     def verify(self, domain: Domain, expected_address: str) -> bool:
         """True if the meter at `expected_address` signed this counter and sequence for `domain`."""

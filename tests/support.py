@@ -45,16 +45,18 @@ class SigningMeter:
         self.energy_wh = 0
         self.sequence = 0
 
-    def sign(self, domain: Any, energy_wh: int | None = None, sequence: int | None = None):
-        """A SignedReading of `energy_wh` (default: the last counter) with the next sequence."""
+    def sign(self, domain: Any, block: Any, energy_wh: int | None = None,
+             sequence: int | None = None):
+        """A SignedReading of `energy_wh` (default: the last counter) with the next sequence,
+        signing `block` (a hardware.signing.BlockRef: the chain's latest, for a fresh one)."""
         from dapp.bridge import SignedReading
         from hardware.signing import sign_reading
 
         if energy_wh is not None:
             self.energy_wh = energy_wh
         self.sequence = self.sequence + 1 if sequence is None else sequence
-        signature = sign_reading(self._key, domain, self.energy_wh, self.sequence)
-        return SignedReading(self.address, self.energy_wh, self.sequence, signature)
+        signature = sign_reading(self._key, domain, self.energy_wh, self.sequence, block)
+        return SignedReading(self.address, self.energy_wh, self.sequence, block, signature)
 
     def offer_to(self, client: Any, operator: Any, owner: Any) -> None:
         """The operator offers this meter to `owner` (an account), who accepts it."""
@@ -63,7 +65,8 @@ class SigningMeter:
         client.wait(client.accept_meter(owner, self.address))
 
     def report(self, client: Any, sender: Any, energy_wh: int | None = None) -> dict:
-        """Sign a reading and have `sender` carry it; the registry's outcome for it."""
-        signed = self.sign(client.reading_domain(), energy_wh)
+        """Sign a reading of the chain's latest block and have `sender` carry it; the
+        registry's outcome for it."""
+        signed = self.sign(client.reading_domain(), client.reading_block(), energy_wh)
         tx = client.submit_readings(sender, [signed])
         return client.reading_outcomes(tx)[(signed.meter, signed.sequence)]

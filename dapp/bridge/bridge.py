@@ -44,12 +44,12 @@ from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
-from hardware.signing import Domain, recover_signer
+from hardware.signing import BlockRef, Domain, recover_signer
 
 log = logging.getLogger(__name__)
 
 RESYNC_MIN_INTERVAL_S = 2.0  # at most one re-read of the open trades this often on request
-# Readings per reportBatch at most: 101 bytes each, so a full batch (~100 KB) stays under the
+# Readings per reportBatch at most: 109 bytes each, so a full batch (~109 KB) stays under the
 # 128 KB a geth node takes as one transaction; gas is fitted per batch (ReadingSubmitter).
 MAX_BATCH = 1_000
 REGISTRY_EVENTS = ("MeterOffered", "MeterAccepted", "MeterDeclined", "MeterDeactivated")
@@ -115,6 +115,8 @@ class MeterBridge:
         self._pool = _Pool(self.ports, min(workers, max(1, len(self.ports))), clock)
         self._domain: tuple[int, str] | None = None
         self._signing: Domain | None = None  # self._domain as an EIP-712 domain (separator once)
+        self._head: BlockRef | None = None  # the newest block known: what every READ signs
+        self._head_lock = threading.Lock()
         self._stopping = threading.Event()
         self._resync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
@@ -133,7 +135,9 @@ class MeterBridge:
         self._started = True
         self._stopping.clear()
         try:
-            self.trades.on_head(*self.chain.head())
+            number, timestamp, block_hash = self.chain.head_block()
+            self.note_head(BlockRef(number, block_hash))
+            self.trades.on_head(number, timestamp)
             self.trades.resync()
         except ChainError as exc:
             # Relays stay open until the chain answers; the sync thread keeps trying.
@@ -245,6 +249,26 @@ class MeterBridge:
             self._domain = (self._signing.chain_id, self._signing.registry)
         return self._domain
 
+    def note_head(self, block: BlockRef) -> None:
+        """Remember `block` as the chain's newest: every READ from now on signs it."""
+        with self._head_lock:
+            if self._head is None or block.number >= self._head.number:
+                self._head = block
+
+    def read_block(self) -> BlockRef | None:
+        """The newest block this bridge knows, for a READ to sign (asked of the chain if none
+        yet; None while the chain cannot say: a reading of an old block would be refused)."""
+        with self._head_lock:
+            head = self._head
+        if head is None:
+            try:
+                number, _, block_hash = self.chain.head_block()
+            except ChainError:
+                return None
+            self.note_head(BlockRef(number, block_hash))
+            return BlockRef(number, block_hash)
+        return head
+
     def signed_by(self, signed: SignedReading, address: str | None) -> bool:
         """Whether `signed` carries `address`'s own signature for this chain's registry."""
         if address is None or signed.meter != address:
@@ -256,7 +280,7 @@ class MeterBridge:
         assert self._signing is not None
         try:
             signer = recover_signer(self._signing, signed.meter, signed.energy_wh,
-                                    signed.sequence, signed.signature)
+                                    signed.sequence, signed.block, signed.signature)
         except Exception:  # a malformed signature is simply not the meter's
             return False
         return signer == address
@@ -310,13 +334,14 @@ class MeterBridge:
             elif self._stopping.wait(self.head_interval):
                 return
             try:
-                number, timestamp = self.chain.head()
+                number, timestamp, block_hash = self.chain.head_block()
             except ChainError:
                 # No node is a halted chain too: the book says so after `halt_after`.
                 if self.heads is not None and self._stopping.wait(self.head_interval):
                     return
             else:
                 last = number
+                self.note_head(BlockRef(number, block_hash))
                 self.trades.on_head(number, timestamp)
             halted = self.trades.halted()
             if halted and not was_halted:

@@ -6,7 +6,7 @@ never builds a reading itself, so the signed counter it forwards is the meter's 
 
     driver = open_driver("socket://127.0.0.1:7001", timeout=1.0, retries=2)
     identity = driver.identify()
-    reading = driver.read()          # DeviceReading: .signed is what goes on chain
+    reading = driver.read(block)     # DeviceReading of a recent block: .signed goes on chain
 
 Drivers are picked by URL scheme (`register_driver`); everything pyserial can open (a device
 path, `socket://`, `rfc2217://`, `loop://`, a pty) goes to the serial protocol of
@@ -24,6 +24,7 @@ from typing import Protocol
 from eth_utils import to_checksum_address
 
 from dapp.errors import MeterError
+from hardware.signing import BlockRef
 
 __all__ = [
     "DeviceIdentity",
@@ -62,6 +63,7 @@ class SignedReading:
     meter: str  # the signer's address, checksummed
     energy_wh: int
     sequence: int
+    block: BlockRef  # the recent block the host passed with READ, signed with the counter
     signature: bytes  # 65 bytes r || s || v
 
 
@@ -106,8 +108,8 @@ class MeterDriver(Protocol):
     def provision(self, chain_id: int, registry: str) -> DeviceIdentity:
         """Bind the device's signatures to this chain and registry (once, at installation)."""
 
-    def read(self) -> DeviceReading:
-        """Take a signed reading."""
+    def read(self, block: BlockRef) -> DeviceReading:
+        """Take a signed reading of the recent `block` (the meter signs its number and hash)."""
 
     def set_relay(self, on: bool) -> bool:
         """Command the relay closed (`on`) or open; the state the device reports."""
@@ -180,16 +182,16 @@ class SerialProtocolDriver:
             self._client.provision(Domain(chain_id, registry))
             return _identity(self._client.identify())
 
-    def read(self) -> DeviceReading:
-        """READ."""
+    def read(self, block: BlockRef) -> DeviceReading:
+        """READ of `block`."""
         with _translated(self.name):
-            reading = self._client.read()
+            reading = self._client.read(block)
             address = self._client.identity.address if self._client.identity else None
         if address is None:
             raise MeterGarbled(f"{self.name}: READ before ID")
         return DeviceReading(
             signed=SignedReading(to_checksum_address(address), reading.energy_wh,
-                                 reading.sequence, bytes(reading.signature)),
+                                 reading.sequence, block, bytes(reading.signature)),
             power_w=reading.power_w, voltage_v=reading.voltage_v, current_a=reading.current_a,
             relay_closed=reading.relay_closed, samples=reading.samples)
 

@@ -403,10 +403,13 @@ class MeterPort:
             self.check_registry()
         # A relay the chain now wants otherwise goes first: a woken pass must not wait for a READ.
         self._apply_relay(driver)
-        if now >= self.next_read:
+        # Every READ signs the newest block the bridge knows (heartbeats too): a reading is
+        # accepted only while that block is recent. No block known yet: nothing worth signing.
+        block = self.bridge.read_block() if now >= self.next_read else None
+        if block is not None:
             self.next_read = now + self.bridge.poll_interval
             try:
-                reading = driver.read()
+                reading = driver.read(block)
             except MeterSaidNo as exc:
                 # The line works but the meter cannot measure (sensor fault): no unmetered power.
                 message = f"meter cannot measure: {exc}"
@@ -567,6 +570,11 @@ class MeterPort:
         with self._lock:
             if self.in_flight == signed:
                 self.in_flight = None
+            if not outcome.accepted and self.forwarded is not None:
+                # Refused (stale after a slow node, or too early for its energy): the chain
+                # still lacks this counter, so the next READ's goes after `interval`, not only
+                # at the next heartbeat.
+                self.forwarded = (-1, self.forwarded[1], self.forwarded[2])
             if outcome.accepted and self.registered is not None:
                 self.registered = replace(self.registered, cumulative_wh=outcome.energy_wh,
                                           sequence=outcome.sequence, read_at=outcome.read_at)

@@ -33,7 +33,7 @@ from dapp.chain.transports import RPCError, connect, rpc
 from dapp.chain.tx import TxSender
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted
 from hardware.protocol import LOAD, SUPPLY
-from hardware.signing import Domain
+from hardware.signing import BlockRef, Domain
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ BATCH_ITEM_GAS = 300_000
 # (tests/bridge/test_batch_encoding.py measures the walk).
 BATCH_MARGIN_GAS = 1_200_000
 BATCH_ESTIMATE_FACTOR = 1.1
-# Never less than this a reading (bench/results/gas.json: ~24,850 a batched reading): an item
+# Never less than this a reading (bench/results/gas.json: ~25,000 a batched reading): an item
 # the estimate saw refused (cheap) may be taken in the block that mines it, a second later.
 BATCH_ITEM_FLOOR_GAS = 26_000
 GAS_LIMIT_TTL_S = 60.0  # the block gas limit is read again after this long
@@ -265,6 +265,16 @@ class ChainClient:
         """(number, timestamp) of the latest block, in one call."""
         block = self._w3.eth.get_block("latest")
         return int(block["number"]), int(block["timestamp"])
+
+    def head_block(self) -> tuple[int, int, bytes]:
+        """(number, timestamp, hash) of the latest block, in one call."""
+        block = self._w3.eth.get_block("latest")
+        return int(block["number"]), int(block["timestamp"]), bytes(block["hash"])
+
+    def reading_block(self) -> BlockRef:
+        """The latest block, as a reading signed now signs it (hardware/PROTOCOL.md)."""
+        number, _, block_hash = self.head_block()
+        return BlockRef(number, block_hash)
 
     def latest_timestamp(self) -> int:
         """Timestamp of the latest block (the chain's "now")."""
@@ -568,7 +578,8 @@ class ChainClient:
         """
         if len(readings) == 1:
             r = readings[0]
-            args = [to_checksum_address(r.meter), r.energy_wh, r.sequence, bytes(r.signature)]
+            args = [to_checksum_address(r.meter), r.energy_wh, r.sequence, r.block.number,
+                    bytes(r.signature)]
             return self._send(sender, self._registry, "report", args, "meter reading",
                               gas=READING_GAS, concerns=concerns)
         if gas is None:
@@ -654,10 +665,12 @@ class ChainClient:
 
 
 def pack_readings(readings: list[Any]) -> bytes:
-    """Readings as `reportBatch` takes them: 101 bytes each, back to back, big-endian.
+    """Readings as `reportBatch` takes them: 109 bytes each, back to back, big-endian.
 
-    meter (20) | energyWh (8) | sequence (8) | r (32) | s (32) | v (1), the last three being the
-    meter's 65-byte signature as `report` takes it. A signature of any other length goes as 65
+    meter (20) | energyWh (8) | sequence (8) | blockNumber (8) | r (32) | s (32) | v (1), the
+    last three being the meter's 65-byte signature as `report` takes it. The block hash the
+    meter signed is not sent: the registry takes it from `blockhash(blockNumber)`, so a reading
+    signed over another hash recovers another signer. A signature of any other length goes as 65
     zero bytes, which recover no signer: the registry skips that item with
     MeterSignatureInvalid(meter, 0), as `report` refuses it, and takes the others.
     """
@@ -668,7 +681,7 @@ def pack_readings(readings: list[Any]) -> bytes:
             signature = bytes(SIGNATURE_BYTES)
         items.append(bytes.fromhex(to_checksum_address(r.meter)[2:])
                      + r.energy_wh.to_bytes(8, "big") + r.sequence.to_bytes(8, "big")
-                     + signature)
+                     + r.block.number.to_bytes(8, "big") + signature)
     return b"".join(items)
 
 

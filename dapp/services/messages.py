@@ -454,6 +454,14 @@ _SENTENCES: dict[str, Callable[[Args], str]] = {
         f"{format_duration(_arg(a, 2))} is more than the meter's rating allows "
         f"({_kwh(_arg(a, 1))})."
     ),
+    "MeterReadingStale": lambda a: (
+        f"That reading signed block {_arg(a, 0)}, more than 32 blocks ago (the oldest accepted "
+        f"now is {_arg(a, 1)}); it was refused. The meter's next reading will be fresh."
+    ),
+    "MeterReadingBlockUnknown": lambda a: (
+        f"That reading signed block {_arg(a, 0)}, which is not mined yet (this is block "
+        f"{_arg(a, 1)}); it was refused."
+    ),
     "MeterBatchMalformed": lambda a: (
         f"That batch of readings is malformed ({_arg(a, 0)} bytes is not a whole number of "
         "readings); nothing in it was recorded."

@@ -75,6 +75,7 @@ from dapp.simulate.report import HouseholdSeries, Interval, RunSeries, write_rep
 from hardware.community import Community
 from hardware.models import DAY_S
 from hardware.protocol import LOAD, SUPPLY
+from hardware.signing import BlockRef
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +361,9 @@ class ChainSimulation:
     def _mine(self) -> None:
         rpc(self._rpc, "evm_mine", [])
         self.latest_block += 1
+        if self.bridge is not None:  # the head every meter signs from now on
+            block = rpc(self._rpc, "eth_getBlockByNumber", [hex(self.latest_block), False])
+            self.bridge.note_head(BlockRef(self.latest_block, bytes.fromhex(block["hash"][2:])))
 
     def _on_event(self, event: ChainEvent) -> None:
         """The bridge's event handling, with its trade-book re-reads gathered per block.

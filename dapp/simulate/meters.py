@@ -31,7 +31,7 @@ from dapp.bridge import register_driver
 from dapp.bridge.drivers import DeviceIdentity, DeviceReading, MeterLineGone, SignedReading
 from hardware.community import BUYER, SELLER, Community
 from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
-from hardware.signing import Domain, struct_hash
+from hardware.signing import BlockRef, Domain, struct_hash
 
 SCHEME = "community"
 FIRMWARE = "community-sim-1"
@@ -60,14 +60,15 @@ class MeterKey:
         self.domain = domain
         self._separator = domain.separator()
 
-    def sign_next(self, energy_wh: int) -> tuple[int, int, bytes]:
-        """Sign the next reading (never below the last counter; the sequence grows by one)."""
+    def sign_next(self, energy_wh: int, block: BlockRef) -> tuple[int, int, bytes]:
+        """Sign the next reading of `block` (never below the last counter; the sequence grows by
+        one)."""
         if self.domain is None:
             raise RuntimeError("not provisioned")
         energy = max(energy_wh, self.energy_wh)
         sequence = self.sequence + 1
         digest = keccak(b"\x19\x01" + self._separator
-                        + struct_hash(self.address, energy, sequence))
+                        + struct_hash(self.address, energy, sequence, block))
         signature = self._key.sign_msg_hash(digest)
         self.energy_wh, self.sequence = energy, sequence
         return energy, sequence, signature.to_bytes()[:64] + bytes([signature.v + 27])
@@ -210,17 +211,17 @@ class CommunityMeterDriver:
         self.state.provision(Domain(chain_id, registry))
         return self.identify()
 
-    def read(self) -> DeviceReading:
-        """Sign the counter now (the meter's own key, a new sequence)."""
+    def read(self, block: BlockRef) -> DeviceReading:
+        """Sign the counter now with `block` (the meter's own key, a new sequence)."""
         self._touch()
-        energy, sequence, signature = self.state.sign_next(self.bus.counter_wh(self.house,
-                                                                               self.kind))
+        energy, sequence, signature = self.state.sign_next(
+            self.bus.counter_wh(self.house, self.kind), block)
         self.samples += 1
         if self.bus.on_signed is not None:
             self.bus.on_signed(SignedRecord(self.state.address, energy, sequence,
                                             self.bus.clock(), self.bus.block()))
         return DeviceReading(
-            signed=SignedReading(self.state.address, energy, sequence, signature),
+            signed=SignedReading(self.state.address, energy, sequence, block, signature),
             power_w=0.0, voltage_v=BUS_VOLTAGE_V, current_a=0.0,
             relay_closed=self.bus.closed[self.key], samples=self.samples)
 

@@ -43,7 +43,7 @@ from hardware.protocol import (
     parse_reply,
     parse_request,
 )
-from hardware.signing import Domain, sign_reading
+from hardware.signing import BlockRef, Domain, sign_reading
 from tests.support import SigningMeter, wait_for  # noqa: F401 - wait_for: for the tests
 
 ETHER = 10**18
@@ -366,8 +366,8 @@ def relay(server: MeterServer) -> bool:
 
 
 def energy(server: MeterServer) -> int:
-    """The emulated meter's counter as READ reports it (whole Wh)."""
-    return server.meter.reading().energy_wh
+    """The emulated meter's counter as READ reports it (whole Wh; a reading nobody forwards)."""
+    return server.meter.reading(NO_BLOCK).energy_wh
 
 
 def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., MeterBridge],
@@ -447,6 +447,8 @@ def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., Me
 FAKE_KEY = bytes(range(1, 33))  # the damaged "meter"'s key: a fixed test key, not a secret
 FAKE_ADDRESS = Account.from_key(FAKE_KEY).address
 FAKE_DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+# The block of a reading nobody forwards (no chain has this hash at block 0).
+NO_BLOCK = BlockRef(0, bytes(32))
 
 
 class DamagedMeter:
@@ -516,9 +518,11 @@ class DamagedMeter:
         command = request.command if request else "READ"
         rng = self.rng
         counter, sequence = rng.randrange(10**6), rng.randrange(1, 10**6)
+        block = request.block if request and request.block else NO_BLOCK
         reading = SignedReading(counter, rng.uniform(0, 900), 24.5, 1.2, rng.random() < 0.5,
                                 rng.randrange(10**6), sequence,
-                                sign_reading(FAKE_KEY, FAKE_DOMAIN, counter, sequence))
+                                sign_reading(FAKE_KEY, FAKE_DOMAIN, counter, sequence, block),
+                                block)
         identity = Identity("fake", "fuzz-1", "load", 1200, 10, FAKE_ADDRESS, FAKE_DOMAIN)
         valid = {
             "ID": encode_ok(seq, "ID", identity.fields()),
@@ -562,7 +566,7 @@ class DamagedMeter:
 def _is_valid_read(line: bytes, seq: int) -> bool:
     try:
         reply = parse_reply(line)
-        SignedReading.from_fields(reply.values)
+        SignedReading.from_fields(reply.values, NO_BLOCK)
     except MeterProtocolError:
         return False
     return reply.ok and reply.seq == seq and reply.command == "READ"

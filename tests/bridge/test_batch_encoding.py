@@ -6,7 +6,10 @@ from dataclasses import replace
 
 from dapp.bridge import BridgeMeter
 from dapp.chain.client import BATCH_BASE_GAS, BATCH_ITEM_GAS, BATCH_MARGIN_GAS, LotStatus
+from hardware.signing import BlockRef
 from tests.support import SigningMeter, wait_for
+
+MAX_AGE = 32  # MeterRegistry.MAX_READING_AGE_BLOCKS
 
 
 def test_a_packed_batch_records_good_readings_and_skips_bad_ones(world):
@@ -15,12 +18,13 @@ def test_a_packed_batch_records_good_readings_and_skips_bad_ones(world):
     meters = [SigningMeter() for _ in range(3)]
     for meter in meters:
         meter.offer_to(client, world.operator, owner)
-    domain = client.reading_domain()
-    baselines = [meter.sign(domain, 1_000 * (i + 1)) for i, meter in enumerate(meters)]
+    domain, block = client.reading_domain(), client.reading_block()
+    baselines = [meter.sign(domain, block, 1_000 * (i + 1)) for i, meter in enumerate(meters)]
     outcomes = client.reading_outcomes(client.submit_readings(world.operator, baselines))
     assert [outcomes[(r.meter, r.sequence)].accepted for r in baselines] == [True] * 3
 
-    good, forged, short = (meter.sign(domain) for meter in meters)  # heartbeats
+    block = client.reading_block()
+    good, forged, short = (meter.sign(domain, block) for meter in meters)  # heartbeats
     forged = replace(forged, signature=good.signature)  # another meter's signature
     short = replace(short, signature=short.signature[:64])  # its v lost
     batch = [good, forged, short]
@@ -29,6 +33,33 @@ def test_a_packed_batch_records_good_readings_and_skips_bad_ones(world):
         (True, None), (False, "MeterSignatureInvalid"), (False, "MeterSignatureInvalid"),
     ]
     assert [client.meter(m.address).sequence for m in meters] == [2, 1, 1]
+
+
+def test_a_stale_or_unknown_block_is_skipped_by_name_and_the_rest_recorded(world):
+    """A batch item signed MAX_READING_AGE_BLOCKS + 1 blocks ago, or for a block not mined
+    yet, is skipped with its reason; a fresh one beside it is recorded."""
+    client = world.client
+    owner = world.account()
+    meters = [SigningMeter() for _ in range(3)]
+    for meter in meters:
+        meter.offer_to(client, world.operator, owner)
+    domain = client.reading_domain()
+    block = client.reading_block()
+    baselines = [meter.sign(domain, block, 1_000) for meter in meters]
+    client.reading_outcomes(client.submit_readings(world.operator, baselines))
+    old = client.reading_block()
+    stale = meters[0].sign(domain, old)
+    ahead = BlockRef(old.number + 100, bytes(32))
+    while client.reading_block().number < old.number + MAX_AGE:  # 32 blocks: `old` still fresh
+        world.advance(1)
+    fresh = meters[1].sign(domain, old)  # mined in old + 33: stale too
+    unknown = meters[2].sign(domain, ahead)
+    batch = [stale, fresh, unknown, meters[2].sign(domain, client.reading_block())]
+    outcomes = client.reading_outcomes(client.submit_readings(world.operator, batch))
+    assert [(o.accepted, o.reason) for o in (outcomes[(r.meter, r.sequence)] for r in batch)] == [
+        (False, "MeterReadingStale"), (False, "MeterReadingStale"),
+        (False, "MeterReadingBlockUnknown"), (True, None),
+    ]
 
 
 def test_a_batch_estimated_before_trades_opened_still_settles_them_all(world):
@@ -43,17 +74,23 @@ def test_a_batch_estimated_before_trades_opened_still_settles_them_all(world):
     supplies = [SigningMeter() for _ in range(20)]
     for meter in supplies:
         meter.offer_to(client, world.operator, seller)
-    domain = client.reading_domain()
-    baselines = [load.sign(domain, 10)] + [m.sign(domain, 100) for m in supplies]
+    domain, block = client.reading_domain(), client.reading_block()
+    baselines = [load.sign(domain, block, 10)] + [m.sign(domain, block, 100) for m in supplies]
     outcomes = client.reading_outcomes(client.submit_readings(world.operator, baselines))
     assert all(outcomes[(r.meter, r.sequence)].accepted for r in baselines)
 
     # 500 Wh drawn: signed and estimated now, while the buyer has no trade.
-    batch = [load.sign(domain, 510)] + [m.sign(domain, 101) for m in supplies]
+    block = client.reading_block()
+    batch = [load.sign(domain, block, 510)] + [m.sign(domain, block, 101) for m in supplies]
     gas = client.readings_gas(world.operator.address, batch)
     # Beyond the fixed margin, a quarter of what the worst-case bound per item would reserve.
     assert gas - BATCH_MARGIN_GAS < (BATCH_BASE_GAS + BATCH_ITEM_GAS * len(batch)) // 4
     trades = [world.trade(seller, buyer, 100) for _ in range(5)]
+    # Opening the trades took more than MAX_AGE blocks: the meters sign the same counters and
+    # sequences again with a recent block (the same bytes but the block number's).
+    block = client.reading_block()
+    batch = [load.sign(domain, block, 510, load.sequence)] + [
+        m.sign(domain, block, 101, m.sequence) for m in supplies]
     tx = client.submit_readings(world.operator, batch, gas=gas)
     outcomes = client.reading_outcomes(tx)
     assert all(outcomes[(r.meter, r.sequence)].accepted for r in batch)
@@ -73,9 +110,9 @@ def test_the_margin_covers_three_walks_of_four_trades_the_estimate_did_not_see(w
     load.offer_to(client, world.operator, buyer)
     helper = SigningMeter()
     helper.offer_to(client, world.operator, seller)
-    domain = client.reading_domain()
+    domain, block = client.reading_domain(), client.reading_block()
     client.reading_outcomes(client.submit_readings(
-        world.operator, [load.sign(domain, 10), helper.sign(domain, 10)]))
+        world.operator, [load.sign(domain, block, 10), helper.sign(domain, block, 10)]))
 
     def used(readings: list) -> int:
         tx = client.submit_readings(world.operator, readings)
@@ -83,11 +120,13 @@ def test_the_margin_covers_three_walks_of_four_trades_the_estimate_did_not_see(w
         return client.wait(tx)["gasUsed"]
 
     world.advance(60)
-    quiet = used([load.sign(domain, 410), helper.sign(domain)])
+    block = client.reading_block()
+    quiet = used([load.sign(domain, block, 410), helper.sign(domain, block)])
     for _ in range(4):
         world.trade(seller, buyer, 100)
     world.advance(60)
-    walk = used([load.sign(domain, 810), helper.sign(domain)])
+    block = client.reading_block()
+    walk = used([load.sign(domain, block, 810), helper.sign(domain, block)])
     assert 3 * (walk - quiet) <= BATCH_MARGIN_GAS
 
 

@@ -17,8 +17,21 @@ from dapp.bridge import BridgeMeter
 from dapp.chain.client import ReadingOutcome
 from dapp.errors import ContractReverted
 from hardware.emulator import Fault
-from hardware.protocol import MeterProtocolError, SignedReading, encode_ok, parse_reply
-from tests.bridge.conftest import FAKE_ADDRESS, DamagedMeter, energy, relay, wait_for
+from hardware.protocol import (
+    MeterProtocolError,
+    SignedReading,
+    encode_ok,
+    parse_reply,
+    parse_request,
+)
+from tests.bridge.conftest import (
+    FAKE_ADDRESS,
+    NO_BLOCK,
+    DamagedMeter,
+    energy,
+    relay,
+    wait_for,
+)
 
 
 def _buyer_with_open_trade(world, lot_wh=300, load=None):
@@ -219,6 +232,7 @@ class RewritingProxy:
         self.upstream = (host, int(port))
         self.add_wh = add_wh
         self.forged: list[SignedReading] = []
+        self.block = NO_BLOCK  # the block of the last READ the host sent (the meter signs it)
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
         self.url = f"socket://127.0.0.1:{self._server.getsockname()[1]}"
@@ -260,16 +274,25 @@ class RewritingProxy:
                     continue
                 if not data:
                     break
+                buffer += data
                 if not rewrite:
                     dst.sendall(data)
+                    *requests, buffer = buffer.split(b"\n")
+                    for request in requests:
+                        self._note_block(request)
                     continue
-                buffer += data
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     dst.sendall(self._rewrite(line) + b"\n")
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def _note_block(self, line: bytes) -> None:
+        with contextlib.suppress(MeterProtocolError):
+            request = parse_request(line.rstrip(b"\r"))
+            if request.block is not None:
+                self.block = request.block
 
     def _rewrite(self, line: bytes) -> bytes:
         try:
@@ -278,7 +301,7 @@ class RewritingProxy:
             return line
         if not (reply.ok and reply.command == "READ") or not self.add_wh:
             return line
-        genuine = SignedReading.from_fields(reply.values)
+        genuine = SignedReading.from_fields(reply.values, self.block)
         forged = dataclasses.replace(genuine, energy_wh=genuine.energy_wh + self.add_wh)
         self.forged.append(forged)
         return encode_ok(reply.seq, "READ", forged.fields()).rstrip(b"\n")
@@ -323,7 +346,7 @@ def _carry(world, reading: SignedReading, meter: str):
     from dapp.bridge import SignedReading as Carried
 
     tx = world.client.submit_readings(world.operator, [
-        Carried(meter, reading.energy_wh, reading.sequence, reading.signature)])
+        Carried(meter, reading.energy_wh, reading.sequence, reading.block, reading.signature)])
     try:
         return world.client.reading_outcomes(tx)[(meter, reading.sequence)]
     except ContractReverted as exc:

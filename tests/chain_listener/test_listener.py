@@ -101,10 +101,11 @@ class Story:
     def reading(self, energy_wh: int) -> None:
         """The supply meter signs its counter with the next sequence; the operator carries it."""
         self.sequence += 1
-        signature = self.chain.sign_reading(self.supply_meter, energy_wh, self.sequence)
+        block = self.chain.w3.eth.block_number
+        signature = self.chain.sign_reading(self.supply_meter, energy_wh, self.sequence, block)
         self.send(
             self.chain.registry.functions.report(
-                self.supply_meter, energy_wh, self.sequence, signature
+                self.supply_meter, energy_wh, self.sequence, block, signature
             ),
             self.operator,
         )

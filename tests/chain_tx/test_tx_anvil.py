@@ -24,7 +24,7 @@ from dapp.chain.mining import MiningControl
 from dapp.chain.pending import PendingView
 from dapp.chain.transports import connect
 from dapp.chain.tx import TxSender
-from hardware.signing import Domain, sign_reading
+from hardware.signing import BlockRef, Domain, sign_reading
 from tests.chain.conftest import fund, wait_for
 
 pytestmark = pytest.mark.slow
@@ -139,10 +139,13 @@ def _auction(w3: Web3, tmp_path):
 
     def reading(energy_wh: int, sequence: int) -> dict:
         """The meter's signed reading, carried (and paid for) by the operator."""
-        signature = sign_reading(meter.key, domain, energy_wh, sequence)
+        latest = w3.eth.get_block("latest")  # the meter signs the newest block
+        block = BlockRef(int(latest["number"]), bytes(latest["hash"]))
+        signature = sign_reading(meter.key, domain, energy_wh, sequence, block)
         # Readings depend on the next block's time, which an estimate cannot know: fixed gas.
         return sender.transact(operator, {"to": dep.registry, "gas": 300_000, "data": _call_data(
-            registry.functions.report(meter.address, energy_wh, sequence, signature))},
+            registry.functions.report(meter.address, energy_wh, sequence, block.number,
+                                      signature))},
             "meter reading")
 
     reading(0, 1)

@@ -96,23 +96,41 @@ class Chain:
         meter: str,
         energy_wh: int,
         sequence: int,
+        block_number: int | None = None,
+        block_hash: bytes | None = None,
         chain_id: int | None = None,
         registry: str | None = None,
         key: bytes | None = None,
     ) -> bytes:
         """`meter`'s EIP-712 signature of a reading (r || s || v), as the meter would make it.
 
-        `chain_id`, `registry` and `key` override the domain and the signing key, to forge.
+        The reading signs block `block_number` (default: the latest) with `block_hash` (default:
+        that block's real hash). `chain_id`, `registry` and `key` override the domain and the
+        signing key, to forge.
         """
+        if block_number is None:
+            block_number = self.w3.eth.block_number
+        if block_hash is None:
+            block_hash = self.block_hash(block_number)
         message = reading_typed_data(
             meter,
             energy_wh,
             sequence,
             self.w3.eth.chain_id if chain_id is None else chain_id,
             registry or self.registry.address,
+            block_number,
+            block_hash,
         )
         signed = Account.sign_message(message, key or self._keys[meter])
         return bytes(signed.signature)
+
+    def block_hash(self, number: int) -> bytes:
+        """The hash of block `number` (which must exist)."""
+        return bytes(self.w3.eth.get_block(number)["hash"])
+
+    def mine(self, blocks: int) -> None:
+        """Mine `blocks` empty blocks, one second apart."""
+        self.tester.mine_blocks(blocks)
 
     def _contract(self, name: str, address: str) -> Contract:
         return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
@@ -192,7 +210,13 @@ def deploy_market(w3: Web3, deployer: str, rules: MarketRules) -> tuple[Contract
 
 
 def reading_typed_data(
-    meter: str, energy_wh: int, sequence: int, chain_id: int, registry: str
+    meter: str,
+    energy_wh: int,
+    sequence: int,
+    chain_id: int,
+    registry: str,
+    block_number: int,
+    block_hash: bytes,
 ) -> Any:
     """A reading's signable message (hardware/PROTOCOL.md: domain MeterRegistry/1, Reading)."""
     return encode_typed_data(
@@ -208,6 +232,8 @@ def reading_typed_data(
                     {"name": "meter", "type": "address"},
                     {"name": "energyWh", "type": "uint64"},
                     {"name": "sequence", "type": "uint64"},
+                    {"name": "blockNumber", "type": "uint64"},
+                    {"name": "blockHash", "type": "bytes32"},
                 ],
             },
             "primaryType": "Reading",
@@ -217,7 +243,13 @@ def reading_typed_data(
                 "chainId": chain_id,
                 "verifyingContract": registry,
             },
-            "message": {"meter": meter, "energyWh": energy_wh, "sequence": sequence},
+            "message": {
+                "meter": meter,
+                "energyWh": energy_wh,
+                "sequence": sequence,
+                "blockNumber": block_number,
+                "blockHash": block_hash,
+            },
         }
     )
 

@@ -233,15 +233,23 @@ def register_meter(
 
 
 def signed(
-    chain: Chain, meter: str, energy_wh: int, sequence: int | None = None
-) -> tuple[str, int, int, bytes]:
+    chain: Chain,
+    meter: str,
+    energy_wh: int,
+    sequence: int | None = None,
+    block_number: int | None = None,
+) -> tuple[str, int, int, int, bytes]:
     """A reading signed by `meter`'s own key for this chain and registry, as `report` takes it.
 
-    `sequence` defaults to the next one after the meter's last accepted reading.
+    `sequence` defaults to the next one after the meter's last accepted reading; the reading
+    signs block `block_number` (default: the latest block) with its real hash.
     """
     if sequence is None:
         sequence = meter_of(chain, meter).sequence + 1
-    return (meter, energy_wh, sequence, chain.sign_reading(meter, energy_wh, sequence))
+    if block_number is None:
+        block_number = chain.w3.eth.block_number
+    signature = chain.sign_reading(meter, energy_wh, sequence, block_number)
+    return (meter, energy_wh, sequence, block_number, signature)
 
 
 def report(
@@ -250,18 +258,21 @@ def report(
     energy_wh: int,
     sequence: int | None = None,
     sender: str | None = None,
+    block_number: int | None = None,
 ) -> dict:
-    """Carry one reading signed by the meter to the chain (from the carrier, not the meter)."""
-    fn = chain.registry.functions.report(*signed(chain, meter, energy_wh, sequence))
+    """Carry one reading signed by the meter to the chain (from the carrier, not the meter);
+    it signs block `block_number` (default: the latest)."""
+    fn = chain.registry.functions.report(*signed(chain, meter, energy_wh, sequence, block_number))
     return chain.send(fn, sender or chain.carrier)
 
 
-def packed(readings: list[tuple[str, int, int, bytes]]) -> bytes:
-    """Readings as `reportBatch` takes them: meter(20) energyWh(8) sequence(8) r(32) s(32) v(1)."""
+def packed(readings: list[tuple[str, int, int, int, bytes]]) -> bytes:
+    """Readings as `reportBatch` takes them: meter(20) energyWh(8) sequence(8) blockNumber(8)
+    r(32) s(32) v(1)."""
     return b"".join(
         bytes.fromhex(meter[2:]) + energy_wh.to_bytes(8, "big") + sequence.to_bytes(8, "big")
-        + signature
-        for meter, energy_wh, sequence, signature in readings
+        + block_number.to_bytes(8, "big") + signature
+        for meter, energy_wh, sequence, block_number, signature in readings
     )
 
 

@@ -6,6 +6,7 @@ of a buyer's readings can only withhold them; the market makes withholding pay n
 """
 
 import pytest
+from eth_utils import function_signature_to_4byte_selector
 
 from tests.contracts.conftest import PARAMS, PRICE, Chain, reverts
 from tests.contracts.helpers import (
@@ -13,6 +14,7 @@ from tests.contracts.helpers import (
     LOAD_W,
     Status,
     block_time,
+    buyer_closes,
     credit,
     deposit_wei,
     end_auction,
@@ -27,9 +29,12 @@ from tests.contracts.helpers import (
     open_trade,
     paid_wei,
     place_bid,
+    registry_event,
     report,
+    report_batch,
     run_ahead_of_wall_clock,
     seconds_for,
+    signed,
     supply,
     tokens,
     unchanged,
@@ -40,6 +45,7 @@ LOT = 2_000
 DEPOSIT = deposit_wei(LOT, PRICE)
 STALL = PARAMS.stall_timeout
 GRACE = PARAMS.close_grace
+MAX_AGE = 32  # MeterRegistry.MAX_READING_AGE_BLOCKS
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +157,141 @@ def test_heartbeats_keep_an_honest_idle_buyer_from_stalling(
     with reverts("MarketTradeNotStalled"):
         chain.send(chain.market.functions.closeConnection(trade), seller)
     assert billed(chain, trade) == (0, 0)
+
+
+# --- the stockpiling buyer -----------------------------------------------------------------------
+
+
+def test_the_registry_states_the_reading_age_limit(chain: Chain):
+    assert chain.registry.functions.MAX_READING_AGE_BLOCKS().call() == MAX_AGE
+
+
+def test_stockpiled_readings_are_stale_so_the_trade_stalls_and_the_seller_is_paid_the_bound(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """The buyer's computer asks its meter for ten readings before drawing anything (the same
+    counter, growing sequences, all of block `before`), then draws at full power and sends one
+    per stall timeout to keep the trade alive, and a last one after a close request. Each
+    signs a block more than MAX_AGE blocks old by then: all are refused, the trade stalls, and
+    the seller closes and is paid for the most the meter could draw while silent (750 Wh)."""
+    trade = open_trade(chain, seller, buyer, LOT, PRICE)
+    last_reading = block_time(chain, heartbeat(chain, metered))  # the last reading it forwards
+    before = chain.w3.eth.block_number
+    counter, sequence = meter_of(chain, metered).energy_wh, meter_of(chain, metered).sequence
+    stock = [signed(chain, metered, counter, sequence + i, before) for i in range(1, 11)]
+    chain.mine(MAX_AGE)  # the buyer draws at full power, block after block...
+    chain.advance(STALL - MAX_AGE - 60)  # ...until just before the stall, and sends one
+    oldest = chain.w3.eth.block_number + 1 - MAX_AGE  # the block the next one is mined in
+    with unchanged(chain, [seller, buyer]), reverts("MeterReadingStale", before, oldest):
+        chain.send(chain.registry.functions.report(*stock[0]), chain.carrier)
+    receipt = report_batch(chain, stock[1:3])  # nor does a batch take them
+    reason = function_signature_to_4byte_selector("MeterReadingStale(uint256,uint256)")
+    assert chain.events(receipt) == [
+        registry_event("ReadingRejected", meter=metered, sequence=sequence + 2, reason=reason),
+        registry_event("ReadingRejected", meter=metered, sequence=sequence + 3, reason=reason),
+    ]
+    assert meter_of(chain, metered).read_at == last_reading  # nothing refreshed the meter
+    chain.advance(60)
+    assert chain.market.functions.stallsAt(trade).call() == last_reading + STALL
+    chain.send(chain.market.functions.closeConnection(trade), buyer)  # the close request...
+    with reverts("MeterReadingStale"):  # ...and the stale reading that would close it cheaply
+        chain.send(chain.registry.functions.report(*stock[3]), chain.carrier)
+    receipt = chain.send(chain.market.functions.closeConnection(trade), seller)
+    charged = LOAD_W * STALL // 3600
+    assert charged == 750
+    assert chain.events(receipt)[0] == market_event(
+        "StallCharged", tradeId=trade, silentSince=last_reading,
+        silentUntil=last_reading + STALL, energyWh=charged,
+    )
+    assert lot_of(chain, trade).status == Status.CLOSED
+    assert billed(chain, trade) == (charged, paid_wei(charged, PRICE))
+    assert credit(chain, seller) == paid_wei(charged, PRICE)  # more than the minimum charge
+    assert credit(chain, buyer) == DEPOSIT - paid_wei(charged, PRICE)
+    assert tokens(chain, seller) == STOCK - charged
+    assert supply(chain) == STOCK - charged
+
+
+def test_a_reading_is_fresh_for_exactly_max_age_blocks(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """Signed at block B, a reading is accepted in block B + MAX_AGE and refused after."""
+    open_trade(chain, seller, buyer, LOT, PRICE)
+    info = meter_of(chain, metered)
+    block = chain.w3.eth.block_number
+    late = signed(chain, metered, info.energy_wh, info.sequence + 2, block)
+    just_in_time = signed(chain, metered, info.energy_wh, info.sequence + 1, block)
+    chain.mine(MAX_AGE - 1)  # the next block is B + MAX_AGE
+    receipt = chain.send(chain.registry.functions.report(*just_in_time), chain.carrier)
+    assert receipt["blockNumber"] == block + MAX_AGE
+    assert meter_of(chain, metered).sequence == info.sequence + 1
+    with reverts("MeterReadingStale", block, block + 1):  # mined in B + MAX_AGE + 1
+        chain.send(chain.registry.functions.report(*late), chain.carrier)
+
+
+def test_a_reading_signed_with_a_hash_that_is_not_its_blocks_is_refused(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """A host that cannot know a future hash might guess one, or give an older block's hash
+    under a newer number: the registry builds the digest with the block's real hash, so the
+    signature recovers another address, and nothing is recorded."""
+    trade = open_trade(chain, seller, buyer, LOT, PRICE)
+    chain.advance(seconds_for(300, LOAD_W))
+    info = meter_of(chain, metered)
+    latest = chain.w3.eth.block_number
+    counter, sequence = info.energy_wh + 300, info.sequence + 1
+    for wrong in (b"\x5a" * 32, chain.block_hash(latest - 1), bytes(32)):
+        signature = chain.sign_reading(metered, counter, sequence, latest, wrong)
+        fn = chain.registry.functions.report(metered, counter, sequence, latest, signature)
+        with unchanged(chain, [seller, buyer]), reverts("MeterSignatureInvalid") as caught:
+            chain.send(fn, chain.carrier)
+        assert caught[0].args_[0] == metered and caught[0].args_[1] != metered
+    assert meter_of(chain, metered) == info
+    assert billed(chain, trade) == (0, 0)
+
+
+def test_a_reading_for_a_block_not_mined_yet_is_refused(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """The block the reading is mined in and any later one have no hash yet (`blockhash` is 0
+    for them): a reading signed for one, with a zero or a guessed hash, is refused."""
+    open_trade(chain, seller, buyer, LOT, PRICE)
+    info = meter_of(chain, metered)
+    current = chain.w3.eth.block_number + 1  # the block the reading would be mined in
+    for number, block_hash in ((current, bytes(32)), (current + 5, bytes(32)),
+                               (current, b"\x5a" * 32), (2**64 - 1, bytes(32))):
+        signature = chain.sign_reading(metered, info.energy_wh, info.sequence + 1, number,
+                                       block_hash)
+        fn = chain.registry.functions.report(
+            metered, info.energy_wh, info.sequence + 1, number, signature
+        )
+        with unchanged(chain, [seller, buyer]), reverts(
+            "MeterReadingBlockUnknown", number, current
+        ):
+            chain.send(fn, chain.carrier)
+    assert meter_of(chain, metered) == info
+
+
+def test_an_honest_buyer_whose_meter_signs_recent_blocks_pays_exactly_what_was_metered(
+    chain: Chain, seller: str, buyer: str, metered: str
+):
+    """Readings signed with the latest block (and one sent MAX_AGE blocks late) are all
+    accepted: the buyer pays exactly the 1,234 Wh metered, and the seller exactly that."""
+    trade = open_trade(chain, seller, buyer, LOT, PRICE)
+    measure(chain, metered, 400)
+    measure(chain, metered, 500)
+    info = meter_of(chain, metered)
+    chain.advance(seconds_for(334, LOAD_W))
+    delayed = signed(chain, metered, info.energy_wh + 334, info.sequence + 1)
+    chain.mine(MAX_AGE - 1)  # the carrier was slow: the reading is mined MAX_AGE blocks later
+    chain.send(chain.registry.functions.report(*delayed), chain.carrier)
+    assert billed(chain, trade) == (1_234, paid_wei(1_234, PRICE))
+    buyer_closes(chain, trade, buyer)
+    assert lot_of(chain, trade).status == Status.CLOSED
+    assert billed(chain, trade) == (1_234, paid_wei(1_234, PRICE))
+    assert credit(chain, seller) == paid_wei(1_234, PRICE)
+    assert credit(chain, buyer) == DEPOSIT - paid_wei(1_234, PRICE)
+    assert tokens(chain, seller) == STOCK - 1_234  # the undelivered 766 Wh came back
+    assert supply(chain) == STOCK - 1_234
 
 
 # --- walking away ------------------------------------------------------------------------------

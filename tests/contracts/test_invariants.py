@@ -195,10 +195,12 @@ class Exchange:
         """
         if sequence is None:
             sequence = self.call(self.registry.functions.meterOf(meter))[5] + 1
+        block = self._run(lambda: self.chain.w3.eth.block_number)
         signature = self._run(
-            self.chain.sign_reading, meter, energy_wh, sequence, None, self.registry.address, key
+            self.chain.sign_reading, meter, energy_wh, sequence, block, None, None,
+            self.registry.address, key,
         )
-        return self.registry.functions.report(meter, energy_wh, sequence, signature)
+        return self.registry.functions.report(meter, energy_wh, sequence, block, signature)
 
     def install(self, operator: str, meter: str, owner: str, kind: int, counter: int) -> None:
         """Offer `meter` to `owner`, who accepts it; its baseline reading is `counter`."""

@@ -2,7 +2,8 @@
 
 The registry is deployed exactly where the vector says (chain id 31337, the first contract of
 the well-known development account of anvil and hardhat, 0x5FbDB...0aa3), so the contract's own
-digest and signature check run on the vector's bytes.
+digest runs on the vector's bytes. The vector's block is made up (no chain has that hash at block
+1000), so what the registry accepts is the vector key's reading of a real recent block.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ VECTOR_CHAIN_ID = 31337
 VECTOR_REGISTRY = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 VECTOR_ENERGY_WH = 12345
 VECTOR_SEQUENCE = 42
+VECTOR_BLOCK_NUMBER = 1000
+VECTOR_BLOCK_HASH = bytes.fromhex("a5" * 32)
 # The public development mnemonic of anvil and hardhat: account 0's first contract is the above.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
@@ -41,16 +44,17 @@ def vector_chain() -> tuple[Web3, list[str]]:
 def test_the_vector_signature_is_what_eth_account_makes():
     meter = Account.from_key(VECTOR_KEY).address
     message = reading_typed_data(
-        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_CHAIN_ID, VECTOR_REGISTRY
+        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_CHAIN_ID, VECTOR_REGISTRY,
+        VECTOR_BLOCK_NUMBER, VECTOR_BLOCK_HASH,
     )
     signed = Account.sign_message(message, VECTOR_KEY)
     assert meter == "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"
     assert signed.message_hash.hex() == (
-        "df0b199b238bb364840c91d9a4ea28f75a8cfd757b3cb451e8752a0512737da1"
+        "565e0a85d915e2909b0376a371b40435b04c4b5d2f58f9030580957d669fcc30"
     )
     assert signed.signature.hex() == (
-        "bd4cbd4d9a07a90876547cca80a4360ea00f95792bb75e74e0ad7f0551ae3f48"
-        "565ff037a371ea7d41ae278ab80744cbb4eca1b18bdd0e347cb23195201896911c"
+        "818b1733d65b5d53941b9388902cb3ecadc9a5299c3252dc7d73f6f2d67b9f01"
+        "3f98dc258a221ee8d69c922470818dbfe85df07040d905f29ae980be0357bdd31c"
     )
     assert signed.v == 28
     # Low s, as hardware/PROTOCOL.md requires (secp256k1 order / 2).
@@ -75,20 +79,27 @@ def test_the_registry_at_the_vector_address_accepts_the_vector(vector_chain):
     registry = w3.eth.contract(address=registry_addr, abi=load_artifact("MeterRegistry").abi)
     token = w3.eth.contract(address=token_addr, abi=load_artifact("EnergyToken").abi)
     meter = Account.from_key(VECTOR_KEY).address
-    message = reading_typed_data(
-        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_CHAIN_ID, VECTOR_REGISTRY
+    vector = reading_typed_data(
+        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_CHAIN_ID, VECTOR_REGISTRY,
+        VECTOR_BLOCK_NUMBER, VECTOR_BLOCK_HASH,
     )
-    signed = Account.sign_message(message, VECTOR_KEY)
-
-    digest = registry.functions.readingDigest(meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE).call()
-    assert digest == bytes(signed.message_hash)
+    digest = registry.functions.readingDigest(
+        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_BLOCK_NUMBER, VECTOR_BLOCK_HASH
+    ).call()
+    assert digest == bytes(Account.sign_message(vector, VECTOR_KEY).message_hash)
     domain = registry.functions.eip712Domain().call()  # the chain id as the EVM sees it
     assert domain[1:5] == ["MeterRegistry", "1", VECTOR_CHAIN_ID, VECTOR_REGISTRY]
 
     registry.functions.offerMeter(meter, owner, 0, 5_000).transact({"from": operator})
     registry.functions.acceptMeter(meter).transact({"from": owner})
+    latest = w3.eth.get_block("latest")
+    message = reading_typed_data(
+        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, VECTOR_CHAIN_ID, VECTOR_REGISTRY,
+        latest["number"], bytes(latest["hash"]),
+    )
+    signed = Account.sign_message(message, VECTOR_KEY)
     tx = registry.functions.report(
-        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, bytes(signed.signature)
+        meter, VECTOR_ENERGY_WH, VECTOR_SEQUENCE, latest["number"], bytes(signed.signature)
     ).transact({"from": operator})
     receipt = w3.eth.get_transaction_receipt(tx)
     assert receipt["status"] == 1

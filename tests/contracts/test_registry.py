@@ -36,7 +36,7 @@ from tests.contracts.helpers import (
 BASELINE = 10_000  # Wh on the counter when the meter was installed
 MAX_COUNTER = 2**64 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-ITEM_BYTES = 101  # one packed reportBatch item
+ITEM_BYTES = 109  # one packed reportBatch item
 OFFERED, ACTIVE, DECLINED, DEACTIVATED = (
     MeterStatus.OFFERED,
     MeterStatus.ACTIVE,
@@ -482,6 +482,10 @@ def forgeries(chain: Chain, meter: str, energy_wh: int, sequence: int) -> dict[s
         "other registry": chain.sign_reading(meter, energy_wh, sequence, registry=other_registry),
         "other meter": chain.sign_reading(meter, energy_wh, sequence, key=b"\x22" * 32),
         "another counter": chain.sign_reading(meter, energy_wh - 1, sequence),
+        "another block hash": chain.sign_reading(meter, energy_wh, sequence,
+                                                 block_hash=b"\x5a" * 32),
+        "an earlier block": chain.sign_reading(meter, energy_wh, sequence,
+                                               chain.w3.eth.block_number - 1),
         "bit flipped": bytes(flipped),
         "truncated": bytes(good[:64]),
         "empty": b"",
@@ -496,6 +500,8 @@ FORGERIES = [
     "other registry",
     "other meter",
     "another counter",
+    "another block hash",
+    "an earlier block",
     "bit flipped",
     "truncated",
     "empty",
@@ -512,7 +518,8 @@ def test_forged_signatures_are_refused(chain: Chain, seller: str, supply_meter: 
     chain.advance(3_600)
     counter = BASELINE + 1_000
     signature = forgeries(chain, supply_meter, counter, 2)[forgery]
-    fn = chain.registry.functions.report(supply_meter, counter, 2, signature)
+    latest = chain.w3.eth.block_number  # what the good signature signed
+    fn = chain.registry.functions.report(supply_meter, counter, 2, latest, signature)
     with unchanged(chain, [seller], [supply_meter]), reverts("MeterSignatureInvalid") as caught:
         chain.send(fn, chain.carrier)
     meter, signer = caught[0].args_
@@ -533,7 +540,8 @@ def test_a_reading_signed_by_another_registered_meter_is_refused(
     chain.advance(3_600)
     # The buyer's meter signs a reading naming the seller's meter: it is not the seller's key.
     signature = chain.sign_reading(supply_meter, BASELINE + 1_000, 2, key=chain._keys[other])
-    fn = chain.registry.functions.report(supply_meter, BASELINE + 1_000, 2, signature)
+    latest = chain.w3.eth.block_number
+    fn = chain.registry.functions.report(supply_meter, BASELINE + 1_000, 2, latest, signature)
     with reverts("MeterSignatureInvalid", supply_meter, other):
         chain.send(fn, chain.carrier)
     assert (tokens(chain, seller), tokens(chain, buyer)) == (0, 0)
@@ -631,7 +639,8 @@ def test_batch_skips_bad_items_and_records_the_rest(
     install_meter(chain, operator, supply_meter, seller, SUPPLY, SUPPLY_W, BASELINE)
     install_meter(chain, operator, second, buyer, SUPPLY, SUPPLY_W, 0)
     chain.advance(3_600)
-    forged = (second, 900, 2, chain.sign_reading(second, 900, 2, key=b"\x22" * 32))
+    latest = chain.w3.eth.block_number
+    forged = (second, 900, 2, latest, chain.sign_reading(second, 900, 2, key=b"\x22" * 32))
     readings = [
         signed(chain, supply_meter, BASELINE + 100, 2),
         forged,
@@ -718,7 +727,7 @@ def test_a_batch_item_with_a_malformed_signature_is_skipped(
     chain.advance(3_600)
     high_s = forgeries(chain, supply_meter, BASELINE + 100, 2)["high s"]
     receipt = report_batch(chain, [
-        (supply_meter, BASELINE + 100, 2, high_s),
+        (supply_meter, BASELINE + 100, 2, chain.w3.eth.block_number, high_s),
         signed(chain, second, 300, 2),
     ])
     assert chain.events(receipt) == [

@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from hardware.signing import READING_TYPES, Domain
+from hardware.signing import READING_TYPES, BlockRef, Domain
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "hardware" / "PROTOCOL.md"
 
@@ -19,13 +19,14 @@ VECTOR_KEY = bytes.fromhex("11" * 32)
 VECTOR_DOMAIN = Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 VECTOR_ENERGY_WH = 12345
 VECTOR_SEQUENCE = 42
+VECTOR_BLOCK = BlockRef(1000, bytes.fromhex("a5" * 32))
 
 
-def eth_account_signature(key: bytes, domain: Domain, energy_wh: int,
-                          sequence: int) -> tuple[bytes, bytes]:
+def eth_account_signature(key: bytes, domain: Domain, energy_wh: int, sequence: int,
+                          block: BlockRef = VECTOR_BLOCK) -> tuple[bytes, bytes]:
     """(digest, signature) of a reading as eth-account computes them: the reference."""
     message = {"meter": Account.from_key(key).address, "energyWh": energy_wh,
-               "sequence": sequence}
+               "sequence": sequence, "blockNumber": block.number, "blockHash": block.hash}
     signable = encode_typed_data(domain_data=domain.typed_data(), message_types=READING_TYPES,
                                  message_data=message)
     signed = Account.sign_message(signable, key)

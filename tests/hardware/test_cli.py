@@ -13,7 +13,7 @@ import pytest
 
 from dapp.cli import build_parser
 from hardware.driver import MeterClient
-from tests.hardware.conftest import VECTOR_DOMAIN
+from tests.hardware.conftest import VECTOR_BLOCK, VECTOR_DOMAIN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,7 +68,7 @@ def test_pty_emulator_from_environment(emulator):
         identity = meter.identify()
         assert identity.rated_power_w == 1200
         meter.provision(VECTOR_DOMAIN)  # a meter signs nothing before it is installed
-        reading = meter.read()
+        reading = meter.read(VECTOR_BLOCK)
         assert 1100 < reading.power_w <= 1200
         assert reading.verify(VECTOR_DOMAIN, identity.address)
 
@@ -98,7 +98,7 @@ def test_the_key_file_is_the_meters_eeprom_across_restarts(emulator, tmp_path):
     with MeterClient(url, timeout=1.0) as meter:
         identity = meter.identify()
         meter.provision(VECTOR_DOMAIN)
-        first = meter.read()
+        first = meter.read(VECTOR_BLOCK)
         assert first.verify(VECTOR_DOMAIN, identity.address)
     assert identity.address in proc.banner  # printed for the operator's `meter offer`
     proc.send_signal(signal.SIGINT)
@@ -112,7 +112,7 @@ def test_the_key_file_is_the_meters_eeprom_across_restarts(emulator, tmp_path):
     with MeterClient(url, timeout=1.0) as meter:
         again = meter.identify()
         assert (again.address, again.domain) == (identity.address, VECTOR_DOMAIN)
-        later = meter.read()
+        later = meter.read(VECTOR_BLOCK)
         assert later.sequence > first.sequence and later.energy_wh >= first.energy_wh
         assert later.verify(VECTOR_DOMAIN, identity.address)
 

@@ -27,7 +27,7 @@ from hardware.driver import (
 from hardware.emulator import EmulatedMeter, Fault, MeterServer, MeterState, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import ErrorCode, crc16
-from tests.hardware.conftest import VECTOR_DOMAIN
+from tests.hardware.conftest import VECTOR_BLOCK, VECTOR_DOMAIN
 
 TRANSPORTS = ["tcp", "pty"]
 
@@ -82,17 +82,17 @@ def test_identify_read_and_idempotent_relay(serve, connect, transport):
     assert (identity.address, identity.domain) == (server.meter.address, VECTOR_DOMAIN)
     assert meter.identity == identity
 
-    before = meter.read()
+    before = meter.read(VECTOR_BLOCK)
     assert before.relay_closed is False and before.power_w == 0
     assert 23 < before.voltage_v < 26
     assert meter.set_relay(True) is True
     assert meter.set_relay(True) is True  # again: still closed, never toggled open
     assert server.meter.relay_closed and meter.heartbeat() is True
-    assert meter.read().relay_closed is True
+    assert meter.read(VECTOR_BLOCK).relay_closed is True
     assert meter.set_relay(False) is False
     assert meter.set_relay(False) is False
     assert not server.meter.relay_closed and meter.heartbeat() is False
-    assert meter.read().samples >= before.samples
+    assert meter.read(VECTOR_BLOCK).samples >= before.samples
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -108,18 +108,18 @@ def test_watchdog_opens_the_relay_when_the_host_goes_silent(serve, connect, tran
         time.sleep(0.01)
     opened_after = time.monotonic() - silent_since
     assert 0.9 <= opened_after <= 1.5
-    assert meter.read().relay_closed is False
+    assert meter.read(VECTOR_BLOCK).relay_closed is False
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_silent_meter_times_out_within_the_timeout(serve, connect, transport):
     server = serve("supply", transport)
     meter = connect(server.url, timeout=0.3, retries=0)
-    meter.read()
+    meter.read(VECTOR_BLOCK)
     server.fault = Fault.SILENT
     start = time.monotonic()
     with pytest.raises(MeterTimeout) as info:
-        meter.read()
+        meter.read(VECTOR_BLOCK)
     assert 0.3 <= time.monotonic() - start < 0.3 + 0.25  # the timeout, plus one poll and slack
     assert not isinstance(info.value, MeterDisconnected)
 
@@ -130,7 +130,7 @@ def test_a_silent_meter_times_out_within_the_timeout(serve, connect, transport):
         patient.set_relay(False)
     assert time.monotonic() - start < 3 * patient.timeout + 0.2
     server.fault = Fault.NONE
-    assert patient.read().relay_closed is False  # and it answers again
+    assert patient.read(VECTOR_BLOCK).relay_closed is False  # and it answers again
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -153,7 +153,7 @@ def test_unplugging_mid_session_raises_a_typed_error_at_once(serve, connect, tra
     server.unplug()
     start = time.monotonic()
     with pytest.raises(MeterDisconnected):
-        meter.read()
+        meter.read(VECTOR_BLOCK)
     with pytest.raises(MeterError):  # and again: no hang on a dead port
         meter.heartbeat()
     assert time.monotonic() - start < 1.0
@@ -169,7 +169,7 @@ def test_after_unplug_the_watchdog_has_opened_the_relay_and_reconnect_resumes(se
     time.sleep(1.2)
     server.plug()
     meter.reconnect()
-    assert meter.read().relay_closed is False
+    assert meter.read(VECTOR_BLOCK).relay_closed is False
     assert meter.set_relay(True) is True
 
 
@@ -205,7 +205,7 @@ def test_an_error_reply_is_a_refusal_and_not_retried(serve, connect):
     server.meter.sensor_ok = False
     start = time.monotonic()
     with pytest.raises(MeterRefused) as info:
-        meter.read()
+        meter.read(VECTOR_BLOCK)
     assert info.value.code == ErrorCode.SENSOR_FAULT and time.monotonic() - start < 0.5
 
 
@@ -215,9 +215,9 @@ def test_supply_energy_grows_with_the_sun_within_the_reported_rating(serve, conn
     night = connect(serve("supply", "pty", hour=22, acceleration=3600).url, timeout=0.5)
     rated = noon.identify().rated_power_w
     assert rated == 800 * 3600
-    first, n_first, t0 = noon.read(), night.read(), time.monotonic()
+    first, n_first, t0 = noon.read(VECTOR_BLOCK), night.read(VECTOR_BLOCK), time.monotonic()
     time.sleep(0.6)
-    second, n_second, t1 = noon.read(), night.read(), time.monotonic()
+    second, n_second, t1 = noon.read(VECTOR_BLOCK), night.read(VECTOR_BLOCK), time.monotonic()
     gained = second.energy_wh - first.energy_wh
     # 0.6 s at 3600x is 36 simulated minutes of near-peak sun: about 470 Wh.
     assert 300 < gained <= rated * (t1 - t0) / 3600 + 1
@@ -229,21 +229,21 @@ def test_load_meter_counts_only_while_closed_and_drains_the_battery(serve, conne
     server = serve("load", "tcp", hour=21, acceleration=3600, load_w=500)
     meter = connect(server.url, timeout=0.5)
     battery = server.meter.grid.plant.battery
-    start = meter.read()
+    start = meter.read(VECTOR_BLOCK)
     time.sleep(0.3)
-    assert meter.read().energy_wh == start.energy_wh
+    assert meter.read(VECTOR_BLOCK).energy_wh == start.energy_wh
     soc = battery.soc
     meter.set_relay(True)
     time.sleep(0.4)
-    closed = meter.read()
+    closed = meter.read(VECTOR_BLOCK)
     assert closed.energy_wh - start.energy_wh > 100  # 500 W for ~24 simulated minutes
     assert closed.power_w == pytest.approx(500)
     assert battery.soc < soc
     meter.set_relay(False)
-    opened = meter.read()
+    opened = meter.read(VECTOR_BLOCK)
     time.sleep(0.3)
-    assert meter.read().energy_wh == opened.energy_wh
-    assert meter.read().power_w == 0
+    assert meter.read(VECTOR_BLOCK).energy_wh == opened.energy_wh
+    assert meter.read(VECTOR_BLOCK).power_w == 0
 
 
 # --------------------------------------------------------------------------- signed readings
@@ -257,7 +257,7 @@ def test_install_once_then_every_reading_verifies_against_the_id_address(serve, 
     identity = meter.identify()
     assert identity.provisioned is False
     with pytest.raises(MeterRefused) as info:
-        meter.read()
+        meter.read(VECTOR_BLOCK)
     assert info.value.code == ErrorCode.NOT_PROVISIONED
     assert meter.provision(VECTOR_DOMAIN) == VECTOR_DOMAIN
     assert meter.provision(VECTOR_DOMAIN) == VECTOR_DOMAIN  # idempotent
@@ -267,7 +267,7 @@ def test_install_once_then_every_reading_verifies_against_the_id_address(serve, 
     assert info.value.code == ErrorCode.ALREADY_PROVISIONED
     readings = []
     for _ in range(3):
-        readings.append(meter.read())
+        readings.append(meter.read(VECTOR_BLOCK))
         time.sleep(0.1)
     assert all(r.signer(VECTOR_DOMAIN, identity.address) == identity.address for r in readings)
     assert [r.sequence for r in readings] == [1, 2, 3]
@@ -360,7 +360,7 @@ def test_a_man_in_the_middle_who_keeps_the_crc_is_caught_by_the_crc(serve, conne
     meter = connect(f"socket://127.0.0.1:{proxy.port}", timeout=0.5, retries=1)
     address = meter.identify().address  # ID passes unchanged
     with pytest.raises(MeterProtocolError, match="bad checksum"):
-        meter.read()
+        meter.read(VECTOR_BLOCK)
     assert proxy.rewritten == 2  # both attempts were rewritten and both refused
     assert server.meter.state.sequence == 2  # the meter did sign two readings, never delivered
     assert address == server.meter.address
@@ -371,11 +371,11 @@ def test_a_man_in_the_middle_who_fixes_the_crc_is_caught_by_the_signature(serve,
     server = serve("supply", "tcp")
     honest = connect(server.url, timeout=0.5)
     address = honest.identify().address
-    genuine = honest.read()
+    genuine = honest.read(VECTOR_BLOCK)
     honest.close()
     proxy = tamperer(server, fix_crc=True)
     meter = connect(f"socket://127.0.0.1:{proxy.port}", timeout=0.5)
-    forged = meter.read()  # framing and CRC are fine now
+    forged = meter.read(VECTOR_BLOCK)  # framing and CRC are fine now
     assert proxy.rewritten == 1
     assert forged.energy_wh >= genuine.energy_wh + 500
     assert forged.signer(VECTOR_DOMAIN, address) != address
@@ -421,7 +421,7 @@ def test_killed_and_restarted_emulator_continues_its_counter_and_sequence(tmp_pa
         with MeterClient(url, timeout=1.0) as meter:
             assert meter.identify().address == address and name == "roof-1"
             meter.provision(VECTOR_DOMAIN)
-            before = [meter.read() for _ in range(3)]
+            before = [meter.read(VECTOR_BLOCK) for _ in range(3)]
     finally:
         stop(proc)  # kill -9: no chance to save anything more
     proc, [(_, address_again, url)] = start_emulator(*args)
@@ -430,7 +430,7 @@ def test_killed_and_restarted_emulator_continues_its_counter_and_sequence(tmp_pa
         with MeterClient(url, timeout=1.0) as meter:
             identity = meter.identify()
             assert (identity.address, identity.domain) == (address, VECTOR_DOMAIN)
-            after = meter.read()
+            after = meter.read(VECTOR_BLOCK)
     finally:
         stop(proc, signal.SIGTERM)
     assert after.sequence == before[-1].sequence + 1  # never reused
@@ -450,7 +450,7 @@ def test_one_emulator_serves_several_meters_each_with_its_own_key(tmp_path):
         for _, address, url in meters:
             with MeterClient(url, timeout=1.0) as meter:
                 meter.provision(VECTOR_DOMAIN)
-                assert meter.read().verify(VECTOR_DOMAIN, address)
+                assert meter.read(VECTOR_BLOCK).verify(VECTOR_DOMAIN, address)
         assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == \
             ["house-1.key", "house-2.key", "roof-1.key"]
     finally:

@@ -8,6 +8,7 @@ message building against eth-account.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -32,8 +33,9 @@ from hardware.protocol import (
     parse_reply,
     parse_request,
 )
-from hardware.signing import Domain
+from hardware.signing import BlockRef, Domain
 from tests.hardware.conftest import (
+    VECTOR_BLOCK,
     VECTOR_DOMAIN,
     VECTOR_ENERGY_WH,
     VECTOR_KEY,
@@ -88,9 +90,12 @@ class Harness:
         return self.raw(data + b"\n")
 
     def ask(self, command: str, relay: bool | None = None):
-        """Send a valid request with a fresh sequence number; return (seq, decoded reply)."""
+        """Send a valid request with a fresh sequence number; return (seq, decoded reply).
+
+        READ passes the test vector's block."""
         self._seq += 1
-        [reply] = self.line(Request(self._seq, command, relay).encode()[:-1])
+        block = VECTOR_BLOCK if command == "READ" else None
+        [reply] = self.line(Request(self._seq, command, relay, block=block).encode()[:-1])
         return self._seq, parse_reply(reply)
 
     def directive(self, text: str) -> str:
@@ -107,7 +112,7 @@ class Harness:
         """A READ, decoded (it must succeed)."""
         _, reply = self.ask("READ")
         assert reply.ok, reply
-        return SignedReading.from_fields(reply.values)
+        return SignedReading.from_fields(reply.values, VECTOR_BLOCK)
 
     def identity(self) -> Identity:
         """An ID, decoded."""
@@ -162,7 +167,7 @@ def test_identify_follows_the_protocol(fresh):
     assert (reply.seq, reply.ok, reply.command) == (seq, True, "ID")
     identity = Identity.from_fields(reply.values)
     assert identity == Identity("meter-01", "2.0.0", "supply", 1000, 10, identity.address)
-    assert identity.provisioned is False and identity.protocol == 2
+    assert identity.provisioned is False and identity.protocol == 3
     assert fresh.directive("#reboot") == "#ok"
     assert fresh.identity().address == identity.address  # the key is kept in EEPROM
     assert fresh.directive("#wipe") == "#ok"
@@ -213,13 +218,13 @@ def test_sketch_keccak_matches_ethereum_keccak(fresh):
         assert fresh.directive("#keccak " + data.hex()) == "#keccak 0x" + keccak(data).hex()
 
 
-def test_a_signed_reading_costs_two_keccak_permutations_and_one_signature(fw):
+def test_a_signed_reading_costs_three_keccak_permutations_and_one_signature(fw):
     fw.read()  # the first one also hashes the Reading type string once
     before = [int(x) for x in fw.directive("#stats").split()[1:]]
     for _ in range(5):
         fw.read()
     after = [int(x) for x in fw.directive("#stats").split()[1:]]
-    assert (after[0] - before[0], after[1] - before[1]) == (2 * 5, 5)
+    assert (after[0] - before[0], after[1] - before[1]) == (3 * 5, 5)
 
 
 def test_read_is_refused_until_installed_and_install_is_once(fresh):
@@ -241,7 +246,8 @@ def test_read_is_refused_until_installed_and_install_is_once(fresh):
 def test_the_key_never_leaves_the_meter(fw):
     fw.directive("#setkey " + VECTOR_KEY.hex())
     fw.advance(100)
-    out = b"".join(fw.line(Request(i, cmd).encode()[:-1])[0]
+    out = b"".join(fw.line(Request(i, cmd, block=VECTOR_BLOCK if cmd == "READ" else None)
+                           .encode()[:-1])[0]
                    for i, cmd in enumerate(("ID", "READ", "HB", "READ", "ID"), start=1))
     out += b"".join(b"".join(fw.line(line)) for line in fuzz_lines(random.Random(3), 300))
     assert VECTOR_KEY.hex().encode() not in out.lower()
@@ -261,7 +267,7 @@ def test_sequence_grows_and_a_power_cut_skips_numbers_but_never_reuses_one(fw):
 
 def test_read_converts_the_sensor_registers(fw):
     _, reply = fw.ask("READ")
-    reading = SignedReading.from_fields(reply.values)
+    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
     assert (reading.power_w, reading.voltage_v, reading.current_a) == (240.0, 24.0, 10.0)
     assert reading.relay_closed is False and reading.samples == 2  # 200 ms at 100 ms a sample
     fw.directive("#sensor 12340 -1500")
@@ -391,7 +397,8 @@ def expected_reply(line: bytes) -> bytes | tuple[int, str] | None:
 
 def fuzz_lines(rng: random.Random, count: int) -> list[bytes]:
     """Random bytes, damaged frames, and random bodies with a correct CRC (no LF inside)."""
-    valid = [Request(rng.randint(1, 65535), c, r).encode()[:-1]
+    valid = [Request(rng.randint(1, 65535), c, r,
+                     block=VECTOR_BLOCK if c == "READ" else None).encode()[:-1]
              for c, r in (("ID", None), ("READ", None), ("HB", None), ("RELAY", True),
                           ("RELAY", False))]
     out = []
@@ -470,3 +477,42 @@ def test_firmware_parses_install_exactly_like_the_reference_parser(fresh):
         else:
             assert (reply.ok, reply.code) == (False, ErrorCode.ALREADY_PROVISIONED), line
     assert accepted is not None
+
+
+def read_lines(rng: random.Random, count: int) -> list[bytes]:
+    """READ frames with a correct CRC: valid ones and near misses of both argument rules."""
+    block_hash = VECTOR_BLOCK.hex_hash()
+    numbers = ["0", "1", "1000", str(2**64 - 1), str(2**64), "01000", "", "-1", "12a", "9" * 21]
+    hashes = [block_hash, "0x" + "0" * 64, "0x" + block_hash[2:].upper(), "0X" + block_hash[2:],
+              block_hash[:-1], block_hash + "0", block_hash[:5] + "g" + block_hash[6:], "",
+              block_hash[2:]]
+    out = []
+    for _ in range(count):
+        args = [rng.choice(numbers), rng.choice(hashes)]
+        if rng.random() < 0.1:
+            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
+        body = ",".join([str(rng.randint(1, 65535)), "READ", *args]).encode()
+        out.append(b"$" + body + b"*%04X" % crc16(body))
+    return out
+
+
+def test_firmware_parses_read_exactly_like_the_reference_parser_and_signs_the_block(fw):
+    address = fw.identity().address
+    last = fw.read().sequence
+    signed = 0
+    for line in read_lines(random.Random(9), 300):
+        [reply_line] = fw.line(line)
+        reply = parse_reply(reply_line)
+        try:
+            request = parse_request(line)
+        except MeterProtocolError as exc:
+            assert (reply.seq, reply.ok, reply.code) == (exc.seq, False, exc.code), line
+            continue
+        assert reply.ok, line
+        reading = SignedReading.from_fields(reply.values, request.block)
+        assert reading.sequence == last + 1, line  # a refused READ used no sequence number
+        assert reading.verify(VECTOR_DOMAIN, address), line  # signed over the block it was given
+        other = BlockRef(request.block.number, bytes(b ^ 1 for b in request.block.hash))
+        assert not dataclasses.replace(reading, block=other).verify(VECTOR_DOMAIN, address)
+        last, signed = reading.sequence, signed + 1
+    assert signed > 20

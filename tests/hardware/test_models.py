@@ -16,7 +16,7 @@ from hardware.protocol import (
     encode_frame,
     parse_reply,
 )
-from tests.hardware.conftest import VECTOR_DOMAIN
+from tests.hardware.conftest import VECTOR_BLOCK, VECTOR_DOMAIN
 
 
 class FakeClock:
@@ -159,12 +159,14 @@ def test_a_rating_below_the_peak_power_is_refused():
 def test_supply_counter_follows_the_sun_within_the_rated_power():
     meter, clock = make_meter("supply", acceleration=60, hour=4.0, battery_wh=50_000)
     rated = meter.identity.rated_power_w
-    last = SignedReading.from_fields(ask(meter, Request(1, "READ")).values)
+    last = SignedReading.from_fields(ask(meter, Request(1, "READ", block=VECTOR_BLOCK)).values,
+                                     VECTOR_BLOCK)
     gains = []
     for i in range(2, 2 + 24 * 6):  # ten simulated minutes per 10 s step, a whole day
         clock.now += 10
         meter.tick()
-        reading = SignedReading.from_fields(ask(meter, Request(i, "READ")).values)
+        reply = ask(meter, Request(i, "READ", block=VECTOR_BLOCK))
+        reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
         gain = reading.energy_wh - last.energy_wh
         assert 0 <= gain <= rated * 10 / 3600 + 1  # what the registry will check
         gains.append((meter.grid.plant.hour, gain))
@@ -179,8 +181,8 @@ def test_supply_counter_stops_when_the_battery_is_full():
     meter, clock = make_meter("supply", acceleration=3600, battery_wh=1000)  # 400 Wh of room
     clock.now += 2  # two simulated hours of noon sun
     meter.tick()
-    assert meter.reading().energy_wh == pytest.approx(400 / 0.85, abs=1)
-    assert meter.reading().power_w == 0
+    assert meter.reading(VECTOR_BLOCK).energy_wh == pytest.approx(400 / 0.85, abs=1)
+    assert meter.reading(VECTOR_BLOCK).power_w == 0
     assert meter.grid.plant.battery.soc == pytest.approx(1.0)
 
 
@@ -188,19 +190,19 @@ def test_load_meter_counts_only_while_its_relay_is_closed():
     meter, clock = make_meter("load", acceleration=3600, hour=20.0)  # no sun: only the load
     plant = meter.grid.plant
     clock.now += 1  # one simulated hour, relay open
-    assert meter.reading().energy_wh == 0
+    assert meter.reading(VECTOR_BLOCK).energy_wh == 0
     soc = plant.battery.soc
     assert ask(meter, Request(2, "RELAY", True)).values == ("1",)
     clock.now += 1
     meter.tick()
-    reading = meter.reading()
+    reading = meter.reading(VECTOR_BLOCK)
     assert reading.energy_wh == 400 and reading.power_w == pytest.approx(400)
     assert reading.current_a == pytest.approx(400 / reading.voltage_v)
     assert plant.battery.soc < soc
     assert ask(meter, Request(3, "RELAY", False)).values == ("0",)
     clock.now += 1
-    assert meter.reading().energy_wh == 400
-    assert meter.reading().power_w == 0
+    assert meter.reading(VECTOR_BLOCK).energy_wh == 400
+    assert meter.reading(VECTOR_BLOCK).power_w == 0
 
 
 def test_watchdog_opens_the_relay_after_exactly_the_configured_silence():
@@ -243,5 +245,5 @@ def test_errors_are_answered_with_code_and_echoed_sequence_number():
     too_long = parse_reply(meter.handle_line(None))
     assert (too_long.seq, too_long.code) == (0, ErrorCode.LINE_TOO_LONG)
     meter.sensor_ok = False
-    fault = ask(meter, Request(12, "READ"))
+    fault = ask(meter, Request(12, "READ", block=VECTOR_BLOCK))
     assert (fault.seq, fault.ok, fault.code) == (12, False, ErrorCode.SENSOR_FAULT)

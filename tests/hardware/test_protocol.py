@@ -27,14 +27,16 @@ from hardware.protocol import (
     parse_reply,
     parse_request,
 )
-from hardware.signing import Domain
-from tests.hardware.conftest import VECTOR_DOMAIN
+from hardware.signing import BlockRef, Domain
+from tests.hardware.conftest import VECTOR_BLOCK, VECTOR_DOMAIN
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 VALID_REQUESTS = [
     Request(1, "ID"),
-    Request(42, "READ"),
+    Request(42, "READ", block=VECTOR_BLOCK),
+    Request(65535, "READ", block=BlockRef(2**64 - 1, b"\xff" * 32)),  # the longest request
+    Request(3, "READ", block=BlockRef(0, bytes(32))),
     Request(7, "RELAY", True),
     Request(65535, "RELAY", False),
     Request(300, "HB"),
@@ -42,6 +44,8 @@ VALID_REQUESTS = [
     Request(65535, "INSTALL", domain=Domain(2**64 - 1, "0x" + "ff" * 20)),
 ]
 REGISTRY = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+HASH = VECTOR_BLOCK.hex_hash()
+BAD_ARGUMENT = ErrorCode.BAD_ARGUMENT
 
 
 def frame(body: str) -> bytes:
@@ -96,7 +100,18 @@ def test_requests_round_trip_with_lf_or_crlf(request_):
         (frame("17,RELAY,"), ErrorCode.BAD_ARGUMENT, 17),
         (frame("17,RELAY"), ErrorCode.BAD_ARGUMENT, 17),
         (frame("17,RELAY,1,1"), ErrorCode.BAD_ARGUMENT, 17),
-        (frame("17,READ,1"), ErrorCode.BAD_ARGUMENT, 17),
+        (frame("17,READ"), ErrorCode.BAD_ARGUMENT, 17),  # no block
+        (frame("17,READ,1"), ErrorCode.BAD_ARGUMENT, 17),  # no hash
+        (frame(f"17,READ,1000,{HASH},1"), BAD_ARGUMENT, 17),
+        (frame(f"17,READ,01000,{HASH}"), BAD_ARGUMENT, 17),  # leading zero
+        (frame(f"17,READ,-1,{HASH}"), BAD_ARGUMENT, 17),
+        (frame(f"17,READ,{2**64},{HASH}"), BAD_ARGUMENT, 17),  # not a uint64
+        (frame(f"17,READ,,{HASH}"), BAD_ARGUMENT, 17),
+        (frame(f"17,READ,1000,{HASH[:-2]}"), BAD_ARGUMENT, 17),  # 31 bytes
+        (frame(f"17,READ,1000,{HASH}a5"), BAD_ARGUMENT, 17),  # 33 bytes
+        (frame(f"17,READ,1000,{HASH[2:]}"), BAD_ARGUMENT, 17),  # no 0x
+        (frame(f"17,READ,1000,0x{HASH[2:].upper()}"), BAD_ARGUMENT, 17),  # upper case
+        (frame(f"17,READ,1000,{HASH[:-1]}g"), BAD_ARGUMENT, 17),
         (b"$" + b"1" * MAX_LINE, ErrorCode.LINE_TOO_LONG, 0),
         (frame(f"17,INSTALL,31337,{REGISTRY}"[:-1]), ErrorCode.BAD_ARGUMENT, 17),  # 39 digits
         (frame(f"17,INSTALL,31337,{REGISTRY.upper()[2:]}"), ErrorCode.BAD_ARGUMENT, 17),
@@ -244,12 +259,13 @@ ADDRESS = "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"
 
 
 def test_replies_round_trip_and_requests_are_not_replies():
-    reading = SignedReading(1234, 812.4, 24.63, 32.984, True, 99, 2**64 - 1, SIGNATURE)
+    reading = SignedReading(1234, 812.4, 24.63, 32.984, True, 99, 2**64 - 1, SIGNATURE,
+                            VECTOR_BLOCK)
     line = encode_ok(65535, "READ", reading.fields())
     assert MAX_LINE < len(line) - 1 <= MAX_REPLY  # longer than a request may be
     reply = parse_reply(line)
     assert (reply.seq, reply.ok, reply.command) == (65535, True, "READ")
-    assert SignedReading.from_fields(reply.values) == reading
+    assert SignedReading.from_fields(reply.values, VECTOR_BLOCK) == reading
     for identity in (Identity("meter-01", "1.0.0", "load", 1500, 10, ADDRESS),
                      Identity("m" * 32, "f" * 32, "supply", 65535, 3600, ADDRESS,
                               Domain(2**64 - 1, "0x" + "ab" * 20))):
@@ -285,10 +301,10 @@ SIG = "0x" + SIGNATURE.hex()
 )
 def test_malformed_read_values_are_protocol_errors(values):
     with pytest.raises(MeterProtocolError):
-        SignedReading.from_fields(values)
+        SignedReading.from_fields(values, VECTOR_BLOCK)
 
 
-GOOD_ID = ("m", "1", "supply", "100", "10", "2", ADDRESS.lower(), "1", "31337", REGISTRY)
+GOOD_ID = ("m", "1", "supply", "100", "10", "3", ADDRESS.lower(), "1", "31337", REGISTRY)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from eth_account import Account
 
 from hardware.emulator import EmulatedMeter, MeterState, Microgrid
 from hardware.protocol import ErrorCode, Request, SignedReading, parse_reply
-from hardware.signing import Domain, reading_digest, recover_signer, sign_reading
+from hardware.signing import BlockRef, Domain, reading_digest, recover_signer, sign_reading
 from tests.hardware.conftest import (
+    VECTOR_BLOCK,
     VECTOR_DOMAIN,
     VECTOR_ENERGY_WH,
     VECTOR_KEY,
@@ -28,10 +29,10 @@ VECTOR_METER = Account.from_key(VECTOR_KEY).address
 def test_the_test_vector_is_eth_accounts_and_is_written_in_protocol_md():
     digest, signature = eth_account_signature(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH,
                                               VECTOR_SEQUENCE)
-    assert reading_digest(VECTOR_DOMAIN, VECTOR_METER, VECTOR_ENERGY_WH, VECTOR_SEQUENCE) == \
-        digest
-    assert sign_reading(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH, VECTOR_SEQUENCE) == \
-        signature
+    assert reading_digest(VECTOR_DOMAIN, VECTOR_METER, VECTOR_ENERGY_WH, VECTOR_SEQUENCE,
+                          VECTOR_BLOCK) == digest
+    assert sign_reading(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH, VECTOR_SEQUENCE,
+                        VECTOR_BLOCK) == signature
     assert documented_vector() == {"digest": "0x" + digest.hex(),
                                    "signature": "0x" + signature.hex()}
 
@@ -42,21 +43,28 @@ def test_digest_and_signatures_match_eth_account_for_random_readings():
         key = rng.randbytes(32)
         domain = Domain(rng.randint(1, 2**64 - 1), "0x" + rng.randbytes(20).hex())
         energy, sequence = rng.randint(0, 2**64 - 1), rng.randint(0, 2**64 - 1)
-        digest, signature = eth_account_signature(key, domain, energy, sequence)
+        block = BlockRef(rng.randint(0, 2**64 - 1), rng.randbytes(32))
+        digest, signature = eth_account_signature(key, domain, energy, sequence, block)
         meter = Account.from_key(key).address
-        assert reading_digest(domain, meter, energy, sequence) == digest
-        assert sign_reading(key, domain, energy, sequence) == signature
+        assert reading_digest(domain, meter, energy, sequence, block) == digest
+        assert sign_reading(key, domain, energy, sequence, block) == signature
         assert signature[64] in (27, 28)
         assert int.from_bytes(signature[32:64], "big") <= 2**255  # low s
-        assert recover_signer(domain, meter, energy, sequence, signature) == meter
+        assert recover_signer(domain, meter, energy, sequence, block, signature) == meter
 
 
-@pytest.mark.parametrize("change", ["energy", "sequence", "chain", "registry", "meter"])
+@pytest.mark.parametrize("change", ["energy", "sequence", "chain", "registry", "meter",
+                                    "block number", "block hash"])
 def test_a_signature_recovers_another_address_for_any_other_reading(change):
-    signature = sign_reading(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH, VECTOR_SEQUENCE)
-    domain, meter = VECTOR_DOMAIN, VECTOR_METER
+    signature = sign_reading(VECTOR_KEY, VECTOR_DOMAIN, VECTOR_ENERGY_WH, VECTOR_SEQUENCE,
+                             VECTOR_BLOCK)
+    domain, meter, block = VECTOR_DOMAIN, VECTOR_METER, VECTOR_BLOCK
     energy, sequence = VECTOR_ENERGY_WH, VECTOR_SEQUENCE
-    if change == "energy":
+    if change == "block number":
+        block = BlockRef(block.number + 1, block.hash)
+    elif change == "block hash":
+        block = BlockRef(block.number, b"\xa5" * 31 + b"\xa4")
+    elif change == "energy":
         energy += 1
     elif change == "sequence":
         sequence -= 1
@@ -66,18 +74,18 @@ def test_a_signature_recovers_another_address_for_any_other_reading(change):
         domain = Domain(domain.chain_id, "0x" + "00" * 19 + "01")
     else:
         meter = Account.create().address
-    assert recover_signer(domain, meter, energy, sequence, signature) != VECTOR_METER
-    reading = SignedReading(energy, 0.0, 24.0, 0.0, False, 1, sequence, signature)
+    assert recover_signer(domain, meter, energy, sequence, block, signature) != VECTOR_METER
+    reading = SignedReading(energy, 0.0, 24.0, 0.0, False, 1, sequence, signature, block)
     assert reading.verify(domain, meter) is False
     assert SignedReading(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
-                         signature).verify(VECTOR_DOMAIN, VECTOR_METER)
+                         signature, VECTOR_BLOCK).verify(VECTOR_DOMAIN, VECTOR_METER)
 
 
 @pytest.mark.parametrize("signature", [bytes(64) + b"\x1b", b"\xff" * 64 + b"\x1c",
                                        bytes(range(64)) + b"\x1b"])
 def test_a_forged_signature_verifies_as_nobody(signature):
     reading = SignedReading(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
-                            signature)
+                            signature, VECTOR_BLOCK)
     assert reading.verify(VECTOR_DOMAIN, VECTOR_METER) is False
     with pytest.raises(ValueError):
         reading.signer(VECTOR_DOMAIN, VECTOR_METER)
@@ -154,8 +162,8 @@ def test_emulated_meter_signs_the_test_vector(tmp_path):
     state = MeterState(VECTOR_KEY, energy_wh=VECTOR_ENERGY_WH, sequence=VECTOR_SEQUENCE - 1,
                        domain=VECTOR_DOMAIN)
     meter = EmulatedMeter("load", Microgrid(), state=state)  # relay open: the counter stays
-    reply = ask(meter, Request(1, "READ"))
-    reading = SignedReading.from_fields(reply.values)
+    reply = ask(meter, Request(1, "READ", block=VECTOR_BLOCK))
+    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
     assert (reading.energy_wh, reading.sequence) == (VECTOR_ENERGY_WH, VECTOR_SEQUENCE)
     assert "0x" + reading.signature.hex() == documented_vector()["signature"]
 
@@ -163,7 +171,7 @@ def test_emulated_meter_signs_the_test_vector(tmp_path):
 def test_provisioning_is_once_idempotent_and_survives_a_restart(tmp_path):
     path = tmp_path / "meter.key"
     meter = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
-    refused = ask(meter, Request(1, "READ"))
+    refused = ask(meter, Request(1, "READ", block=VECTOR_BLOCK))
     assert (refused.ok, refused.code) == (False, ErrorCode.NOT_PROVISIONED)
     assert ask(meter, Request(2, "INSTALL", domain=VECTOR_DOMAIN)).values == \
         ("31337", VECTOR_DOMAIN.registry.lower())
@@ -171,7 +179,8 @@ def test_provisioning_is_once_idempotent_and_survives_a_restart(tmp_path):
     for other in (Domain(1, VECTOR_DOMAIN.registry), Domain(31337, "0x" + "22" * 20)):
         again = ask(meter, Request(4, "INSTALL", domain=other))
         assert (again.ok, again.code) == (False, ErrorCode.ALREADY_PROVISIONED)
-    reading = SignedReading.from_fields(ask(meter, Request(5, "READ")).values)
+    reply = ask(meter, Request(5, "READ", block=VECTOR_BLOCK))
+    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
     assert reading.verify(VECTOR_DOMAIN, meter.address)
     restarted = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
     assert restarted.identity.domain == VECTOR_DOMAIN
@@ -186,12 +195,12 @@ def test_counter_and_sequence_continue_after_a_restart_and_are_never_reused(tmp_
     grid = Microgrid(acceleration=3600)
     meter = EmulatedMeter("supply", grid, state=state)
     grid.plant.advance(1800)
-    first = meter.reading()
-    second = meter.reading()
+    first = meter.reading(VECTOR_BLOCK)
+    second = meter.reading(VECTOR_BLOCK)
     assert second.sequence == first.sequence + 1 and second.energy_wh >= first.energy_wh > 0
     # A new process: the physics starts again at 0 Wh; the meter's counter does not.
     restarted = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
-    third = restarted.reading()
+    third = restarted.reading(VECTOR_BLOCK)
     assert third.sequence == second.sequence + 1
     assert third.energy_wh >= second.energy_wh
     assert third.verify(VECTOR_DOMAIN, meter.address)
@@ -200,7 +209,8 @@ def test_counter_and_sequence_continue_after_a_restart_and_are_never_reused(tmp_
 def test_the_key_never_appears_on_the_line(tmp_path):
     state = MeterState(VECTOR_KEY, domain=VECTOR_DOMAIN)
     meter = EmulatedMeter("supply", Microgrid(), state=state)
-    out = b"".join(meter.handle_line(Request(i, cmd).encode()[:-1])
+    out = b"".join(meter.handle_line(Request(i, cmd, block=VECTOR_BLOCK if cmd == "READ" else None)
+                                     .encode()[:-1])
                    for i, cmd in enumerate(("ID", "READ", "HB", "READ"), start=1))
     assert VECTOR_KEY.hex().encode() not in out.lower()
     assert state.address.lower()[2:].encode() in out  # the address is sent, the key is not

@@ -22,7 +22,9 @@ from dapp.simulate.chain_run import DEFAULT_LIMITS, ChainSimulation, SimulationS
 from dapp.simulate.meters import CommunityBus
 from hardware.community import Community
 from hardware.protocol import LOAD, SUPPLY
-from hardware.signing import Domain, recover_signer
+from hardware.signing import BlockRef, Domain, recover_signer
+
+BLOCK = BlockRef(7, bytes(range(32)))  # the block the tests pass with READ
 
 START_S = 8 * 3600.0
 HOURS = 3
@@ -135,16 +137,17 @@ def test_community_meters_sign_their_own_counters_and_switch_the_connection():
             domain.chain_id, domain.registry)
     bus.set_routes({"dark": "sunny"})
     community.advance(600)
-    assert load.read().energy_wh == 0  # relays open: nothing crosses the bus
+    assert load.read(BLOCK).energy_wh == 0  # relays open: nothing crosses the bus
     supply.set_relay(True)
     community.advance(600)
-    assert load.read().energy_wh == 0  # one relay is not enough
+    assert load.read(BLOCK).energy_wh == 0  # one relay is not enough
     assert load.set_relay(True) is True
     community.advance(600)
-    reading = load.read()
+    reading = load.read(BLOCK)
     assert reading.energy_wh == int(community.households["dark"].counters.imported_wh) > 0
     signed = reading.signed
-    assert recover_signer(domain, signed.meter, signed.energy_wh, signed.sequence,
+    assert signed.block == BLOCK
+    assert recover_signer(domain, signed.meter, signed.energy_wh, signed.sequence, BLOCK,
                           signed.signature) == bus.address("dark", LOAD)
     assert signed.meter != bus.address("sunny", SUPPLY)
     # A silent bridge: the meters' watchdogs open the relays by themselves.

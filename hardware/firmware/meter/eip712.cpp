@@ -7,7 +7,8 @@
 
 static const char DOMAIN_TYPE[] =
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)";
-static const char READING_TYPE[] = "Reading(address meter,uint64 energyWh,uint64 sequence)";
+static const char READING_TYPE[] =
+    "Reading(address meter,uint64 energyWh,uint64 sequence,uint64 blockNumber,bytes32 blockHash)";
 static const char DOMAIN_NAME[] = "MeterRegistry";
 static const char DOMAIN_VERSION[] = "1";
 
@@ -44,7 +45,8 @@ void eip712DomainSeparator(uint64_t chainId, const uint8_t registry[20], uint8_t
 }
 
 void eip712ReadingDigest(const uint8_t separator[32], const uint8_t meter[20], uint64_t energyWh,
-                         uint64_t sequence, uint8_t digest[32]) {
+                         uint64_t sequence, uint64_t blockNumber, const uint8_t blockHash[32],
+                         uint8_t digest[32]) {
   static uint8_t typeHash[32];
   static bool haveTypeHash = false;
   if (!haveTypeHash) {
@@ -58,6 +60,8 @@ void eip712ReadingDigest(const uint8_t separator[32], const uint8_t meter[20], u
   updateAddress(hash, meter);
   updateUint(hash, energyWh);
   updateUint(hash, sequence);
+  updateUint(hash, blockNumber);
+  keccak256Update(hash, blockHash, 32);  // bytes32: the word itself
   keccak256Final(hash, structHash);
 
   static const uint8_t prefix[2] = {0x19, 0x01};

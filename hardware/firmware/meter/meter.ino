@@ -1,7 +1,8 @@
 // Microgrid meter firmware: one DC meter (INA226 current/voltage sensor + relay) speaking the
-// line protocol of hardware/PROTOCOL.md, version 2, at 115200 baud 8N1. The meter owns a
+// line protocol of hardware/PROTOCOL.md, version 3, at 115200 baud 8N1. The meter owns a
 // secp256k1 key, made at first boot and kept in EEPROM (never sent), and signs every reading
-// (EIP-712, eip712.cpp) for the domain it was given once at installation (INSTALL).
+// (EIP-712, eip712.cpp), with the recent block the host passes in READ, for the domain it was
+// given once at installation (INSTALL).
 //
 // Target board: a Raspberry Pi Pico (RP2040) or an ESP32 board, 3.3 V logic (PROTOCOL.md, "Target
 // board": an Uno/Nano has no random generator for the key and takes seconds per signature).
@@ -177,10 +178,10 @@ static int8_t hexDigit(char c) {
   return -1;  // upper case is not accepted: one spelling per address
 }
 
-// "0x" and 40 lower-case hex digits.
-static bool parseAddress(const char *text, uint8_t out[20]) {
-  if (strlen(text) != 42 || text[0] != '0' || text[1] != 'x') return false;
-  for (uint8_t i = 0; i < 20; i++) {
+// "0x" and 2 x size lower-case hex digits.
+static bool parseHexBytes(const char *text, uint8_t *out, uint8_t size) {
+  if (strlen(text) != 2 + 2 * (size_t)size || text[0] != '0' || text[1] != 'x') return false;
+  for (uint8_t i = 0; i < size; i++) {
     int8_t high = hexDigit(text[2 + 2 * i]), low = hexDigit(text[3 + 2 * i]);
     if (high < 0 || low < 0) return false;
     out[i] = (uint8_t)((high << 4) | low);
@@ -188,10 +189,13 @@ static bool parseAddress(const char *text, uint8_t out[20]) {
   return true;
 }
 
-// 1 to 20 digits without a leading zero, 1..2^64-1.
-static bool parseChainId(const char *text, uint64_t &out) {
+// "0x" and 40 lower-case hex digits.
+static bool parseAddress(const char *text, uint8_t out[20]) { return parseHexBytes(text, out, 20); }
+
+// "0" or 1 to 20 digits without a leading zero, 0..2^64-1.
+static bool parseUint64(const char *text, uint64_t &out) {
   size_t len = strlen(text);
-  if (len == 0 || len > 20 || text[0] == '0') return false;
+  if (len == 0 || len > 20 || (text[0] == '0' && len > 1)) return false;
   uint64_t value = 0;
   for (size_t i = 0; i < len; i++) {
     if (text[i] < '0' || text[i] > '9') return false;
@@ -201,6 +205,11 @@ static bool parseChainId(const char *text, uint64_t &out) {
   }
   out = value;
   return true;
+}
+
+// 1 to 20 digits without a leading zero, 1..2^64-1.
+static bool parseChainId(const char *text, uint64_t &out) {
+  return parseUint64(text, out) && out != 0;
 }
 
 // Sends "$<body>*<CRC>\n".
@@ -400,7 +409,7 @@ static void handleLine() {
   static char body[MAX_REPLY + 1];  // static: kept off the stack, which signing needs
   if (strcmp(name, "ID") == 0) {
     if (args != 0) return sendError((uint16_t)seq, ERR_ARGUMENT);
-    int len = snprintf(body, sizeof body, "%u,OK,ID,%s,%s,%s,%lu,%lu,2,", (unsigned)seq,
+    int len = snprintf(body, sizeof body, "%u,OK,ID,%s,%s,%s,%lu,%lu,3,", (unsigned)seq,
                        METER_ID, FIRMWARE_VERSION, METER_KIND, (unsigned long)RATED_POWER_W,
                        (unsigned long)WATCHDOG_S);
     char *end = appendHex(body + len, meterAddress, 20);  // all zero if there is no key
@@ -411,7 +420,13 @@ static void handleLine() {
     *end++ = ',';
     appendHex(end, registry, 20);
   } else if (strcmp(name, "READ") == 0) {
-    if (args != 0) return sendError((uint16_t)seq, ERR_ARGUMENT);
+    // The host's recent block: signed with the counter, so the reading cannot predate it.
+    uint64_t blockNumber;
+    uint8_t blockHash[32];
+    if (args != 2 || !parseUint64(fields[2], blockNumber) ||
+        !parseHexBytes(fields[3], blockHash, 32)) {
+      return sendError((uint16_t)seq, ERR_ARGUMENT);
+    }
     if (!keyOk) return sendError((uint16_t)seq, ERR_KEY);
     if (!provisioned) return sendError((uint16_t)seq, ERR_NOT_PROVISIONED);
     if (!sensorOk) return sendError((uint16_t)seq, ERR_SENSOR);
@@ -420,7 +435,8 @@ static void handleLine() {
     uint32_t sequence;
     uint8_t digest[32], signature[65];
     if (!nextSequence(sequence)) return sendError((uint16_t)seq, ERR_KEY);
-    eip712ReadingDigest(domainSeparator, meterAddress, energyWh, sequence, digest);
+    eip712ReadingDigest(domainSeparator, meterAddress, energyWh, sequence, blockNumber, blockHash,
+                        digest);
     if (!meterSign(privateKey, digest, signature)) return sendError((uint16_t)seq, ERR_KEY);
     char power[16], volts[16], amps[16];
     int len = snprintf(body, sizeof body, "%u,OK,READ,%lu,%s,%s,%s,%c,%lu,%lu,", (unsigned)seq,
