@@ -570,11 +570,6 @@ class MeterPort:
         with self._lock:
             if self.in_flight == signed:
                 self.in_flight = None
-            if not outcome.accepted and self.forwarded is not None:
-                # Refused (stale after a slow node, or too early for its energy): the chain
-                # still lacks this counter, so the next READ's goes after `interval`, not only
-                # at the next heartbeat.
-                self.forwarded = (-1, self.forwarded[1], self.forwarded[2])
             if outcome.accepted and self.registered is not None:
                 self.registered = replace(self.registered, cumulative_wh=outcome.energy_wh,
                                           sequence=outcome.sequence, read_at=outcome.read_at)
@@ -585,10 +580,10 @@ class MeterPort:
                 self.last_error = None
         else:
             with self._lock:
-                # Refused: the chain still holds its older counter, so that is the base again
-                # and this counter goes once more after the interval (signed anew), not only at
-                # the next heartbeat (an implausible jump becomes plausible as chain time
-                # passes; a frozen counter would otherwise wait a whole heartbeat).
+                # Refused (stale after a slow node, or too early for its energy): the chain
+                # still holds its older counter, so that is the base again and this counter
+                # goes once more after the interval (signed anew with a new block), not only at
+                # the next heartbeat (a frozen counter would otherwise wait a whole heartbeat).
                 if self.forwarded is not None and self.forwarded[1] == signed.sequence:
                     base = self.registered.cumulative_wh if self.registered is not None else 0
                     self.forwarded = (base, signed.sequence, self.forwarded[2])
