@@ -137,7 +137,7 @@ class MeterPort:
         self.status = "connecting"
         self.last_error: str | None = None
         # Counters.
-        self.good: tuple[int, float] | None = None  # last sane counter and when it was read
+        self.good: tuple[int, float] | None = None  # last sane counter, when its READ was asked
         self.hold_below: int | None = None
         self._problem: str | None = None
         self.outgoing: SignedReading | None = None  # newest sane reading not yet forwarded
@@ -408,6 +408,7 @@ class MeterPort:
         block = self.bridge.read_block() if now >= self.next_read else None
         if block is not None:
             self.next_read = now + self.bridge.poll_interval
+            asked = clock()
             try:
                 reading = driver.read(block)
             except MeterSaidNo as exc:
@@ -422,7 +423,7 @@ class MeterPort:
                 return
             self._mark_ok()
             self._set_relay_state(reading.relay_closed)  # the watchdog or a reboot may open it
-            self._take(reading)
+            self._take(reading, asked)
         self._apply_relay(driver)
         if (self.identity is not None and self.last_ok is not None
                 and clock() - self.last_ok >= self.identity.watchdog_s / 3):
@@ -454,9 +455,16 @@ class MeterPort:
         if changed:
             self.notify()
 
-    def _take(self, reading: DeviceReading) -> None:
-        """Judge a READ: keep a sane one for the submitter; log and hold back the rest."""
+    def _take(self, reading: DeviceReading, asked: float | None = None) -> None:
+        """Judge a READ: keep a sane one for the submitter; log and hold back the rest.
+
+        The meter sampled its counter somewhere between `asked` (when the READ went out) and
+        now (its reply): the rating check measures from the last sane READ's `asked` to this
+        reply, the longest the meter could have counted, so a slow reply followed by a quick
+        one never looks like an impossible jump.
+        """
         now = self.bridge.clock()
+        asked = now if asked is None else asked
         signed = reading.signed
         with self._lock:
             previous = self.reading
@@ -482,15 +490,15 @@ class MeterPort:
                     chain_wh=registered.cumulative_wh if registered else None,
                     rated_w=self.identity.rated_power_w if self.identity else None,
                     now=now, hold_below=self.hold_below)
-                self._judged(signed, verdict, now)
+                self._judged(signed, verdict, asked)
         self.bridge.submitter.wake()
         self.notify()
 
-    def _judged(self, signed: SignedReading, verdict: rules.Verdict, now: float) -> None:
+    def _judged(self, signed: SignedReading, verdict: rules.Verdict, asked: float) -> None:
         """Apply the verdict on a genuine reading (call with the lock held)."""
         self.hold_below = verdict.hold_below
         if verdict.ok or verdict.problem == "back":
-            self.good = (signed.energy_wh, now)
+            self.good = (signed.energy_wh, asked)
         if verdict.ok:
             self.outgoing = signed
             if self.reading_error is not None:

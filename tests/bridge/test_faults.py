@@ -381,3 +381,37 @@ def test_a_refused_reading_goes_again_after_the_interval_not_the_heartbeat(
     wait_for(lambda: client.meter(meter).cumulative_wh == final, timeout=15,
              what="the refused counter on chain")
     assert client.token_balance(owner.address) == final - baseline  # every Wh minted once
+
+
+def test_a_slow_reply_then_a_quick_one_is_not_an_impossible_jump(world, plant, bridges, caplog):
+    """The meter samples its counter when the READ arrives; its reply may come late (a busy
+    line or host). A late reply followed by a prompt one puts two counters close together in
+    the host's clock although the meter counted for longer between them: the rating check
+    measures from when the earlier READ was asked, so an honest meter is never held back."""
+    client = world.client
+    (owner,) = world.accounts(1)
+    supply = plant.meter("supply")  # about 8 Wh a second of emulated PV
+    meter = world.give(supply, owner)
+    sample = supply.meter.reading
+    slow: list[bool] = []
+
+    def late_reply(block):
+        signed = sample(block)  # sampled now ...
+        if slow:
+            slow.pop()
+            time.sleep(0.4)  # ... answered 0.4 s later (3 Wh more counted meanwhile)
+        return signed
+
+    supply.meter.reading = late_reply
+    bridge = bridges([BridgeMeter(supply.url, meter, owner.address, "supply")],
+                     submit_interval=0.5)
+    wait_for(lambda: client.meter(meter).read_at > 0, what="the baseline")
+    before = client.meter(meter).cumulative_wh
+    with caplog.at_level(logging.WARNING, logger="dapp.bridge"):
+        for _ in range(3):
+            slow.append(True)
+            wait_for(lambda: not slow, what="a late reply")
+            time.sleep(0.5)  # a few prompt READs after it
+    assert "jumped" not in caplog.text
+    assert bridge.meter_state(meter).last_error is None
+    wait_for(lambda: client.meter(meter).cumulative_wh > before + 20, what="readings go on")
