@@ -268,7 +268,14 @@ class DemoSetup:
         for kind in (SUPPLY, LOAD):
             # The meter's EEPROM: its key, last signed counter and sequence, its domain.
             eeprom = MeterState.in_directory(self.meter_dir, METER_NAMES[kind])
-            emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}", state=eeprom)
+            plant = self.grid.plant
+            peak = plant.pv.peak_w if kind == SUPPLY else plant.load.peak_w
+            # Rated a fifth above the peak (within the registry's 16-bit limit at this
+            # acceleration): a meter rated exactly at its peak has its midday readings refused
+            # as implausible whenever a reading is mined later after its sample than the last.
+            rated = max(peak, min(1.2 * peak, MAX_RATED_POWER_W / self.settings.acceleration))
+            emulated = EmulatedMeter(kind, self.grid, meter_id=f"demo-{kind}", state=eeprom,
+                                     rated_power_w=rated)
             server = MeterServer(emulated, transport="tcp")
             url = server.start()
             self.servers.append(server)
