@@ -262,11 +262,10 @@ class MeterBridge:
             head = self._head
         if head is None:
             try:
-                number, _, block_hash = self.chain.head_block()
+                head = self.chain.reading_block()
             except ChainError:
                 return None
-            self.note_head(BlockRef(number, block_hash))
-            return BlockRef(number, block_hash)
+            self.note_head(head)
         return head
 
     def signed_by(self, signed: SignedReading, address: str | None) -> bool:

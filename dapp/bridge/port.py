@@ -455,7 +455,7 @@ class MeterPort:
         if changed:
             self.notify()
 
-    def _take(self, reading: DeviceReading, asked: float | None = None) -> None:
+    def _take(self, reading: DeviceReading, asked: float) -> None:
         """Judge a READ: keep a sane one for the submitter; log and hold back the rest.
 
         The meter sampled its counter somewhere between `asked` (when the READ went out) and
@@ -464,7 +464,6 @@ class MeterPort:
         one never looks like an impossible jump.
         """
         now = self.bridge.clock()
-        asked = now if asked is None else asked
         signed = reading.signed
         with self._lock:
             previous = self.reading

@@ -263,8 +263,7 @@ class ChainClient:
 
     def head(self) -> tuple[int, int]:
         """(number, timestamp) of the latest block, in one call."""
-        block = self._w3.eth.get_block("latest")
-        return int(block["number"]), int(block["timestamp"])
+        return self.head_block()[:2]
 
     def head_block(self) -> tuple[int, int, bytes]:
         """(number, timestamp, hash) of the latest block, in one call."""

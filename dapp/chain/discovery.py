@@ -18,14 +18,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 
 from dapp import atomic
-from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import Deployment
-from dapp.chain.verify import Candidate, DeploymentRejected, check, has_code, is_operator
+from dapp.chain.verify import (
+    Candidate,
+    DeploymentRejected,
+    check,
+    deployed_topic,
+    has_code,
+    is_operator,
+)
 from dapp.errors import ChainError
 
 # A log query over a very long chain is split into windows of this many blocks.
@@ -47,14 +53,6 @@ def genesis_hash(w3: Web3) -> str:
     return HexBytes(w3.eth.get_block(0)["hash"]).to_0x_hex()
 
 
-def _deployed_topic() -> HexBytes:
-    abi = next(
-        i for i in load_artifact("EnergyMarket").abi
-        if i["type"] == "event" and i["name"] == "MarketDeployed"
-    )
-    return HexBytes(event_abi_to_log_topic(abi))
-
-
 def scan_logs(w3: Web3, topics: list, address: str | None = None) -> list[dict]:
     """Logs with these topics (optionally of one address), oldest first, window by window."""
     head = w3.eth.block_number
@@ -73,7 +71,7 @@ def scan_logs(w3: Web3, topics: list, address: str | None = None) -> list[dict]:
 
 def _scan(w3: Web3, address: str | None) -> list[dict]:
     """MarketDeployed logs (optionally of one address), oldest first."""
-    return scan_logs(w3, [_deployed_topic().to_0x_hex()], address)
+    return scan_logs(w3, [deployed_topic().to_0x_hex()], address)
 
 
 def _find_deployment_block(w3: Web3, market: str) -> int | None:

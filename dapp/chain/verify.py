@@ -136,20 +136,23 @@ def first_operator(w3: Web3, registry: str, scan: Callable[..., list[dict]]) -> 
     return None
 
 
+def deployed_topic() -> HexBytes:
+    """The topic of the market's MarketDeployed event (discovery scans for it)."""
+    abi = next(i for i in load_artifact("EnergyMarket").abi
+               if i["type"] == "event" and i["name"] == "MarketDeployed")
+    return HexBytes(event_abi_to_log_topic(abi))
+
+
 def is_operator(w3: Web3, deployment: Deployment, account: str) -> bool:
     """True if `account` deployed this deployment: it sent the transaction that created the
     market (the one that emitted its MarketDeployed). Naming an account as operator, or granting
     it the role, is something anyone's copy can do; sending as it is not."""
     account = to_checksum_address(account)
-    abi = load_artifact("EnergyMarket").abi
-    event = next((i for i in abi if i["type"] == "event" and i["name"] == "MarketDeployed"), None)
-    if event is None:
-        return False
     try:
         logs = w3.eth.get_logs({
             "fromBlock": deployment.block, "toBlock": deployment.block,
             "address": to_checksum_address(deployment.market),
-            "topics": [HexBytes(event_abi_to_log_topic(event)).to_0x_hex()],
+            "topics": [deployed_topic().to_0x_hex()],
         })
         for log in logs:
             tx = w3.eth.get_transaction(log["transactionHash"])

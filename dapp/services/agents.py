@@ -61,7 +61,7 @@ from dapp.services import messages
 from dapp.services.amounts import format_time
 from dapp.services.errors import InvalidInput, UserError
 from dapp.services.market import MarketService
-from dapp.services.meters import LOAD, SUPPLY, MeterBoard
+from dapp.services.meters import LOAD, SUPPLY, MeterBoard, MeterView
 from hardware.models import soc_from_voltage
 
 log = logging.getLogger(__name__)
@@ -317,8 +317,11 @@ class AgentService:
         finally:
             self._run_lock.release()
 
-    def state_of(self, address: str, chain_now: int, lots: list[Lot]) -> HouseholdState:
-        """The household as the agent sees it (see the module docstring for the estimates)."""
+    def state_of(self, address: str, chain_now: int, lots: list[Lot],
+                 states: list[MeterView] | None = None) -> HouseholdState:
+        """The household as the agent sees it (see the module docstring for the estimates);
+        `states`: the bridge's meters, read once per run (read here if None)."""
+        states = self.meters.states() if states is None else states
         listings = tuple(
             Listing(lot.id, lot.seller, lot.energy_wh, self._start(lot), lot.deadline,
                     lot.price_per_kwh if lot.buyer else 0, lot.buyer)
@@ -331,7 +334,7 @@ class AgentService:
         in_escrow = sum(x.energy_wh for x in listings if _same(x.seller, address))
         in_escrow += sum(t.remaining_wh for t in trades if _same(t.seller, address))
         received = sum(t.delivered_wh for t in trades if _same(t.buyer, address))
-        volts = self._battery_volts(address)
+        volts = self._battery_volts(address, states)
         if volts is not None:
             soc = soc_from_voltage(volts, self.battery_v)
         else:
@@ -343,7 +346,7 @@ class AgentService:
         return HouseholdState(
             account=address, now_s=chain_now,
             soc=soc, capacity_wh=self.capacity_wh,
-            net_load_w=self._net_load_w(address), horizon_s=HORIZON_S, tokens_wh=tokens,
+            net_load_w=self._net_load_w(address, states), horizon_s=HORIZON_S, tokens_wh=tokens,
             listings=listings, trades=trades, spent_today_wei=spent,
         )
 
@@ -351,20 +354,20 @@ class AgentService:
         start = self.market.start_price(lot)
         return lot.price_per_kwh if start is None else start
 
-    def _battery_volts(self, address: str) -> float | None:
+    def _battery_volts(self, address: str, states: list[MeterView]) -> float | None:
         """The voltage the owner's supply meter measures at its battery now (None: not live)."""
-        supply = self.meters.meter_of(address, SUPPLY, self.meters.states())
+        supply = self.meters.meter_of(address, SUPPLY, states)
         if supply is None or not supply.online or not supply.voltage_v:
             return None
         return supply.voltage_v
 
-    def battery_source(self, address: str) -> str:
+    def battery_source(self, address: str, states: list[MeterView] | None = None) -> str:
         """Where the agent's state of charge comes from: "voltage" or "tokens"."""
-        return "voltage" if self._battery_volts(address) is not None else "tokens"
+        states = self.meters.states() if states is None else states
+        return "voltage" if self._battery_volts(address, states) is not None else "tokens"
 
-    def _net_load_w(self, address: str) -> float:
+    def _net_load_w(self, address: str, states: list[MeterView]) -> float:
         """Load minus generation in W: the bridge's live power, else the last hour on chain."""
-        states = self.meters.states()
         load = self.meters.meter_of(address, LOAD, states)
         supply = self.meters.meter_of(address, SUPPLY, states)
         if (load and supply and load.online and supply.online
@@ -383,10 +386,11 @@ class AgentService:
         if self.client.pending_transactions(address):
             self._note_run(agent, [("note", messages.AGENT_WAITING)])
             return 0
-        state = self.state_of(address, chain_now, lots)
+        states = self.meters.states()  # the bridge's meters, once for this run
+        state = self.state_of(address, chain_now, lots, states)
         agent.seen = {
             "battery_percent": f"{100 * state.soc:.0f}",
-            "battery_from": ("its voltage" if self.battery_source(address) == "voltage"
+            "battery_from": ("its voltage" if self.battery_source(address, states) == "voltage"
                              else "your tokens"),
             "stored_kwh": f"{state.stored_wh / 1000:.3f}",
             "net_load_w": f"{state.net_load_w:.0f}",

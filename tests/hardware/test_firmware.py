@@ -443,6 +443,20 @@ def test_firmware_answers_thousands_of_random_lines_exactly_like_the_reference_p
     assert oks > 1000  # the corpus reached the commands, not only the framing checks
 
 
+def argument_frames(rng: random.Random, count: int, command: str, firsts: list[str],
+                    seconds: list[str]) -> list[bytes]:
+    """`count` frames of a two-argument command with a correct CRC, each argument drawn from
+    its list (valid values and near misses); one in ten has an argument too few or too many."""
+    out = []
+    for _ in range(count):
+        args = [rng.choice(firsts), rng.choice(seconds)]
+        if rng.random() < 0.1:
+            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
+        body = ",".join([str(rng.randint(1, 65535)), command, *args]).encode()
+        out.append(b"$" + body + b"*%04X" % crc16(body))
+    return out
+
+
 def install_lines(rng: random.Random, count: int) -> list[bytes]:
     """INSTALL frames with a correct CRC: valid ones and near misses of every argument rule."""
     registry = "0x" + "5fbdb2315678afecb367f032d93f642f64180aa3"
@@ -450,14 +464,7 @@ def install_lines(rng: random.Random, count: int) -> list[bytes]:
               str(2**63)]
     addresses = [registry, registry.upper(), "0X" + registry[2:], registry[:-1], registry + "0",
                  registry[:5] + "G" + registry[6:], "", "0x" + "0" * 40]
-    out = []
-    for _ in range(count):
-        args = [rng.choice(chains), rng.choice(addresses)]
-        if rng.random() < 0.1:
-            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
-        body = ",".join([str(rng.randint(1, 65535)), "INSTALL", *args]).encode()
-        out.append(b"$" + body + b"*%04X" % crc16(body))
-    return out
+    return argument_frames(rng, count, "INSTALL", chains, addresses)
 
 
 def test_firmware_parses_install_exactly_like_the_reference_parser(fresh):
@@ -486,14 +493,7 @@ def read_lines(rng: random.Random, count: int) -> list[bytes]:
     hashes = [block_hash, "0x" + "0" * 64, "0x" + block_hash[2:].upper(), "0X" + block_hash[2:],
               block_hash[:-1], block_hash + "0", block_hash[:5] + "g" + block_hash[6:], "",
               block_hash[2:]]
-    out = []
-    for _ in range(count):
-        args = [rng.choice(numbers), rng.choice(hashes)]
-        if rng.random() < 0.1:
-            args = args[:rng.randint(0, 1)] if rng.random() < 0.5 else [*args, "1"]
-        body = ",".join([str(rng.randint(1, 65535)), "READ", *args]).encode()
-        out.append(b"$" + body + b"*%04X" % crc16(body))
-    return out
+    return argument_frames(rng, count, "READ", numbers, hashes)
 
 
 def test_firmware_parses_read_exactly_like_the_reference_parser_and_signs_the_block(fw):
