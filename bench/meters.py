@@ -177,7 +177,7 @@ class TimedMeters:
     """Emulated meters on TCP (the real protocol) that remember when they signed each reading."""
 
     def __init__(self, count: int, domain: Any) -> None:
-        from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+        from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
         from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 
         self.grid = Microgrid(
@@ -196,7 +196,7 @@ class TimedMeters:
 
         self.servers = []
         for i in range(count):
-            state = MeterState.ephemeral()
+            state = MeterMemory.ephemeral()
             state.domain = domain
             meter = Timed("supply", self.grid, meter_id=f"bench-{i}", watchdog_s=60,
                           rated_power_w=1200.0, state=state)

@@ -29,7 +29,7 @@ from dapp.chain.deploy import MarketParameters
 from dapp.chain.discovery import AmbiguousDeployment
 from dapp.errors import ChainError, MicrogridError
 from dapp.wallet.keystore import Keystore, read_passphrase
-from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import LOAD, MAX_RATED_POWER_W, SUPPLY
 
@@ -267,7 +267,7 @@ class DemoSetup:
                      f"{self.meter_dir}")
         for kind in (SUPPLY, LOAD):
             # The meter's EEPROM: its key, last signed counter and sequence, its domain.
-            eeprom = MeterState.in_directory(self.meter_dir, METER_NAMES[kind])
+            eeprom = MeterMemory.in_directory(self.meter_dir, METER_NAMES[kind])
             plant = self.grid.plant
             peak = plant.pv.peak_w if kind == SUPPLY else plant.load.peak_w
             # Rated a fifth above the peak (within the registry's 16-bit limit at this

@@ -4,7 +4,7 @@
         meter.identify()              # -> Identity (with the meter's address and domain)
         meter.provision(domain)       # -> Domain (once, at installation; idempotent)
         meter.set_relay(True)         # -> True (the state the meter reports)
-        reading = meter.read(block)   # -> SignedReading of a recent block (BlockRef)
+        reading = meter.read(block)   # -> ReadReply of a recent block (BlockRef)
         reading.verify(domain, meter.identity.address)   # -> True unless forged or damaged
 
 Errors (all `hardware.protocol.MeterError`): MeterTimeout (no answer; MeterDisconnected when the
@@ -36,9 +36,9 @@ from hardware.protocol import (
     MeterProtocolError,
     MeterRefused,
     MeterTimeout,
+    ReadReply,
     Reply,
     Request,
-    SignedReading,
     parse_provision,
     parse_reply,
 )
@@ -47,7 +47,7 @@ from hardware.signing import BlockRef, Domain
 __all__ = [
     "MeterClient",
     "Identity",
-    "SignedReading",
+    "ReadReply",
     "Domain",
     "MeterError",
     "MeterTimeout",
@@ -109,14 +109,14 @@ class MeterClient:
         self.identity = identity
         return identity
 
-    def read(self, block: BlockRef) -> SignedReading:
+    def read(self, block: BlockRef) -> ReadReply:
         """Take a new signed reading of the recent `block` (READ); MeterRefused code 8 while
         not provisioned.
 
         The signature is not checked here: use `reading.verify(domain, identity.address)`.
         """
         reply = self._transact(Request(0, "READ", block=block))
-        return SignedReading.from_fields(reply.values, block)
+        return ReadReply.from_fields(reply.values, block)
 
     def provision(self, domain: Domain) -> Domain:
         """Give the meter its domain once (INSTALL); the same domain again is accepted.

@@ -2,7 +2,7 @@
 
 `EmulatedMeter` is the meter (protocol, counters, relay, watchdog, signed readings) measuring a
 `Microgrid` (the physics of hardware/models.py on an optionally accelerated clock). Its
-`MeterState` is its EEPROM: a key file of its own (mode 0600) holding its secp256k1 key, the last
+`MeterMemory` is its EEPROM: a key file of its own (mode 0600) holding its secp256k1 key, the last
 signed counter and sequence, and its domain once provisioned; it is never shared with the host.
 `MeterServer` serves one meter on a pty (`/dev/pts/N`) or on TCP (`socket://127.0.0.1:PORT`) from
 a background thread, and can simulate faults: a silent meter, garbled replies, slow replies, an
@@ -40,7 +40,7 @@ from hardware.protocol import (
     Identity,
     LineBuffer,
     MeterProtocolError,
-    SignedReading,
+    ReadReply,
     encode_error,
     encode_ok,
     parse_request,
@@ -96,7 +96,7 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class MeterState:
+class MeterMemory:
     """An emulated meter's EEPROM: its key, last signed counter and sequence, and its domain.
 
     With a `path` it lives in a JSON file created with mode 0600 on first use (the key is made
@@ -119,15 +119,15 @@ class MeterState:
         self.path = path
 
     def __repr__(self) -> str:
-        return f"MeterState({self.address}, path={self.path})"  # never the key
+        return f"MeterMemory({self.address}, path={self.path})"  # never the key
 
     @classmethod
-    def ephemeral(cls) -> MeterState:
+    def ephemeral(cls) -> MeterMemory:
         """A new meter whose EEPROM is RAM: a fresh key, forgotten when the process ends."""
         return cls(_new_key())
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> MeterState:
+    def open(cls, path: str | os.PathLike) -> MeterMemory:
         """Load the meter at `path`, or create it there (a new key, mode 0600) if it is absent.
 
         A new key file is written whole beside it and linked into place, so a crash never
@@ -149,7 +149,7 @@ class MeterState:
         return state
 
     @classmethod
-    def in_directory(cls, directory: str | os.PathLike, name: str) -> MeterState:
+    def in_directory(cls, directory: str | os.PathLike, name: str) -> MeterMemory:
         """The meter `name` in a key directory (one file per meter, `NAME.key`; dir mode 0700)."""
         if not _METER_NAME.fullmatch(name):
             raise ValueError(f"bad meter name {name!r}")
@@ -158,7 +158,7 @@ class MeterState:
         return cls.open(directory / f"{name}.key")
 
     @classmethod
-    def _load(cls, path: Path) -> MeterState:
+    def _load(cls, path: Path) -> MeterMemory:
         if path.stat().st_mode & 0o077:
             raise ValueError(f"{path}: a meter key file must not be readable by others "
                              "(chmod 600)")
@@ -251,7 +251,7 @@ class EmulatedMeter:
 
     def __init__(self, kind: str, grid: Microgrid, *, meter_id: str | None = None,
                  rated_power_w: float | None = None, watchdog_s: int = 10,
-                 energy_offset_wh: int = 0, state: MeterState | None = None) -> None:
+                 energy_offset_wh: int = 0, state: MeterMemory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if not 1 <= watchdog_s <= 3600:
@@ -265,7 +265,7 @@ class EmulatedMeter:
             raise ValueError("a supply meter's rating must cover the PV peak power")
         if kind == "load" and rated_power_w < plant.load.peak_w:
             raise ValueError("a load meter's rating must cover the load profile's peak")
-        self.state = state or MeterState.ephemeral()
+        self.state = state or MeterMemory.ephemeral()
         self.meter_id = meter_id or f"emu-{kind}"
         self.rated_power_w = max(1, math.ceil(rated_power_w * grid.acceleration))
         self.watchdog_s = watchdog_s
@@ -308,7 +308,7 @@ class EmulatedMeter:
         measured = plant.supply_wh if self.kind == "supply" else plant.load_wh
         return self.energy_offset_wh + measured
 
-    def reading(self, block: BlockRef) -> SignedReading:
+    def reading(self, block: BlockRef) -> ReadReply:
         """What READ of `block` reports now: a new signed reading (the sequence grows; needs a
         domain)."""
         with self.grid.lock:
@@ -317,7 +317,7 @@ class EmulatedMeter:
             power = plant.supply_w if self.kind == "supply" else plant.load_w
             volts = plant.battery.voltage()
             signed_wh, sequence, signature = self.state.sign_next(math.floor(energy), block)
-            return SignedReading(signed_wh, power, volts, power / volts, self.relay_closed,
+            return ReadReply(signed_wh, power, volts, power / volts, self.relay_closed,
                                  self.samples, sequence, signature, block)
 
     def set_relay(self, closed: bool) -> None:
@@ -665,8 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         grid = Microgrid(plant, acceleration=args.acceleration)
         meters = []
         for kind, name in specs:
-            state = (MeterState.open(args.key_file) if args.key_file is not None
-                     else MeterState.in_directory(args.key_dir, name))
+            state = (MeterMemory.open(args.key_file) if args.key_file is not None
+                     else MeterMemory.in_directory(args.key_dir, name))
             meters.append(EmulatedMeter(kind, grid, meter_id=name, watchdog_s=args.watchdog,
                                         state=state))
     except (ValueError, OSError) as exc:

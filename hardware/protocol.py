@@ -350,7 +350,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class SignedReading:
+class ReadReply:
     """What READ reports: the counter and sequence the meter signed, and instantaneous values.
 
     Only `energy_wh`, `sequence` and `block` are signed (with the meter's address and the
@@ -375,7 +375,7 @@ class SignedReading:
                 str(self.sequence), "0x" + self.signature.hex())
 
     @classmethod
-    def from_fields(cls, fields: tuple[str, ...], block: BlockRef) -> SignedReading:
+    def from_fields(cls, fields: tuple[str, ...], block: BlockRef) -> ReadReply:
         """Parse the fields after `OK,READ` to a READ that passed `block`, or raise
         MeterProtocolError."""
         if len(fields) != 8:

@@ -15,7 +15,7 @@ from hardware.protocol import KINDS
 
 def cmd_meter_emulator(args: argparse.Namespace) -> int:
     """Serve one emulated meter until interrupted."""
-    from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+    from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
     from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
     from hardware.protocol import MAX_RATED_POWER_W
 
@@ -27,8 +27,8 @@ def cmd_meter_emulator(args: argparse.Namespace) -> int:
             time_s=args.start_hour * 3600.0,
         )
         grid = Microgrid(plant, acceleration=args.acceleration)
-        state = (MeterState.open(args.key_file) if args.key_file
-                 else MeterState.ephemeral())
+        state = (MeterMemory.open(args.key_file) if args.key_file
+                 else MeterMemory.ephemeral())
         meter = EmulatedMeter(args.kind, grid, meter_id=args.meter_id,
                               rated_power_w=args.rated_power, watchdog_s=args.watchdog,
                               state=state)

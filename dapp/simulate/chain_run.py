@@ -136,7 +136,7 @@ class SimulationSettings:
 
 
 @dataclass
-class Household:
+class HouseholdAccount:
     """A household's chain side: its account and meters."""
 
     name: str
@@ -227,7 +227,7 @@ class ChainSimulation:
         self.chain_t0 = 0
         self.block0 = 0
         self.latest_block = 0
-        self.households: dict[str, Household] = {}
+        self.households: dict[str, HouseholdAccount] = {}
         self.by_address: dict[str, str] = {}
         self.book = MarketBook(block_day=self._block_day)
         self.ages = ReadingAges()
@@ -300,7 +300,8 @@ class ChainSimulation:
         hashes = []
         for name in self.community.households:
             account = Account.create()
-            house = Household(name, account, bus.address(name, SUPPLY), bus.address(name, LOAD))
+            house = HouseholdAccount(name, account, bus.address(name, SUPPLY),
+                                     bus.address(name, LOAD))
             self.households[name] = house
             self.by_address[account.address] = name
             chain.fund_dev_account(account.address, s.household_funds_wei)

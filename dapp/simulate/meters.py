@@ -3,7 +3,7 @@
 Every household of a `hardware.community.Community` has a supply meter (PV -> battery: it
 counts `Household.counters.charged_wh`) and a load meter (bus -> load: `imported_wh`, what
 trades delivered). Each meter keeps its own key in its own EEPROM (`MeterKey`, in memory, like
-`hardware.emulator.MeterState`) and signs every reading itself (EIP-712, as the firmware does); the
+`hardware.emulator.MeterMemory`) and signs every reading itself (EIP-712, as the firmware does); the
 bridge forwards what it signed or nothing. `CommunityBus.open_driver` is the driver factory
 registered for the `community` scheme, so the bridge opens these meters exactly as it opens a
 serial one, without N TCP servers.

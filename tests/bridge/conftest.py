@@ -29,14 +29,14 @@ from dapp.chain.deploy import Deployment, MarketParameters, deploy
 from dapp.chain.inprocess import InProcessChain, close_shared_chains, shared_chain
 from dapp.chain.listener import ChainEvent, EventListener
 from dapp.wallet.keystore import Keystore
-from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import (
     ErrorCode,
     Identity,
     LineBuffer,
     MeterProtocolError,
-    SignedReading,
+    ReadReply,
     encode_error,
     encode_frame,
     encode_ok,
@@ -263,7 +263,7 @@ def world(world_session: World) -> World:
 
 
 @dataclass
-class Household:
+class PlantMeters:
     """Emulated meters on one shared plant: the producer's supply, the consumer's load."""
 
     clock: GridClock
@@ -275,7 +275,7 @@ class Household:
         """Serve a new emulated meter of `kind` on this plant."""
         rated = SUPPLY_RATED_W if kind == "supply" else LOAD_RATED_W
         meter = RecordingMeter(kind, self.grid, meter_id=meter_id, rated_power_w=rated,
-                               watchdog_s=watchdog_s, state=MeterState.ephemeral())
+                               watchdog_s=watchdog_s, state=MeterMemory.ephemeral())
         server = MeterServer(meter, transport=transport)
         self.servers.append(server)
         server.start()
@@ -283,7 +283,7 @@ class Household:
 
 
 @pytest.fixture
-def plant() -> Iterator[Household]:
+def plant() -> Iterator[PlantMeters]:
     """A sunny noon plant at 36x speed, with a factory for meters on it; all stopped after."""
     clock = GridClock()
     grid = Microgrid(
@@ -291,7 +291,7 @@ def plant() -> Iterator[Household]:
               battery=LeadAcidBattery(capacity_wh=20_000, soc=0.5),
               load=LoadProfile.constant(LOAD_W), time_s=12 * 3600.0),
         acceleration=ACCELERATION, clock=clock)
-    household = Household(clock, grid, [])
+    household = PlantMeters(clock, grid, [])
     yield household
     for server in household.servers:
         server.stop()
@@ -370,7 +370,7 @@ def energy(server: MeterServer) -> int:
     return server.meter.reading(NO_BLOCK).energy_wh
 
 
-def trade_scenario(world: World, plant: Household, make_bridge: Callable[..., MeterBridge],
+def trade_scenario(world: World, plant: PlantMeters, make_bridge: Callable[..., MeterBridge],
                    listener: Listener) -> None:
     """Producer and consumer meters on one plant, bridged: mint, trade, pay, close.
 
@@ -519,7 +519,7 @@ class DamagedMeter:
         rng = self.rng
         counter, sequence = rng.randrange(10**6), rng.randrange(1, 10**6)
         block = request.block if request and request.block else NO_BLOCK
-        reading = SignedReading(counter, rng.uniform(0, 900), 24.5, 1.2, rng.random() < 0.5,
+        reading = ReadReply(counter, rng.uniform(0, 900), 24.5, 1.2, rng.random() < 0.5,
                                 rng.randrange(10**6), sequence,
                                 sign_reading(FAKE_KEY, FAKE_DOMAIN, counter, sequence, block),
                                 block)
@@ -566,7 +566,7 @@ class DamagedMeter:
 def _is_valid_read(line: bytes, seq: int) -> bool:
     try:
         reply = parse_reply(line)
-        SignedReading.from_fields(reply.values, NO_BLOCK)
+        ReadReply.from_fields(reply.values, NO_BLOCK)
     except MeterProtocolError:
         return False
     return reply.ok and reply.seq == seq and reply.command == "READ"

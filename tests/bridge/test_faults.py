@@ -19,7 +19,7 @@ from dapp.errors import ContractReverted
 from hardware.emulator import Fault
 from hardware.protocol import (
     MeterProtocolError,
-    SignedReading,
+    ReadReply,
     encode_ok,
     parse_reply,
     parse_request,
@@ -231,7 +231,7 @@ class RewritingProxy:
         host, port = upstream_url.removeprefix("socket://").rsplit(":", 1)
         self.upstream = (host, int(port))
         self.add_wh = add_wh
-        self.forged: list[SignedReading] = []
+        self.forged: list[ReadReply] = []
         self.block = NO_BLOCK  # the block of the last READ the host sent (the meter signs it)
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
@@ -301,7 +301,7 @@ class RewritingProxy:
             return line
         if not (reply.ok and reply.command == "READ") or not self.add_wh:
             return line
-        genuine = SignedReading.from_fields(reply.values, self.block)
+        genuine = ReadReply.from_fields(reply.values, self.block)
         forged = dataclasses.replace(genuine, energy_wh=genuine.energy_wh + self.add_wh)
         self.forged.append(forged)
         return encode_ok(reply.seq, "READ", forged.fields()).rstrip(b"\n")
@@ -341,7 +341,7 @@ def test_a_counter_rewritten_on_the_line_is_refused_and_the_relay_follows_the_ch
     assert counters and max(counters) < 5_000  # only what the meter itself signed
 
 
-def _carry(world, reading: SignedReading, meter: str):
+def _carry(world, reading: ReadReply, meter: str):
     """Send a READ reply's reading to the chain as any account could."""
     from dapp.bridge import SignedReading as Carried
 

@@ -30,7 +30,7 @@ from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import MarketParameters, deploy
 from dapp.chain.gateway import Gateway, serve
 from dapp.wallet.keystore import Keystore
-from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
 from hardware.models import LoadProfile, Plant, SolarArray
 from tests.support import free_port, wait_for
 
@@ -153,7 +153,7 @@ def world(tmp_path) -> Iterator[dict]:
         for key, kind, owner in (("supply_meter", "supply", "producer"),
                                  ("load_meter", "load", "consumer")):
             # The meter's EEPROM: a key file of its own, in neither household's data directory.
-            eeprom = MeterState.in_directory(tmp_path / "meters", f"e2e-{kind}")
+            eeprom = MeterMemory.in_directory(tmp_path / "meters", f"e2e-{kind}")
             # Rated 1.5x its peak: the story stops mining for a while, and the registry judges
             # the energy of that pause against the chain time of the blocks that follow it.
             peak = 1000 if kind == "supply" else 400

@@ -24,7 +24,7 @@ from hardware.driver import (
     MeterRefused,
     MeterTimeout,
 )
-from hardware.emulator import EmulatedMeter, Fault, MeterServer, MeterState, Microgrid
+from hardware.emulator import EmulatedMeter, Fault, MeterMemory, MeterServer, Microgrid
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import ErrorCode, crc16
 from tests.hardware.conftest import VECTOR_BLOCK, VECTOR_DOMAIN
@@ -43,7 +43,7 @@ def serve(request):
         plant = Plant(pv=SolarArray(peak_w=800), battery=LeadAcidBattery(capacity_wh=battery_wh),
                       load=LoadProfile.constant(load_w), time_s=hour * 3600)
         meter = EmulatedMeter(kind, Microgrid(plant, acceleration=acceleration),
-                              watchdog_s=watchdog_s, state=MeterState.ephemeral())
+                              watchdog_s=watchdog_s, state=MeterMemory.ephemeral())
         if provisioned:
             meter.provision(VECTOR_DOMAIN)
         server = MeterServer(meter, transport=transport)

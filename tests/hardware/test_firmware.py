@@ -25,8 +25,8 @@ from hardware.protocol import (
     Identity,
     LineBuffer,
     MeterProtocolError,
+    ReadReply,
     Request,
-    SignedReading,
     crc16,
     encode_error,
     encode_frame,
@@ -108,11 +108,11 @@ class Harness:
         """Let simulated time pass, running loop() every 10 ms."""
         assert self.directive(f"#advance {ms}") == "#ok"
 
-    def read(self) -> SignedReading:
+    def read(self) -> ReadReply:
         """A READ, decoded (it must succeed)."""
         _, reply = self.ask("READ")
         assert reply.ok, reply
-        return SignedReading.from_fields(reply.values, VECTOR_BLOCK)
+        return ReadReply.from_fields(reply.values, VECTOR_BLOCK)
 
     def identity(self) -> Identity:
         """An ID, decoded."""
@@ -267,7 +267,7 @@ def test_sequence_grows_and_a_power_cut_skips_numbers_but_never_reuses_one(fw):
 
 def test_read_converts_the_sensor_registers(fw):
     _, reply = fw.ask("READ")
-    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
+    reading = ReadReply.from_fields(reply.values, VECTOR_BLOCK)
     assert (reading.power_w, reading.voltage_v, reading.current_a) == (240.0, 24.0, 10.0)
     assert reading.relay_closed is False and reading.samples == 2  # 200 ms at 100 ms a sample
     fw.directive("#sensor 12340 -1500")
@@ -509,7 +509,7 @@ def test_firmware_parses_read_exactly_like_the_reference_parser_and_signs_the_bl
             assert (reply.seq, reply.ok, reply.code) == (exc.seq, False, exc.code), line
             continue
         assert reply.ok, line
-        reading = SignedReading.from_fields(reply.values, request.block)
+        reading = ReadReply.from_fields(reply.values, request.block)
         assert reading.sequence == last + 1, line  # a refused READ used no sequence number
         assert reading.verify(VECTOR_DOMAIN, address), line  # signed over the block it was given
         other = BlockRef(request.block.number, bytes(b ^ 1 for b in request.block.hash))

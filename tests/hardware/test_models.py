@@ -11,8 +11,8 @@ from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import (
     ErrorCode,
     Identity,
+    ReadReply,
     Request,
-    SignedReading,
     encode_frame,
     parse_reply,
 )
@@ -159,14 +159,14 @@ def test_a_rating_below_the_peak_power_is_refused():
 def test_supply_counter_follows_the_sun_within_the_rated_power():
     meter, clock = make_meter("supply", acceleration=60, hour=4.0, battery_wh=50_000)
     rated = meter.identity.rated_power_w
-    last = SignedReading.from_fields(ask(meter, Request(1, "READ", block=VECTOR_BLOCK)).values,
+    last = ReadReply.from_fields(ask(meter, Request(1, "READ", block=VECTOR_BLOCK)).values,
                                      VECTOR_BLOCK)
     gains = []
     for i in range(2, 2 + 24 * 6):  # ten simulated minutes per 10 s step, a whole day
         clock.now += 10
         meter.tick()
         reply = ask(meter, Request(i, "READ", block=VECTOR_BLOCK))
-        reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
+        reading = ReadReply.from_fields(reply.values, VECTOR_BLOCK)
         gain = reading.energy_wh - last.energy_wh
         assert 0 <= gain <= rated * 10 / 3600 + 1  # what the registry will check
         gains.append((meter.grid.plant.hour, gain))

@@ -16,8 +16,8 @@ from hardware.protocol import (
     LineBuffer,
     MeterError,
     MeterProtocolError,
+    ReadReply,
     Request,
-    SignedReading,
     crc16,
     decode_frame,
     encode_error,
@@ -259,13 +259,13 @@ ADDRESS = "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"
 
 
 def test_replies_round_trip_and_requests_are_not_replies():
-    reading = SignedReading(1234, 812.4, 24.63, 32.984, True, 99, 2**64 - 1, SIGNATURE,
+    reading = ReadReply(1234, 812.4, 24.63, 32.984, True, 99, 2**64 - 1, SIGNATURE,
                             VECTOR_BLOCK)
     line = encode_ok(65535, "READ", reading.fields())
     assert MAX_LINE < len(line) - 1 <= MAX_REPLY  # longer than a request may be
     reply = parse_reply(line)
     assert (reply.seq, reply.ok, reply.command) == (65535, True, "READ")
-    assert SignedReading.from_fields(reply.values, VECTOR_BLOCK) == reading
+    assert ReadReply.from_fields(reply.values, VECTOR_BLOCK) == reading
     for identity in (Identity("meter-01", "1.0.0", "load", 1500, 10, ADDRESS),
                      Identity("m" * 32, "f" * 32, "supply", 65535, 3600, ADDRESS,
                               Domain(2**64 - 1, "0x" + "ab" * 20))):
@@ -301,7 +301,7 @@ SIG = "0x" + SIGNATURE.hex()
 )
 def test_malformed_read_values_are_protocol_errors(values):
     with pytest.raises(MeterProtocolError):
-        SignedReading.from_fields(values, VECTOR_BLOCK)
+        ReadReply.from_fields(values, VECTOR_BLOCK)
 
 
 GOOD_ID = ("m", "1", "supply", "100", "10", "3", ADDRESS.lower(), "1", "31337", REGISTRY)

@@ -10,8 +10,8 @@ import stat
 import pytest
 from eth_account import Account
 
-from hardware.emulator import EmulatedMeter, MeterState, Microgrid
-from hardware.protocol import ErrorCode, Request, SignedReading, parse_reply
+from hardware.emulator import EmulatedMeter, MeterMemory, Microgrid
+from hardware.protocol import ErrorCode, ReadReply, Request, parse_reply
 from hardware.signing import BlockRef, Domain, reading_digest, recover_signer, sign_reading
 from tests.hardware.conftest import (
     VECTOR_BLOCK,
@@ -75,16 +75,16 @@ def test_a_signature_recovers_another_address_for_any_other_reading(change):
     else:
         meter = Account.create().address
     assert recover_signer(domain, meter, energy, sequence, block, signature) != VECTOR_METER
-    reading = SignedReading(energy, 0.0, 24.0, 0.0, False, 1, sequence, signature, block)
+    reading = ReadReply(energy, 0.0, 24.0, 0.0, False, 1, sequence, signature, block)
     assert reading.verify(domain, meter) is False
-    assert SignedReading(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
+    assert ReadReply(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
                          signature, VECTOR_BLOCK).verify(VECTOR_DOMAIN, VECTOR_METER)
 
 
 @pytest.mark.parametrize("signature", [bytes(64) + b"\x1b", b"\xff" * 64 + b"\x1c",
                                        bytes(range(64)) + b"\x1b"])
 def test_a_forged_signature_verifies_as_nobody(signature):
-    reading = SignedReading(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
+    reading = ReadReply(VECTOR_ENERGY_WH, 0.0, 24.0, 0.0, False, 1, VECTOR_SEQUENCE,
                             signature, VECTOR_BLOCK)
     assert reading.verify(VECTOR_DOMAIN, VECTOR_METER) is False
     with pytest.raises(ValueError):
@@ -101,14 +101,14 @@ def ask(meter: EmulatedMeter, request: Request):
 
 def test_key_file_is_created_once_with_mode_0600_and_keeps_the_identity(tmp_path):
     path = tmp_path / "meter.key"
-    state = MeterState.open(path)
+    state = MeterMemory.open(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert MeterState.open(path).address == state.address  # the same meter next time
-    assert MeterState.open(tmp_path / "other.key").address != state.address
+    assert MeterMemory.open(path).address == state.address  # the same meter next time
+    assert MeterMemory.open(tmp_path / "other.key").address != state.address
     assert json.loads(path.read_text())["private_key"] not in repr(state)
     path.chmod(0o644)
     with pytest.raises(ValueError, match="chmod 600"):
-        MeterState.open(path)
+        MeterMemory.open(path)
 
 
 def test_a_new_key_file_appears_whole_and_only_once(tmp_path, monkeypatch):
@@ -124,23 +124,23 @@ def test_a_new_key_file_appears_whole_and_only_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(emulator, "_write_whole", dies_writing)
     with pytest.raises(OSError, match="power cut"):
-        MeterState.open(path)
+        MeterMemory.open(path)
     assert not path.exists()  # only the abandoned temporary file, never the key file
     monkeypatch.undo()
-    first = MeterState.open(path)  # the next start makes the key file whole
-    assert MeterState.open(path).address == first.address
+    first = MeterMemory.open(path)  # the next start makes the key file whole
+    assert MeterMemory.open(path).address == first.address
 
     real_link = os.link
 
     def another_start_won(src, dst):  # the other start linked its key first
         monkeypatch.setattr(emulator.os, "link", real_link)
-        MeterState.open(dst)
+        MeterMemory.open(dst)
         real_link(src, dst)
 
     other = tmp_path / "other.key"
     monkeypatch.setattr(emulator.os, "link", another_start_won)
-    winner = MeterState.open(other)
-    assert MeterState.open(other).address == winner.address != first.address
+    winner = MeterMemory.open(other)
+    assert MeterMemory.open(other).address == winner.address != first.address
     assert sorted(p.name for p in tmp_path.glob("other.key*")) == ["other.key"]
 
 
@@ -148,29 +148,29 @@ def test_a_key_directory_holds_one_key_per_meter(tmp_path):
     keys = tmp_path / "keys"
     grid = Microgrid()
     meters = [EmulatedMeter(kind, grid, meter_id=name,
-                            state=MeterState.in_directory(keys, name))
+                            state=MeterMemory.in_directory(keys, name))
               for kind, name in (("supply", "roof-1"), ("load", "house-1"), ("load", "house-2"))]
     assert len({m.address for m in meters}) == 3
     assert sorted(p.name for p in keys.iterdir()) == ["house-1.key", "house-2.key", "roof-1.key"]
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys.iterdir())
     with pytest.raises(ValueError):
-        MeterState.in_directory(keys, "../escape")
+        MeterMemory.in_directory(keys, "../escape")
 
 
 def test_emulated_meter_signs_the_test_vector(tmp_path):
-    state = MeterState(VECTOR_KEY, energy_wh=VECTOR_ENERGY_WH, sequence=VECTOR_SEQUENCE - 1,
+    state = MeterMemory(VECTOR_KEY, energy_wh=VECTOR_ENERGY_WH, sequence=VECTOR_SEQUENCE - 1,
                        domain=VECTOR_DOMAIN)
     meter = EmulatedMeter("load", Microgrid(), state=state)  # relay open: the counter stays
     reply = ask(meter, Request(1, "READ", block=VECTOR_BLOCK))
-    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
+    reading = ReadReply.from_fields(reply.values, VECTOR_BLOCK)
     assert (reading.energy_wh, reading.sequence) == (VECTOR_ENERGY_WH, VECTOR_SEQUENCE)
     assert "0x" + reading.signature.hex() == documented_vector()["signature"]
 
 
 def test_provisioning_is_once_idempotent_and_survives_a_restart(tmp_path):
     path = tmp_path / "meter.key"
-    meter = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
+    meter = EmulatedMeter("supply", Microgrid(), state=MeterMemory.open(path))
     refused = ask(meter, Request(1, "READ", block=VECTOR_BLOCK))
     assert (refused.ok, refused.code) == (False, ErrorCode.NOT_PROVISIONED)
     assert ask(meter, Request(2, "INSTALL", domain=VECTOR_DOMAIN)).values == \
@@ -180,16 +180,16 @@ def test_provisioning_is_once_idempotent_and_survives_a_restart(tmp_path):
         again = ask(meter, Request(4, "INSTALL", domain=other))
         assert (again.ok, again.code) == (False, ErrorCode.ALREADY_PROVISIONED)
     reply = ask(meter, Request(5, "READ", block=VECTOR_BLOCK))
-    reading = SignedReading.from_fields(reply.values, VECTOR_BLOCK)
+    reading = ReadReply.from_fields(reply.values, VECTOR_BLOCK)
     assert reading.verify(VECTOR_DOMAIN, meter.address)
-    restarted = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
+    restarted = EmulatedMeter("supply", Microgrid(), state=MeterMemory.open(path))
     assert restarted.identity.domain == VECTOR_DOMAIN
     assert not ask(restarted, Request(6, "INSTALL", domain=Domain(5, VECTOR_DOMAIN.registry))).ok
 
 
 def test_counter_and_sequence_continue_after_a_restart_and_are_never_reused(tmp_path):
     path = tmp_path / "meter.key"
-    state = MeterState.open(path)
+    state = MeterMemory.open(path)
     state.domain = VECTOR_DOMAIN
     state.save()
     grid = Microgrid(acceleration=3600)
@@ -199,7 +199,7 @@ def test_counter_and_sequence_continue_after_a_restart_and_are_never_reused(tmp_
     second = meter.reading(VECTOR_BLOCK)
     assert second.sequence == first.sequence + 1 and second.energy_wh >= first.energy_wh > 0
     # A new process: the physics starts again at 0 Wh; the meter's counter does not.
-    restarted = EmulatedMeter("supply", Microgrid(), state=MeterState.open(path))
+    restarted = EmulatedMeter("supply", Microgrid(), state=MeterMemory.open(path))
     third = restarted.reading(VECTOR_BLOCK)
     assert third.sequence == second.sequence + 1
     assert third.energy_wh >= second.energy_wh
@@ -207,7 +207,7 @@ def test_counter_and_sequence_continue_after_a_restart_and_are_never_reused(tmp_
 
 
 def test_the_key_never_appears_on_the_line(tmp_path):
-    state = MeterState(VECTOR_KEY, domain=VECTOR_DOMAIN)
+    state = MeterMemory(VECTOR_KEY, domain=VECTOR_DOMAIN)
     meter = EmulatedMeter("supply", Microgrid(), state=state)
     out = b"".join(meter.handle_line(Request(i, cmd, block=VECTOR_BLOCK if cmd == "READ" else None)
                                      .encode()[:-1])

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 
 from dapp.bridge import BridgeMeter, MeterBridge
-from hardware.emulator import EmulatedMeter, MeterServer, MeterState, Microgrid
+from hardware.emulator import EmulatedMeter, MeterMemory, MeterServer, Microgrid
 from tests.web.conftest import Browser, World, wait_for
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def bridged(make_app, world: World) -> Iterator[tuple[Flask, Any]]:
     grid = Microgrid(acceleration=60)
     servers, meters = [], []
     for kind, owner in (("supply", "producer"), ("load", "consumer")):
-        emulated = EmulatedMeter(kind, grid, meter_id=f"web-{kind}", state=MeterState.ephemeral())
+        emulated = EmulatedMeter(kind, grid, meter_id=f"web-{kind}", state=MeterMemory.ephemeral())
         server = MeterServer(emulated)
         world.mine(world.client.offer_meter(world.bank, emulated.address, world.address[owner],
                                             kind, emulated.identity.rated_power_w))
