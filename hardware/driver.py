@@ -16,7 +16,6 @@ reply to an earlier attempt is recognised and discarded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import random
@@ -146,21 +145,6 @@ class MeterClient:
                 self._port.close()
             except (serial.SerialException, OSError) as exc:
                 log.debug("%s: close: %s", self.name, exc)
-
-    def reconnect(self) -> None:
-        """Close and open the port again (after MeterDisconnected); raise it if still gone."""
-        with self._lock:
-            with contextlib.suppress(serial.SerialException, OSError):
-                self._port.close()
-            self._lines.clear()
-            if self._url is not None:
-                self._port = self._open_url()
-            else:
-                try:
-                    self._port.open()
-                except (serial.SerialException, OSError) as exc:
-                    raise MeterDisconnected(f"{self.name}: cannot reopen: {exc}") from exc
-            self._discard_input()
 
     def __enter__(self) -> MeterClient:
         """Use as a context manager that closes the port."""

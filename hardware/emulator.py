@@ -36,6 +36,8 @@ from pathlib import Path
 from hardware.models import LeadAcidBattery, LoadProfile, Plant, SolarArray
 from hardware.protocol import (
     KINDS,
+    LOAD,
+    SUPPLY,
     ErrorCode,
     Identity,
     LineBuffer,
@@ -260,10 +262,10 @@ class EmulatedMeter:
         self.grid = grid
         plant = grid.plant
         if rated_power_w is None:
-            rated_power_w = plant.pv.peak_w if kind == "supply" else plant.load.peak_w
-        if kind == "supply" and rated_power_w < plant.pv.peak_w:
+            rated_power_w = plant.pv.peak_w if kind == SUPPLY else plant.load.peak_w
+        if kind == SUPPLY and rated_power_w < plant.pv.peak_w:
             raise ValueError("a supply meter's rating must cover the PV peak power")
-        if kind == "load" and rated_power_w < plant.load.peak_w:
+        if kind == LOAD and rated_power_w < plant.load.peak_w:
             raise ValueError("a load meter's rating must cover the load profile's peak")
         self.state = state or MeterMemory.ephemeral()
         self.meter_id = meter_id or f"emu-{kind}"
@@ -305,7 +307,7 @@ class EmulatedMeter:
     def energy_wh(self) -> float:
         """The exact (fractional) energy counted so far."""
         plant = self.grid.sync()
-        measured = plant.supply_wh if self.kind == "supply" else plant.load_wh
+        measured = plant.supply_wh if self.kind == SUPPLY else plant.load_wh
         return self.energy_offset_wh + measured
 
     def reading(self, block: BlockRef) -> ReadReply:
@@ -314,7 +316,7 @@ class EmulatedMeter:
         with self.grid.lock:
             energy = self.energy_wh()
             plant = self.grid.plant
-            power = plant.supply_w if self.kind == "supply" else plant.load_w
+            power = plant.supply_w if self.kind == SUPPLY else plant.load_w
             volts = plant.battery.voltage()
             signed_wh, sequence, signature = self.state.sign_next(math.floor(energy), block)
             return ReadReply(signed_wh, power, volts, power / volts, self.relay_closed,
@@ -324,7 +326,7 @@ class EmulatedMeter:
         """Close or open the relay (idempotent); a load meter connects/disconnects the load."""
         with self.grid.lock:
             plant = self.grid.sync()  # energy so far was counted with the old state
-            if self.kind == "load":
+            if self.kind == LOAD:
                 plant.load_connected = closed
                 if not closed:
                     plant.load_w = 0.0
@@ -619,10 +621,19 @@ class MeterServer:
 # --------------------------------------------------------------------------- command line
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's own default-showing help, quiet for options without a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of `python -m hardware.emulator`."""
     p = argparse.ArgumentParser(
-        prog="python -m hardware.emulator",
+        prog="python -m hardware.emulator", formatter_class=_DefaultsShown,
         description="Serve emulated meters (hardware/PROTOCOL.md) that share one micro-grid "
         "(PV, lead-acid battery, load). Each meter keeps its own key file: its EEPROM.")
     p.add_argument("--meter", action="append", metavar="KIND[:NAME]",
@@ -636,15 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a directory of key files, one per meter (NAME.key, mode 0600)")
     p.add_argument("--tcp", type=int, default=0, metavar="PORT",
                    help="TCP port of the first meter, the next meters on the following ports "
-                   "(default 0: any free port)")
+                   "(0: any free port)")
     p.add_argument("--pty", action="store_true", help="serve on pseudo-terminals instead")
-    p.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
-    p.add_argument("--watchdog", type=int, default=10, help="watchdog seconds (default 10)")
-    p.add_argument("--peak-power", type=float, default=800.0, help="PV peak W (default 800)")
-    p.add_argument("--battery-wh", type=float, default=2400.0, help="battery Wh (default 2400)")
+    p.add_argument("--host", default="127.0.0.1", help="TCP address")
+    p.add_argument("--watchdog", type=int, default=10, help="watchdog seconds")
+    p.add_argument("--peak-power", type=float, default=800.0, help="PV peak W")
+    p.add_argument("--battery-wh", type=float, default=2400.0, help="battery Wh")
     p.add_argument("--load-profile", default="200", help="constant W or hour:W steps")
     p.add_argument("--acceleration", type=float, default=1.0,
-                   help="simulated seconds per real second (default 1)")
+                   help="simulated seconds per real second")
     p.add_argument("--start-hour", type=float, default=10.0, help="time of day at start")
     return p
 
@@ -653,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the meters until SIGINT/SIGTERM, printing a line per meter (name, address, URL)."""
     args = build_parser().parse_args(argv)
     specs = []
-    for spec in args.meter or ["supply"]:
+    for spec in args.meter or [SUPPLY]:
         kind, _, name = spec.partition(":")
         specs.append((kind, name or f"emu-{kind}"))
     try:

@@ -42,3 +42,20 @@ def test_a_malformed_variable_is_a_usage_error_of_its_command_only(monkeypatch, 
         main(["node"])
     assert info.value.code == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_a_switch_variable_reads_as_a_truth_value(monkeypatch):
+    monkeypatch.setenv("MICROGRID_METER_KIND", "supply")
+    for text, expected in (("1", True), ("yes", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("MICROGRID_METER_PTY", text)
+        assert build_parser().parse_args(["meter-emulator"]).pty is expected
+    monkeypatch.setenv("MICROGRID_METER_PTY", "0")
+    assert build_parser().parse_args(["meter-emulator", "--pty"]).pty is True
+
+
+def test_options_the_web_app_reads_name_their_variable_without_reading_it(monkeypatch, capsys):
+    monkeypatch.setenv("MICROGRID_TRUSTED_PROXIES", "2")
+    assert build_parser().parse_args(["serve"]).trusted_proxies is None  # the app's config reads it
+    text = _help(capsys, "serve")
+    assert "(MICROGRID_TRUSTED_PROXIES; default 0)" in text
+    assert "(MICROGRID_BEHIND_TLS)" in text

@@ -1,4 +1,5 @@
-"""The layers hold in the source: only dapp/chain talks to web3, and hardware/ imports no dapp.
+"""The layers hold in the source: only dapp/chain talks to web3, hardware/ imports no dapp, and
+the sentences people read are written in dapp/services/messages.py only.
 
 Each rule is checked on the parsed source (`ast`) of every module under dapp/ and hardware/, so
 a call that reaches through the chain layer (`client.w3.eth...`) fails here even though it
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import dapp.web.hosts  # noqa: F401 - defines CreationRefused, a UserError
+from dapp.services.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = "dapp/chain/"
 # Modules only the chain layer may import.
@@ -21,6 +25,16 @@ NODE_LIBRARIES = ("web3", "eth_tester")
 NODE_ATTRIBUTES = ("w3", "_w3", "eth", "functions", "make_request", "provider")
 # No device-side module imports dapp (the bridge is application code, in dapp/bridge).
 HARDWARE_MAY_IMPORT_DAPP: set[str] = set()
+MESSAGES = "dapp/services/messages.py"
+
+
+def _subclasses(cls: type) -> set[str]:
+    """The names of every subclass of `cls`, at any depth."""
+    return {name for sub in cls.__subclasses__() for name in {sub.__name__, *_subclasses(sub)}}
+
+
+# Errors whose message a person reads (a page, the JSON API's "error").
+USER_ERRORS = _subclasses(UserError) | {"UserError"}
 
 
 def _imported(tree: ast.AST) -> list[tuple[int, str]]:
@@ -48,10 +62,24 @@ def violations(source: str, path: str) -> list[str]:
                      if _top(module) in NODE_LIBRARIES]
         problems += [f"{path}:{node.lineno}: uses .{node.attr}" for node in ast.walk(tree)
                      if isinstance(node, ast.Attribute) and node.attr in NODE_ATTRIBUTES]
+    if path.startswith("dapp/") and path != MESSAGES:
+        problems += [f"{path}:{node.lineno}: writes a sentence outside messages"
+                     for node in ast.walk(tree) if _raises_a_written_sentence(node)]
     if path.startswith("hardware/") and path not in HARDWARE_MAY_IMPORT_DAPP:
         problems += [f"{path}:{line}: imports {module}" for line, module in imports
                      if _top(module) == "dapp"]
     return problems
+
+
+def _raises_a_written_sentence(node: ast.AST) -> bool:
+    """`raise InvalidInput("...")` or with an f-string: a sentence that belongs in messages."""
+    if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+        return False
+    call = node.exc
+    name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+    return name in USER_ERRORS and bool(call.args) and (
+        isinstance(call.args[0], ast.JoinedStr)
+        or (isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)))
 
 
 def _modules() -> list[Path]:
@@ -82,6 +110,10 @@ def test_the_source_tree_keeps_its_layers():
          "uses .provider"),
         ("from dapp.errors import MeterError\n", "hardware/driver.py", "imports dapp.errors"),
         ("import dapp\n", "hardware/x.py", "imports dapp"),
+        ("raise InvalidInput('Enter a number.')\n", "dapp/services/x.py",
+         "writes a sentence outside messages"),
+        ("raise errors.ActionRefused(f'No {x}.')\n", "dapp/web/x.py",
+         "writes a sentence outside messages"),
     ],
 )
 def test_each_rule_catches_what_it_forbids(source, path, problem):
@@ -95,6 +127,9 @@ def test_each_rule_catches_what_it_forbids(source, path, problem):
         ("from dapp.chain.client import ChainClient\n", "dapp/bridge/x.py"),
         ("from hardware.protocol import KINDS\n", "dapp/services/x.py"),
         ("name = event.contract\n", "dapp/web/x.py"),
+        ("raise InvalidInput(messages.enter(what))\n", "dapp/services/x.py"),
+        ("raise InvalidInput('Enter a number.')\n", MESSAGES),
+        ("raise ValueError('not a key')\n", "dapp/x.py"),
     ],
 )
 def test_what_the_layers_allow_passes(source, path):

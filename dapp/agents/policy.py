@@ -23,8 +23,8 @@ from decimal import Decimal
 
 from dapp.errors import MicrogridError
 from dapp.services.rules import WH_PER_KWH, deposit_wei, min_next_bid, paid_wei
+from dapp.services.units import WEI_PER_ETHER
 
-WEI_PER_ETHER = 10**18
 # Settings beyond these are typos, not choices: 1000 ETH per kWh, a million ETH per day.
 MAX_PRICE_WEI_PER_KWH = 1000 * WEI_PER_ETHER
 MAX_DAILY_LIMIT_WEI = 10**6 * WEI_PER_ETHER

@@ -32,7 +32,7 @@ from dapp.bridge.drivers import (
 )
 from dapp.chain.client import Meter, ReadingOutcome
 from dapp.errors import ChainError, MeterError
-from hardware.protocol import KINDS
+from hardware.protocol import KINDS, LOAD
 
 if TYPE_CHECKING:
     from dapp.bridge.bridge import MeterBridge
@@ -561,7 +561,7 @@ class MeterPort:
                 return None
             registered = self.registered
             on_chain = registered.read_at != 0 or registered.sequence != 0
-            prompt = self.kind == "load" and self.bridge.trades.closing(self.owner)
+            prompt = self.kind == LOAD and self.bridge.trades.closing(self.owner)
             if not rules.due(self.bridge.cadence, counter=signed.energy_wh,
                              sequence=signed.sequence,
                              chain_wh=registered.cumulative_wh if on_chain else None,

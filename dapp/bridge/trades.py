@@ -30,6 +30,7 @@ from eth_utils import to_checksum_address
 
 from dapp.chain.client import ChainClient, LotStatus
 from dapp.chain.listener import ChainEvent
+from hardware.protocol import LOAD
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class TradeBook:
             if not self._known or self._halted_locked() or self._head is None:
                 return False
             now = self._head[1]
-            if kind == "load":
+            if kind == LOAD:
                 bought = self._buying.get(owner)
                 return bought is not None and not bought.closing
             return any(t.delivering and not t.closing and now < t.stalls_at

@@ -48,16 +48,23 @@ def option(
     default: Any = None,
     shown_default: str | None = None,
     required: bool = False,
+    read_env: bool = True,
     **kwargs: Any,
 ) -> argparse.Action:
     """Add an option read from `flags`, else MICROGRID_<env>, else `default`.
 
     The help text gets the variable and the default appended (`shown_default` replaces the
     default's own text, e.g. for a computed one). `required` options are required only while
-    their variable is unset. Other keyword arguments go to `add_argument`.
+    their variable is unset. With `read_env=False` the variable is only named in the help: the
+    code the option is passed to reads it itself (the web app's config). Other keyword arguments
+    go to `add_argument`.
     """
     variable = PREFIX + env
-    value = os.environ.get(variable)
+    value = os.environ.get(variable) if read_env else None
+    if kwargs.get("action") == "store_true" and value is not None:
+        from dapp.web.hosts import flag
+
+        value = flag(value)  # "0", "no", "off": False, not a non-empty string
     if value is None or value == "":
         value = str(default) if default is not None and "type" in kwargs else default
     shown = shown_default if shown_default is not None else _shown(default)
@@ -192,7 +199,7 @@ class TradeLog:
         self._log = logging.getLogger(TRADES_LOGGER)
 
     def _who(self, address: str) -> str:
-        from dapp.services.amounts import short_address
+        from dapp.services.units import short_address
 
         return self._label_of(address) or short_address(address)
 

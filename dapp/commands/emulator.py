@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dapp.commands.common import env, option, setup_logging, stop_on_signal
+from dapp.commands.common import option, setup_logging, stop_on_signal
 from hardware.protocol import KINDS
 
 
@@ -76,9 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     option(where, "--tcp", env="METER_TCP", type=int, metavar="PORT", default=7001,
            help="listen on TCP PORT; connect with socket://HOST:PORT")
-    where.add_argument("--pty", action="store_true", default=env("METER_PTY", "") == "1",
-                       help="serve on a new pseudo-terminal and print its path "
-                       "(MICROGRID_METER_PTY=1)")
+    option(where, "--pty", env="METER_PTY", action="store_true",
+           help="serve on a new pseudo-terminal and print its path")
     option(p, "--host", env="METER_HOST", default="127.0.0.1", help="TCP address to listen on")
     option(p, "--key-file", env="METER_KEY_FILE", metavar="PATH",
            shown_default="none: a key in memory, forgotten on exit",

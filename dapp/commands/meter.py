@@ -20,7 +20,7 @@ from typing import Any
 
 from dapp.commands.common import add_market_option, add_rpc_option, option
 from dapp.errors import MicrogridError
-from hardware.protocol import KINDS, MAX_RATED_POWER_W
+from hardware.protocol import KINDS, MAX_RATED_POWER_W, SUPPLY
 
 
 def _rated_power(text: str) -> int:
@@ -99,7 +99,7 @@ def _answer(args: argparse.Namespace, accepting: bool) -> int:
     info = answerable_offer(chain, owner.address, args.meter, accepting=accepting)
     if accepting:
         tx = _send(chain, chain.accept_meter(owner, info.address), args)
-        effect = "mint energy tokens" if info.kind == "supply" else "settle trades"
+        effect = "mint energy tokens" if info.kind == SUPPLY else "settle trades"
         print(f"accepted {info.address}: its signed readings {effect} for {owner.address} "
               f"({tx})")
     else:

@@ -148,19 +148,19 @@ def register(sub: argparse._SubParsersAction) -> None:
            help="address to listen on (127.0.0.1: this machine only)")
     option(p, "--port", env="WEB_PORT", type=int, default=3000, help="port")
     add_market_option(p)
-    # These two are read by the app's config from the environment when no flag is given.
-    p.add_argument("--allowed-host", action="append", metavar="NAME",
-                   help="a name (or .domain) this server answers to besides the loopback names "
-                   "and --host; repeatable (MICROGRID_ALLOWED_HOSTS, space-separated)")
-    p.add_argument("--trusted-proxies", type=int, default=None, metavar="N",
-                   help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to "
-                   "believe (MICROGRID_TRUSTED_PROXIES; default 0)")
-    p.add_argument("--behind-tls", action="store_true",
-                   help="the app is served over https by a proxy: mark the session cookie "
-                   "Secure (MICROGRID_BEHIND_TLS)")
-    p.add_argument("--accounts-from-network", action="store_true",
-                   help="let other machines create and import accounts on the login page "
-                   "(MICROGRID_ACCOUNTS_FROM_NETWORK; default: this machine only)")
+    # These four are read by the app's config (dapp/web/hosts.py) when no flag is given.
+    option(p, "--allowed-host", env="ALLOWED_HOSTS", read_env=False, action="append",
+           metavar="NAME", shown_default="none; the variable is space-separated",
+           help="a name (or .domain) this server answers to besides the loopback names and "
+           "--host; repeatable")
+    option(p, "--trusted-proxies", env="TRUSTED_PROXIES", read_env=False, type=int,
+           metavar="N", shown_default="0",
+           help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to believe")
+    option(p, "--behind-tls", env="BEHIND_TLS", read_env=False, action="store_true",
+           help="the app is served over https by a proxy: mark the session cookie Secure")
+    option(p, "--accounts-from-network", env="ACCOUNTS_FROM_NETWORK", read_env=False,
+           action="store_true", shown_default="this machine only",
+           help="let other machines create and import accounts on the login page")
     option(p, "--finalizer", env="FINALIZER",
            help="keystore account that finalizes ended auctions; without it users finalize "
            "with a button")

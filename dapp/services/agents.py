@@ -58,15 +58,14 @@ from dapp.agents.policy import (
 from dapp.chain.client import ChainClient, Lot, LotStatus
 from dapp.errors import ChainError, ContractReverted
 from dapp.services import messages
-from dapp.services.amounts import format_time
 from dapp.services.errors import InvalidInput, UserError
 from dapp.services.market import MarketService
 from dapp.services.meters import LOAD, SUPPLY, MeterBoard, MeterView
+from dapp.services.units import WEI_PER_ETHER, format_time
 from hardware.models import soc_from_voltage
 
 log = logging.getLogger(__name__)
 
-WEI_PER_ETHER = 10**18
 DAY_S = 86_400
 HORIZON_S = 3600
 MAX_LOG = 100

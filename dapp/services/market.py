@@ -20,19 +20,11 @@ from dapp.chain.client import ChainClient, Lot, LotStatus
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted
 from dapp.services import messages, rules
-from dapp.services.amounts import (
-    format_ether,
-    format_kwh,
-    format_time,
-    parse_duration,
-    parse_energy,
-    parse_lot_id,
-    parse_price,
-    short_address,
-)
+from dapp.services.amounts import parse_duration, parse_energy, parse_lot_id, parse_price
 from dapp.services.errors import ActionRefused, InvalidInput
 from dapp.services.messages import chain_error_sentence, sentenced
 from dapp.services.meters import LOAD, SUPPLY, MeterBoard
+from dapp.services.units import format_ether, format_kwh, format_time, short_address
 
 log = logging.getLogger(__name__)
 

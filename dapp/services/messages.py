@@ -12,14 +12,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
-from dapp.services.amounts import (
+from dapp.services.errors import ActionRefused, ChainDown, InvalidInput, UserError
+from dapp.services.units import (
     MAX_ENERGY_WH,
     format_duration,
     format_ether,
     format_kwh,
     format_time,
 )
-from dapp.services.errors import ActionRefused, ChainDown, InvalidInput, UserError
+from hardware.protocol import SUPPLY
 
 T = TypeVar("T")
 
@@ -67,6 +68,159 @@ def _meter_inactive(value: object) -> str:
     """MeterInactive's sentence for the meter's status."""
     index = _status_index(value)
     return _METER_INACTIVE[index] if index >= 0 else "That meter cannot be used for this now."
+
+
+# -- what people type (dapp/services/amounts.py, the wallet's forms) ----------------------------
+
+
+def _cap(text: str) -> str:
+    """`text` with a capital first letter."""
+    return text[:1].upper() + text[1:]
+
+
+def enter(what: str) -> str:
+    """A required field left empty."""
+    return f"Enter {what}."
+
+
+def not_a_number(what: str) -> str:
+    """A field that is not text or a whole number (JSON true, a list, ...)."""
+    return f"{_cap(what)} must be a number like 1.5."
+
+
+def far_too_large(what: str) -> str:
+    """A number typed with absurdly many digits."""
+    return f"{_cap(what)} is far too large."
+
+
+def negative(what: str) -> str:
+    """A number typed with a minus sign."""
+    return f"{_cap(what)} cannot be negative."
+
+
+def not_a_plain_number(what: str) -> str:
+    """Signs, exponents, commas, spaces."""
+    return f"{_cap(what)} must be a number like 1.5 (digits and at most one decimal point)."
+
+
+def not_whole(what: str) -> str:
+    """Decimals where the unit allows none."""
+    return f"{_cap(what)} must be a whole number."
+
+
+def too_many_decimals(what: str, places: int) -> str:
+    """More decimals than the unit can hold exactly."""
+    return f"{_cap(what)} can have at most {places} decimal places."
+
+
+def not_whole_seconds(what: str) -> str:
+    """A duration that is not a whole number of seconds."""
+    return f"{_cap(what)} must come to whole seconds."
+
+
+ENERGY_ZERO = "The amount of energy must be more than 0 kWh."
+PRICE_UNIT_UNKNOWN = "Choose the price unit: ether, gwei or wei per kWh."
+PRICE_ZERO = "The price must be more than 0."
+ETHER_ZERO = "The amount of Ether must be more than 0."
+ETHER_ABSURD = "That amount of Ether is absurdly large; check the number."
+DURATION_UNIT_UNKNOWN = "Choose the duration unit: seconds, minutes, hours or days."
+DURATION_ZERO = "The duration must be more than 0."
+DURATION_ABSURD = "That duration is absurdly long; check the number."
+LOT_NUMBER_MISSING = "Enter the listing number."
+NO_SUCH_LOT_NUMBER = "There is no listing or trade with that number."
+
+
+def energy_too_large(max_wh: int) -> str:
+    """A lot larger than the market stores."""
+    return f"The amount of energy can be at most {format_kwh(max_wh)} kWh."
+
+
+def price_too_large(max_wei: int) -> str:
+    """A price larger than the market stores."""
+    return f"The price can be at most {format_ether(max_wei)} ether per kWh."
+
+
+def address_missing(what: str) -> str:
+    """An address field left empty."""
+    return f"Enter the address of {what}."
+
+
+def not_an_address(what: str) -> str:
+    """An address field that is not text, or far too long."""
+    return f"The address of {what} is not an Ethereum address."
+
+
+def bad_address(what: str) -> str:
+    """Text that is not 0x and 40 hex digits with a valid checksum."""
+    return (f"The address of {what} is not an Ethereum address (0x followed by 40 hex digits, "
+            "with a correct checksum if it has capital letters).")
+
+
+# -- accounts and the wallet (dapp/services/wallet.py) ------------------------------------------
+
+
+def passphrase_too_long(what: str) -> str:
+    """A passphrase longer than the server accepts."""
+    return f"{_cap(what)} is too long."
+
+
+def passphrase_too_short(minimum: int) -> str:
+    """A new account's passphrase below the minimum length."""
+    return f"Choose a passphrase of at least {minimum} characters."
+
+
+PASSPHRASES_DIFFER = "The two passphrases do not match."
+LABEL_NOT_TEXT = "The label must be text."
+
+
+def label_unusable(max_length: int) -> str:
+    """A label too long or with unprintable characters."""
+    return f"A label can have at most {max_length} printable characters."
+
+
+KEYFILE_MISSING = "Choose a keystore file to import."
+KEYFILE_TOO_LARGE = "That file is too large to be a keystore file."
+KEYFILE_NOT_JSON = "That file is not a keystore file (it is not JSON)."
+
+
+def no_such_account(address: str) -> str:
+    """Logging in as an address this server's keystore does not hold."""
+    return f"There is no account {address} on this server."
+
+
+def cannot_send_more_than(balance_wei: int, wei: int) -> str:
+    """Sending more Ether than the account has."""
+    return (f"You have only {format_ether(balance_wei)} ETH; you cannot send "
+            f"{format_ether(wei)} ETH.")
+
+
+def nothing_left_for_fee(wei: int, fee_wei: int) -> str:
+    """Sending so much that the transaction fee cannot be paid."""
+    return (f"Sending {format_ether(wei)} ETH leaves too little for the transaction fee "
+            f"(about {format_ether(fee_wei)} ETH); send a little less.")
+
+
+def ether_sent(amount: str, to: str) -> str:
+    """An Ether transfer handed to the node."""
+    return f"Sending {amount} ETH to {to}."
+
+
+NO_CREDIT = "You have no credit to withdraw."
+
+
+def withdraw_sent(credit_wei: int) -> str:
+    """A withdrawal of market credit handed to the node."""
+    return f"Withdrawing {format_ether(credit_wei)} ETH."
+
+
+def mining_unavailable(detail: str) -> str:
+    """Start/stop mining on a node that has no such control."""
+    return "Mining cannot be started or stopped on this node: " + detail
+
+
+def node_refused(reason: object) -> str:
+    """The node answered a control request with an error."""
+    return f"The node refused: {reason}"
 
 
 # -- the market: refusals (pre-checks and reverts) --------------------------------------------
@@ -305,7 +459,7 @@ def second_load_meter(current: str) -> str:
 
 def meter_accept_sent(address: str, kind: str) -> str:
     """An accept is on its way."""
-    effect = ("mint energy tokens for you" if kind == "supply"
+    effect = ("mint energy tokens for you" if kind == SUPPLY
               else "settle your trades")
     return f"Accepting the {kind} meter {address}: once mined, its signed readings {effect}."
 
@@ -328,6 +482,27 @@ HTTP_ERRORS = {
     413: "That upload is too large.",
 }
 REQUEST_REFUSED = "The request was refused."
+TITLE_REFUSED = "Request refused"
+TITLE_NOT_POSSIBLE = "Not possible"
+TITLE_SERVER_ERROR = "Server error"
+ACCOUNTS_FROM_THIS_MACHINE = (
+    "New accounts are created and imported on the server's own machine only; ask its operator "
+    "(or set MICROGRID_ACCOUNTS_FROM_NETWORK)."
+)
+
+
+def too_many_new_accounts(wait_seconds: float) -> str:
+    """Account creation refused by the per-client limit."""
+    return f"Too many new accounts from here; wait {math.ceil(wait_seconds)} seconds and try again."
+
+
+def unknown_host(host: str, own_names: list[str]) -> str:
+    """A request whose Host header is not one of the server's names."""
+    return (f"This server does not answer to the name {host[:100]!r}. Open it by one of its "
+            f"own names ({', '.join(own_names[:4])}) or have its operator allow this name "
+            "(--allowed-host / MICROGRID_ALLOWED_HOSTS).")
+
+
 SERVER_ERROR = "Something went wrong on the server. Please try again."
 API_LOGIN_FIRST = "Log in first (POST /api/v1/session)."
 SOCKET_LOGIN_FIRST = "Log in first: this connection needs a logged-in session."

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from dapp.chain.client import ChainClient, meter_kind
 from dapp.chain.listener import ChainEvent
 from dapp.errors import ChainError
-from dapp.services.amounts import format_kwh
+from dapp.services.units import format_kwh
 from hardware.protocol import LOAD, SUPPLY
 
 log = logging.getLogger(__name__)

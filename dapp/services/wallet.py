@@ -18,13 +18,7 @@ from dapp.chain.client import ChainClient, Meter
 from dapp.chain.contracts import load_artifact
 from dapp.errors import ChainError, ChainUnavailable, WalletError
 from dapp.services import messages
-from dapp.services.amounts import (
-    format_ether,
-    format_kwh,
-    parse_address,
-    parse_ether,
-    short_address,
-)
+from dapp.services.amounts import parse_address, parse_ether
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput
 from dapp.services.messages import (
     as_user_error,
@@ -34,6 +28,7 @@ from dapp.services.messages import (
     unavailable_detail,
 )
 from dapp.services.meters import MeterBoard
+from dapp.services.units import format_ether, format_kwh, short_address
 from dapp.wallet.keystore import MAX_KEYFILE_BYTES, MAX_LABEL_LENGTH, Keystore
 from hardware.protocol import LOAD
 
@@ -49,9 +44,9 @@ CONTRACTS = {"token": "EnergyToken", "registry": "MeterRegistry", "market": "Ene
 def check_passphrase(passphrase: object, what: str = "the passphrase") -> str:
     """A passphrase as given; InvalidInput if it is missing or absurdly long."""
     if not isinstance(passphrase, str) or passphrase == "":
-        raise InvalidInput(f"Enter {what}.")
+        raise InvalidInput(messages.enter(what))
     if len(passphrase) > MAX_PASSPHRASE:
-        raise InvalidInput(f"{what[:1].upper() + what[1:]} is too long.")
+        raise InvalidInput(messages.passphrase_too_long(what))
     return passphrase
 
 
@@ -60,14 +55,12 @@ def _label(label: object) -> str | None:
     if label is None:
         return None
     if not isinstance(label, str):
-        raise InvalidInput("The label must be text.")
+        raise InvalidInput(messages.LABEL_NOT_TEXT)
     text = label.strip()
     if not text:
         return None
     if len(text) > MAX_LABEL_LENGTH or not text.isprintable():
-        raise InvalidInput(
-            f"A label can have at most {MAX_LABEL_LENGTH} printable characters."
-        )
+        raise InvalidInput(messages.label_unusable(MAX_LABEL_LENGTH))
     return text
 
 
@@ -153,9 +146,9 @@ class WalletService:
         """Make a new keystore account; returns its address."""
         passphrase = check_passphrase(passphrase, "a passphrase for the new account")
         if len(passphrase) < MIN_PASSPHRASE:
-            raise InvalidInput(f"Choose a passphrase of at least {MIN_PASSPHRASE} characters.")
+            raise InvalidInput(messages.passphrase_too_short(MIN_PASSPHRASE))
         if confirm != passphrase:
-            raise InvalidInput("The two passphrases do not match.")
+            raise InvalidInput(messages.PASSPHRASES_DIFFER)
         try:
             address = self.keystore.create(passphrase, label=_label(label))
         except WalletError as exc:
@@ -168,13 +161,13 @@ class WalletService:
         """Import a geth/V3 keystore file's bytes; returns its address."""
         passphrase = check_passphrase(passphrase, "the passphrase of the key file")
         if not content:
-            raise InvalidInput("Choose a keystore file to import.")
+            raise InvalidInput(messages.KEYFILE_MISSING)
         if len(content) > MAX_KEYFILE_BYTES:
-            raise InvalidInput("That file is too large to be a keystore file.")
+            raise InvalidInput(messages.KEYFILE_TOO_LARGE)
         try:
             json.loads(content.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise InvalidInput("That file is not a keystore file (it is not JSON).") from None
+            raise InvalidInput(messages.KEYFILE_NOT_JSON) from None
         label = _label(label)
         # The keystore imports from a path; a private temporary file keeps the bytes off the
         # keystore directory until they are checked, decrypted and accepted.
@@ -197,7 +190,7 @@ class WalletService:
         passphrase = check_passphrase(passphrase)
         try:
             if not self.keystore.has(address):
-                raise InvalidInput(f"There is no account {address} on this server.")
+                raise InvalidInput(messages.no_such_account(address))
             return self.keystore.unlock(address, passphrase)
         except WalletError as exc:
             raise as_user_error(exc) from None
@@ -336,15 +329,9 @@ class WalletService:
         except ChainError as exc:
             raise as_user_error(exc) from None
         if wei > balance:
-            raise ActionRefused(
-                f"You have only {format_ether(balance)} ETH; you cannot send "
-                f"{format_ether(wei)} ETH."
-            )
+            raise ActionRefused(messages.cannot_send_more_than(balance, wei))
         if wei + fee > balance:
-            raise ActionRefused(
-                f"Sending {format_ether(wei)} ETH leaves too little for the transaction fee "
-                f"(about {format_ether(fee)} ETH); send a little less."
-            )
+            raise ActionRefused(messages.nothing_left_for_fee(wei, fee))
         return {"to": recipient, "amount_wei": str(wei), "amount": format_ether(wei),
                 "to_label": self.label_of(recipient)}
 
@@ -355,7 +342,7 @@ class WalletService:
             lambda: self.client.send_ether(account, preview["to"], int(preview["amount_wei"]))
         )
         return {"tx_hash": tx_hash,
-                "message": f"Sending {preview['amount']} ETH to {preview['to']}."}
+                "message": messages.ether_sent(preview["amount"], preview["to"])}
 
     def withdraw(self, account: LocalAccount) -> dict[str, str]:
         """Withdraw all market credit."""
@@ -364,9 +351,9 @@ class WalletService:
         except ChainError as exc:
             raise as_user_error(exc) from None
         if credit == 0:
-            raise ActionRefused("You have no credit to withdraw.")
+            raise ActionRefused(messages.NO_CREDIT)
         tx_hash = sentenced(lambda: self.client.withdraw(account))
-        return {"tx_hash": tx_hash, "message": f"Withdrawing {format_ether(credit)} ETH."}
+        return {"tx_hash": tx_hash, "message": messages.withdraw_sent(credit)}
 
     def start_mining(self) -> dict[str, Any]:
         """Start making blocks (where the node allows it)."""
@@ -379,14 +366,12 @@ class WalletService:
     def _mining(self, start: bool) -> dict[str, Any]:
         status = self.mining_status()
         if not status["available"]:
-            raise ActionRefused(
-                "Mining cannot be started or stopped on this node: " + status["detail"]
-            )
+            raise ActionRefused(messages.mining_unavailable(status["detail"]))
         try:
             self.client.start_mining() if start else self.client.stop_mining()
         except ChainUnavailable as exc:
             raise ChainDown(chain_error_sentence(exc)) from None
         except ChainError as exc:
-            raise ActionRefused(f"The node refused: {exc}") from None
+            raise ActionRefused(messages.node_refused(exc)) from None
         return self.mining_status()
 

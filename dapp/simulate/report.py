@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dapp.services.units import WEI_PER_ETHER
+
 WH_PER_KWH = 1000.0
-WEI_PER_ETHER = 10**18
 ENERGY_TOLERANCE_WH = 1.0  # "to the Wh"
 
 

@@ -25,8 +25,8 @@ from werkzeug.exceptions import HTTPException
 from dapp.chain.client import ChainClient
 from dapp.errors import WalletError
 from dapp.services import messages
-from dapp.services.amounts import format_duration, format_time, short_address
 from dapp.services.errors import UserError
+from dapp.services.units import format_duration, format_time, short_address
 from dapp.wallet.keystore import GETH_SCRYPT_N, Keystore, read_passphrase
 from dapp.web import hosts
 from dapp.web.extensions import AppState, make_socketio
@@ -213,14 +213,14 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
         message = messages.CSRF_REFUSED
         if _is_api():
             return jsonify({"error": message}), 400
-        return render_template("error.html", title="Request refused", message=message), 400
+        return render_template("error.html", title=messages.TITLE_REFUSED, message=message), 400
 
     @app.errorhandler(UserError)
     def _user_error(exc: UserError) -> ResponseReturnValue:
         if _is_api():
             return jsonify({"error": exc.message}), exc.status
-        return render_template("error.html", title="Not possible", message=exc.message), \
-            exc.status
+        return render_template("error.html", title=messages.TITLE_NOT_POSSIBLE,
+                               message=exc.message), exc.status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
@@ -236,4 +236,5 @@ def _register_hooks(app: Flask, ext: AppState) -> None:
         message = messages.SERVER_ERROR
         if _is_api():
             return jsonify({"error": message}), 500
-        return render_template("error.html", title="Server error", message=message), 500
+        return render_template("error.html", title=messages.TITLE_SERVER_ERROR,
+                               message=message), 500

@@ -25,7 +25,6 @@ import html
 import ipaddress
 import json
 import logging
-import math
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from dapp.services import messages
 from dapp.services.errors import TooManyAttempts, UserError
 from dapp.web.security import RateLimiter
 
@@ -136,11 +136,7 @@ class HostCheck:
         client = environ.get("REMOTE_ADDR", "unknown")
         log.warning("refused a request for host %r from %s (%s)", host[:100], client,
                     environ.get("PATH_INFO", ""))
-        message = (
-            f"This server does not answer to the name {host[:100]!r}. Open it by one of its "
-            f"own names ({', '.join(self.hosts[:4])}) or have its operator allow this name "
-            "(--allowed-host / MICROGRID_ALLOWED_HOSTS)."
-        )
+        message = messages.unknown_host(host, self.hosts)
         path = environ.get("PATH_INFO", "")
         if path.startswith("/api/"):
             body = json.dumps({"error": message}).encode()
@@ -192,14 +188,8 @@ def init_app(app: Flask) -> None:
         client = request.remote_addr or "unknown"
         if not from_network and not _is_loopback(client):
             log.warning("refused account creation/import from %s", client)
-            raise CreationRefused(
-                "New accounts are created and imported on the server's own machine only; ask "
-                "its operator (or set MICROGRID_ACCOUNTS_FROM_NETWORK)."
-            )
+            raise CreationRefused(messages.ACCOUNTS_FROM_THIS_MACHINE)
         wait = creations.retry_after(client)
         if wait:
-            raise TooManyAttempts(
-                f"Too many new accounts from here; wait {math.ceil(wait)} seconds and try "
-                "again.", wait,
-            )
+            raise TooManyAttempts(messages.too_many_new_accounts(wait), wait)
         creations.hit(client)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hardware.protocol import KINDS
+
 AMOUNT = {"type": "string", "pattern": r"^(\d+(\.\d*)?|\.\d+)$"}
 ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
 TX_RESULT = {
@@ -262,7 +264,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         ),
         "MeterOffer": _obj(
             ["address", "kind", "status", "rated_power_w"], address=ADDRESS,
-            kind={"enum": ["supply", "load"]}, status={"type": "string"},
+            kind={"enum": list(KINDS)}, status={"type": "string"},
             rated_power_w={"type": "integer"},
         ),
         "Listing": _obj(

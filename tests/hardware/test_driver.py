@@ -159,16 +159,16 @@ def test_unplugging_mid_session_raises_a_typed_error_at_once(serve, connect, tra
     assert time.monotonic() - start < 1.0
 
 
-def test_after_unplug_the_watchdog_has_opened_the_relay_and_reconnect_resumes(serve, connect):
+def test_after_unplug_the_watchdog_has_opened_the_relay_and_a_new_client_resumes(serve, connect):
     server = serve("load", "tcp", watchdog_s=1)
     meter = connect(server.url, timeout=0.5)
     meter.set_relay(True)
     server.unplug()
     with pytest.raises(MeterDisconnected):
-        meter.reconnect()  # nobody listening: refused, typed
+        connect(server.url, timeout=0.5)  # nobody listening: refused, typed
     time.sleep(1.2)
     server.plug()
-    meter.reconnect()
+    meter = connect(server.url, timeout=0.5)
     assert meter.read(VECTOR_BLOCK).relay_closed is False
     assert meter.set_relay(True) is True
 

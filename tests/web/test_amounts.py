@@ -6,10 +6,6 @@ import pytest
 
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
 from dapp.services.amounts import (
-    MAX_ENERGY_WH,
-    format_duration,
-    format_ether,
-    format_kwh,
     parse_address,
     parse_duration,
     parse_energy,
@@ -19,6 +15,7 @@ from dapp.services.amounts import (
 )
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput
 from dapp.services.messages import as_user_error, revert_sentence
+from dapp.services.units import MAX_ENERGY_WH, format_duration, format_ether, format_kwh
 
 
 @pytest.mark.parametrize(

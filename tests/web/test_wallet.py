@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from dapp.services.amounts import format_ether
+from dapp.services.units import format_ether
 from dapp.web import create_app
 from tests.web.conftest import ETHER, PASSPHRASE, Browser, app_config, free_port, wait_for
 
