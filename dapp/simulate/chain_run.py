@@ -73,7 +73,7 @@ from dapp.simulate.market import MarketBook
 from dapp.simulate.meters import CommunityBus, SignedRecord
 from dapp.simulate.report import HouseholdSeries, Interval, RunSeries, write_report
 from hardware.community import Community
-from hardware.models import DAY_S
+from hardware.models import DAY_S, soc_from_voltage
 from hardware.protocol import LOAD, SUPPLY
 from hardware.signing import BlockRef
 
@@ -444,7 +444,7 @@ class ChainSimulation:
 
     def _agents(self) -> None:
         """Each agent whose turn it is decides and acts; the keeper finalizes ended auctions."""
-        assert self.chain is not None
+        assert self.chain is not None and self.bridge is not None
         s = self.settings
         chain = self.chain
         now_chain = self.chain_now() + s.block_s  # when what is sent now is mined
@@ -462,8 +462,14 @@ class ChainSimulation:
                 continue
             household = self.community.households[name]
             address = house.account.address
+            # What the wallet's agent knows too: the voltage the supply meter last reported
+            # through the bridge (dapp/services/agents.py), not the model's own state of charge.
+            volts = self.bridge.meter_state(house.supply_meter).voltage_v
+            if not volts:
+                continue  # the bridge has not read the supply meter yet
             state = HouseholdState(
-                account=address, now_s=now_chain, soc=household.battery.soc,
+                account=address, now_s=now_chain,
+                soc=soc_from_voltage(volts, household.battery.nominal_v),
                 capacity_wh=household.battery.capacity_wh,
                 net_load_w=self._forecast_net_load_w(name, 3600.0), horizon_s=3600.0,
                 tokens_wh=self.book.tokens.get(address, 0),

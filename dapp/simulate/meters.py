@@ -36,7 +36,6 @@ from hardware.signing import BlockRef, Domain, struct_hash
 SCHEME = "community"
 FIRMWARE = "community-sim-1"
 RATED_MARGIN = 1.25  # a meter's rating above its household's peak power
-BUS_VOLTAGE_V = 48.0
 
 
 class MeterKey:
@@ -170,6 +169,10 @@ class CommunityBus:
         if tripped:
             self.apply()
 
+    def battery_volts(self, house: str) -> float:
+        """The household's battery voltage as a meter reports it (to 0.01 V, as READ does)."""
+        return round(self.community.households[house].battery.voltage(), 2)
+
     def counter_wh(self, house: str, kind: str) -> int:
         """The meter's counter now: whole Wh charged (supply) or imported (load)."""
         counters = self.community.households[house].counters
@@ -222,7 +225,7 @@ class CommunityMeterDriver:
                                             self.bus.clock(), self.bus.block()))
         return DeviceReading(
             signed=SignedReading(self.state.address, energy, sequence, block, signature),
-            power_w=0.0, voltage_v=BUS_VOLTAGE_V, current_a=0.0,
+            power_w=0.0, voltage_v=self.bus.battery_volts(self.house), current_a=0.0,
             relay_closed=self.bus.closed[self.key], samples=self.samples)
 
     def set_relay(self, on: bool) -> bool:

@@ -21,6 +21,7 @@ from dapp.simulate.baseline import surplus_deficit_scenario
 from dapp.simulate.chain_run import DEFAULT_LIMITS, ChainSimulation, SimulationSettings
 from dapp.simulate.meters import CommunityBus
 from hardware.community import Community
+from hardware.models import soc_from_voltage
 from hardware.protocol import LOAD, SUPPLY
 from hardware.signing import BlockRef, Domain, recover_signer
 
@@ -95,6 +96,15 @@ def test_energy_and_ether_balances_close_from_chain_state(run):
 
 
 @pytest.mark.slow
+def test_agents_decide_on_the_charge_their_supply_meter_reports(run):
+    sim, _, _ = run
+    for name, house in sim.households.items():
+        battery = sim.community.households[name].battery
+        volts = sim.bridge.meter_state(house.supply_meter).voltage_v
+        assert volts == pytest.approx(battery.voltage(), abs=0.2)  # the last poll's value
+        assert house.decisions > 0
+
+
 def test_agents_never_exceed_their_limits(run):
     sim, report, _ = run
     assert report["run"]["limits"]["violations"] == []
@@ -150,6 +160,11 @@ def test_community_meters_sign_their_own_counters_and_switch_the_connection():
     assert recover_signer(domain, signed.meter, signed.energy_wh, signed.sequence, BLOCK,
                           signed.signature) == bus.address("dark", LOAD)
     assert signed.meter != bus.address("sunny", SUPPLY)
+    # The supply meter reports its battery's voltage, from which an agent reads the charge.
+    battery = community.households["sunny"].battery
+    volts = supply.read(BLOCK).voltage_v
+    assert volts == round(battery.voltage(), 2)
+    assert soc_from_voltage(volts, battery.nominal_v) == pytest.approx(battery.soc, abs=0.01)
     # A silent bridge: the meters' watchdogs open the relays by themselves.
     clock[0] += 601
     bus.watchdogs()
