@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
+# Workers for `make test` (pytest-xdist): the tests mostly wait on nodes and servers, so four
+# share two cores well; TEST_WORKERS=1 runs them in one process.
+TEST_WORKERS ?= 4
 NODE_STAMP := node_modules/.installed
 
 .PHONY: install test bench lint compile run clean
@@ -25,7 +28,7 @@ lint: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Quick mode by default (a few minutes); `make bench FULL=1` for the full sizes.
 bench: install
