@@ -28,7 +28,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound, Web3Exception
 from dapp import atomic
 from dapp.chain.contracts import decode_revert, revert_data_from_exception
 from dapp.chain.failures import is_connection_error, translated, unavailable
-from dapp.errors import ChainError, ContractReverted
+from dapp.errors import ChainError, ChainUnavailable, ContractReverted
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,15 @@ class TxSender:
             tx.update(self._fees())
         with self._lock_for(sender):
             node_nonce = self._call(lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+            if node_nonce < self._next_nonce.get(sender, 0):
+                # The node lacks some of this account's outbox (it restarted, or this process
+                # did): a new nonce past the gap would never be mined. Fill the gap first.
+                self.reconcile(sender)
+                node_nonce = self._call(
+                    lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+                self._next_nonce[sender] = max(
+                    [e.nonce + 1 for e in self.outbox.entries() if e.sender == sender],
+                    default=0)
             nonce = max(node_nonce, self._next_nonce.get(sender, 0))
             tx["nonce"] = nonce
             signed = account.sign_transaction(tx)
@@ -439,17 +448,23 @@ class TxSender:
         """Send and wait: the receipt of a successful transaction."""
         return self.wait(self.send(account, tx, kind, concerns), timeout)
 
-    def reconcile(self) -> dict[str, list[str]]:
+    def reconcile(self, sender: str | None = None) -> dict[str, list[str]]:
         """Check the outbox against the node: forget mined transactions, re-send lost ones.
 
-        A transaction whose nonce was used by another transaction is dropped (logged). Returns
-        {"mined": [...], "resent": [...], "dropped": [...]}.
+        Lost: the node knows nothing of it (it restarted without its pending pool, or never got
+        it). A transaction whose nonce was used by another transaction is dropped (logged).
+        `sender` limits the check to one account's transactions, lowest nonce first. Called
+        before a send that finds a gap, and now and then by the processes that send (the live
+        hub, the meter bridge). Returns {"mined": [...], "resent": [...], "dropped": [...]}.
         """
         result: dict[str, list[str]] = {
             "mined": [entry.hash for entry in self.forget_mined()], "resent": [], "dropped": []}
-        for entry in self.outbox.entries():
+        entries = sorted((e for e in self.outbox.entries()
+                          if sender is None or e.sender == sender),
+                         key=lambda e: (e.sender, e.nonce))
+        for entry in entries:
             try:
-                known = self.w3.eth.get_transaction(entry.hash)
+                known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
             except TransactionNotFound:
                 known = None
             if known is not None:
@@ -458,9 +473,16 @@ class TxSender:
             if mined_nonce > entry.nonce:
                 log.warning("outbox: %s (nonce %d) was replaced; dropping", entry.hash, entry.nonce)
                 self.outbox.remove(entry.hash)
+                self._forget(entry.hash)
                 result["dropped"].append(entry.hash)
                 continue
-            self._send_raw(HexBytes(entry.raw))
+            try:
+                self._send_raw(HexBytes(entry.raw))
+            except ChainUnavailable:
+                raise
+            except ChainError as exc:  # e.g. "already known": another thread was quicker
+                log.warning("outbox: could not re-send %s: %s", entry.hash, exc)
+                continue
             log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
             result["resent"].append(entry.hash)
         return result

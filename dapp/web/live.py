@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 MARKET_ROOM = "market"
 WATCH_SECONDS = 600.0
 ROTATION_BLOCKS = 30  # every connected wallet is recomputed at least once in this many blocks
+# The outbox is checked against the node on the first block and then every this many blocks:
+# a transaction the node lost (it restarted without its pending pool) is sent again.
+RECONCILE_BLOCKS = 10
 
 
 def user_room(address: str) -> str:
@@ -86,6 +89,7 @@ class LiveHub:
         self._watched: dict[str, tuple[str, str, float]] = {}  # tx -> (address, kind, since)
         self._last_chain: str | None = None
         self._last_block: int | None = None
+        self._reconciled_at: int | None = None  # the block of the last outbox reconcile
         self._notices_from: int | None = None
         self._wake = threading.Event()
         self._in_flight: set[str] = set()  # accounts with an outbox transaction last block
@@ -248,6 +252,7 @@ class LiveHub:
         if new_block:
             self._check_watched()
             self._reprice()
+            self._reconcile(status["block"])
         self._expire_sessions()
 
     def _reprice(self) -> None:
@@ -256,6 +261,20 @@ class LiveHub:
             self.client.sender.reprice_stuck()
         except ChainError as exc:
             log.debug("live: re-pricing skipped: %s", exc)
+
+    def _reconcile(self, block: int) -> None:
+        """Re-send what the node lost of this server's outbox (see TxSender.reconcile)."""
+        if self._reconciled_at is not None and block - self._reconciled_at < RECONCILE_BLOCKS:
+            return
+        self._reconciled_at = block
+        try:
+            result = self.client.sender.reconcile()
+        except ChainError as exc:
+            log.debug("live: outbox not reconciled: %s", exc)
+            return
+        if result["resent"] or result["dropped"]:
+            log.info("live: outbox: re-sent %d, dropped %d transaction(s) the node had lost",
+                     len(result["resent"]), len(result["dropped"]))
 
     def _block_concerns(self) -> set[str]:
         """Accounts whose wallet a new block may have changed without a contract event."""

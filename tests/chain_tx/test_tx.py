@@ -132,3 +132,36 @@ def test_kind_of_names_contract_calls():
     assert kind_of(b"", 5) == "send Ether"
     assert kind_of(bytes.fromhex("3ccfd60b"), 0) == "withdraw"  # withdraw()
     assert kind_of(bytes.fromhex("deadbeef"), 0) == "contract call"
+
+
+def test_a_send_after_the_node_lost_earlier_transactions_fills_the_gap_first(tmp_path, alice, bob):
+    lost_chain = EthereumTester()
+    lost_chain.disable_auto_mine_transactions()
+    first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
+    lost = [first.send(alice, {"to": bob, "value": 300}, "send Ether")]
+
+    # The node lost it (a restart without its pending pool); this process was restarted too
+    # and knows it only from the outbox. Nobody calls reconcile: the next send must not take
+    # a nonce past the gap, where it would wait for ever.
+    fresh = Web3(EthereumTesterProvider(EthereumTester()))
+    second = TxSender(fresh, tmp_path / "outbox.json")
+    new = second.send(alice, {"to": bob, "value": 3}, "send Ether")
+    for tx_hash in (*lost, new):
+        assert second.wait(tx_hash, timeout=5)["status"] == 1
+    assert fresh.eth.get_balance(bob) == 303
+    assert [fresh.eth.get_transaction(h)["nonce"] for h in (*lost, new)] == [0, 1]
+    assert Outbox(tmp_path / "outbox.json").entries() == []
+
+
+def test_a_lost_transaction_whose_nonce_was_used_elsewhere_is_dropped(tmp_path, alice, bob):
+    lost_chain = EthereumTester()
+    lost_chain.disable_auto_mine_transactions()
+    first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
+    lost = first.send(alice, {"to": bob, "value": 100}, "send Ether")
+    fresh = Web3(EthereumTesterProvider(EthereumTester()))
+    elsewhere = TxSender(fresh)  # the same key used by another program: nonce 0 is taken
+    elsewhere.wait(elsewhere.send(alice, {"to": bob, "value": 5}, "send Ether"))
+    second = TxSender(fresh, tmp_path / "outbox.json")
+    assert second.reconcile() == {"mined": [], "resent": [], "dropped": [lost]}
+    second.wait(second.send(alice, {"to": bob, "value": 7}, "send Ether"))
+    assert fresh.eth.get_balance(bob) == 12  # the lost 100 was never paid twice or at all

@@ -299,3 +299,35 @@ def test_a_block_recomputes_the_wallets_it_concerns_and_a_rotating_few(app, worl
     pushed = {role: people[role].named("wallet") for role in roles}
     assert pushed["consumer"] and pushed["rival"]
     assert sum(len(p) for p in pushed.values()) <= 3
+
+
+def test_a_transaction_the_node_lost_is_sent_again_by_the_hub(app, world, monkeypatch):
+    from hexbytes import HexBytes
+
+    from dapp.chain.tx import OutboxEntry
+    from dapp.web import live as live_module
+
+    monkeypatch.setattr(live_module, "RECONCILE_BLOCKS", 1)
+    hub = app.extensions["microgrid"].hub
+    client = app.extensions["microgrid"].client
+    payer, payee = Account.create(), Account.create().address
+    world.mine(world.client.send_ether(world.bank, payer.address, 10**17))
+    # Signed and written to this server's outbox, but the node never got it (as after a node
+    # restart that lost its pending pool): nobody on the page clicks anything again.
+    signed = payer.sign_transaction({"to": payee, "value": 4242, "gas": 21_000, "nonce": 0,
+                                     "chainId": client.sender.chain_id(),
+                                     "maxFeePerGas": 4 * client.gas_price() + 10**9,
+                                     "maxPriorityFeePerGas": 10**9})
+    lost = HexBytes(signed.hash).to_0x_hex()
+    client.sender.outbox.add(OutboxEntry(
+        hash=lost, sender=payer.address, nonce=0, kind="send Ether",
+        raw=HexBytes(signed.raw_transaction).to_0x_hex(), to=payee, value=4242,
+        sent_at=time.time()))
+    for _ in range(20):
+        world.mine(world.client.send_ether(world.bank, Account.create().address, 1))
+        hub.tick()
+        if client.ether_balance(payee) == 4242:
+            break
+    assert client.ether_balance(payee) == 4242  # paid once, from the same signed bytes
+    hub.tick()
+    assert lost not in [e.hash for e in client.sender.outbox.entries()]
