@@ -24,6 +24,7 @@ import time
 
 import serial
 
+from hardware.ports import serial_for_url
 from hardware.protocol import (
     MAX_REPLY,
     MAX_SEQ,
@@ -158,9 +159,10 @@ class MeterClient:
 
     def _open_url(self) -> serial.SerialBase:
         try:
-            return serial.serial_for_url(self._url, baudrate=self.baudrate,
-                                         timeout=min(POLL_S, self.timeout),
-                                         write_timeout=self.timeout)
+            # poll() ports: pyserial's select() fails on descriptors >= 1024 (many lines).
+            return serial_for_url(self._url, baudrate=self.baudrate,
+                                  timeout=min(POLL_S, self.timeout),
+                                  write_timeout=self.timeout)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise MeterDisconnected(f"{self._url}: cannot open: {exc}") from exc
 

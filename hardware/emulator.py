@@ -469,7 +469,7 @@ class MeterServer:
     # ----------------------------------------------------------------- I/O thread
 
     def _call(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the I/O thread (so no descriptor is closed under its select)."""
+        """Run `fn` on the I/O thread (so no descriptor is closed under its poll)."""
         if self._thread is None:
             fn()
             return
@@ -527,15 +527,20 @@ class MeterServer:
     def _iteration(self, next_tick: float) -> float:
         """Serve requests and I/O until the next tick; run the tick when due; return the next."""
         self._serve_requests()
-        watched: list = [self._wake_r]
-        watched += [s for s in (self._listener, self._client, self._master) if s is not None]
-        timeout = max(0.0, next_tick - time.monotonic())
-        try:
-            readable, _, _ = select.select(watched, [], [], timeout)
-        except (OSError, ValueError):
-            readable = []
-        for item in readable:
-            self._on_readable(item)
+        # poll(), not select(): a process serving hundreds of meters has descriptors >= 1024,
+        # which select() refuses (every such meter would go silent, its thread spinning).
+        watched: dict[int, object] = {self._wake_r: self._wake_r}
+        for item in (self._listener, self._client):
+            if item is not None:
+                watched[item.fileno()] = item
+        if self._master is not None:
+            watched[self._master] = self._master
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
+        for fd, _ in poller.poll(timeout_ms):
+            self._on_readable(watched[fd])
         self._send_due()
         if time.monotonic() >= next_tick:
             self.meter.tick()

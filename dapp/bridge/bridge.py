@@ -44,6 +44,7 @@ from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.chain.transports import HeadFeed
 from dapp.errors import ChainError
+from hardware.ports import allow_lines
 from hardware.signing import BlockRef, Domain, recover_signer
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ class MeterBridge:
             return
         self._started = True
         self._stopping.clear()
+        if not allow_lines([port.url for port in self.ports]):
+            log.warning("bridge: the open files limit (ulimit -n) is too low for %d meter "
+                        "lines; raise its hard limit, or some ports will not open",
+                        len(self.ports))
         try:
             number, timestamp, block_hash = self.chain.head_block()
             self.note_head(BlockRef(number, block_hash))

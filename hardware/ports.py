@@ -1,0 +1,220 @@
+"""pyserial ports that wait with poll(), so a process may hold any number of meter lines.
+
+pyserial's `socket://` handler and its POSIX `Serial` wait for data with `select.select()`,
+which refuses every file descriptor numbered FD_SETSIZE (1024) or above ("filedescriptor out of
+range in select()"). A bridge with some hundreds of lines (a serial port takes five descriptors:
+the device and two pipes) gets such numbers, and every port opened after that fails. The
+classes here are pyserial's own with the waits done by `select.poll()`, which has no such
+limit; `serial_for_url` picks them for `socket://` URLs and device paths and leaves every other
+URL (`loop://`, `rfc2217://`, ...) to pyserial.
+
+pyserial's `PosixPollSerial` is not used: its `read()` fails when a timeout passes with
+nothing to read (pyserial 3.5), which is what every poll of a quiet line does, and its
+`write()` still waits with select().
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+from typing import Any
+
+import serial
+from serial.serialutil import (
+    PortNotOpenError,
+    SerialException,
+    SerialTimeoutException,
+    Timeout,
+    to_bytes,
+)
+from serial.urlhandler import protocol_socket
+
+__all__ = ["PollSocketSerial", "allow_lines", "descriptors", "serial_for_url", "wait_ready"]
+
+# A POSIX serial port holds the device and two pipes (cancel_read, cancel_write): 5 descriptors.
+DEVICE_FDS = 5
+
+_RETRY = (errno.EAGAIN, errno.EALREADY, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EINTR)
+
+
+def wait_ready(watch: list[tuple[int, int]], timeout: float | None) -> list[int]:
+    """The descriptors of `watch` ((fd, poll events) pairs) that are ready, or report an error
+    or a hang-up, within `timeout` s (None: for ever; 0: only look). Any fd number works."""
+    poller = select.poll()
+    for fd, events in watch:
+        poller.register(fd, events)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return [fd for fd, _ in poller.poll(ms)]
+
+
+class PollSocketSerial(protocol_socket.Serial):
+    """pyserial's `socket://` port, waiting with poll() instead of select()."""
+
+    @property
+    def in_waiting(self) -> int:
+        """1 if something can be read now (as pyserial's handler), else 0."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        return len(wait_ready([(self._socket.fileno(), select.POLLIN)], 0))
+
+    def read(self, size: int = 1) -> bytes:
+        """Up to `size` bytes, waiting at most the port's timeout."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        read = bytearray()
+        timeout = Timeout(self._timeout)
+        while len(read) < size:
+            if not wait_ready([(self._socket.fileno(), select.POLLIN)], timeout.time_left()):
+                break  # timeout
+            try:
+                buf = self._socket.recv(size - len(read))
+            except OSError as exc:
+                if exc.errno not in _RETRY:
+                    raise SerialException(f"read failed: {exc}") from exc
+            else:
+                if not buf:
+                    raise SerialException("socket disconnected")
+                read.extend(buf)
+            if timeout.expired():
+                break
+        return bytes(read)
+
+    def write(self, data: Any) -> int:
+        """Send `data`; SerialTimeoutException if the write timeout passes first."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        view = memoryview(to_bytes(data))
+        timeout = Timeout(self._write_timeout)
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += self._socket.send(view[sent:])
+            except OSError as exc:
+                if exc.errno not in _RETRY:
+                    raise SerialException(f"write failed: {exc}") from exc
+            if timeout.is_non_blocking:
+                return sent
+            if sent < len(view) and not wait_ready([(self._socket.fileno(), select.POLLOUT)],
+                                                   timeout.time_left()):
+                raise SerialTimeoutException("Write timeout")
+        return sent
+
+    def reset_input_buffer(self) -> None:
+        """Discard whatever has arrived and not been read."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        while wait_ready([(self._socket.fileno(), select.POLLIN)], 0):
+            try:
+                if not self._socket.recv(4096):
+                    return  # closed by the other end: nothing more will come
+            except OSError as exc:
+                if exc.errno not in _RETRY:
+                    raise SerialException(f"read failed: {exc}") from exc
+                return
+
+
+if os.name == "posix":
+    from serial.serialposix import Serial as _PosixSerial
+
+    class PollSerial(_PosixSerial):
+        """pyserial's POSIX serial port (a device, a pty), waiting with poll() not select()."""
+
+        def read(self, size: int = 1) -> bytes:
+            """Up to `size` bytes, waiting at most the port's timeout (cancel_read stops it)."""
+            if not self.is_open:
+                raise PortNotOpenError()
+            read = bytearray()
+            timeout = Timeout(self._timeout)
+            while len(read) < size:
+                ready = wait_ready([(self.fd, select.POLLIN),
+                                    (self.pipe_abort_read_r, select.POLLIN)], timeout.time_left())
+                if self.pipe_abort_read_r in ready:
+                    os.read(self.pipe_abort_read_r, 1000)
+                    break
+                if not ready:
+                    break  # timeout
+                try:
+                    buf = os.read(self.fd, size - len(read))
+                except OSError as exc:
+                    if exc.errno not in _RETRY:
+                        raise SerialException(f"read failed: {exc}") from exc
+                else:
+                    if not buf:
+                        # A disconnected device is always ready to read and reads nothing.
+                        raise SerialException(
+                            "device reports readiness to read but returned no data "
+                            "(device disconnected or multiple access on port?)")
+                    read.extend(buf)
+                if timeout.expired():
+                    break
+            return bytes(read)
+
+        def write(self, data: Any) -> int:
+            """Send `data`; SerialTimeoutException if the write timeout passes first."""
+            if not self.is_open:
+                raise PortNotOpenError()
+            view = memoryview(to_bytes(data))
+            timeout = Timeout(self._write_timeout)
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += os.write(self.fd, view[sent:])
+                except OSError as exc:
+                    if exc.errno not in _RETRY:
+                        raise SerialException(f"write failed: {exc}") from exc
+                if timeout.is_non_blocking:
+                    return sent
+                if sent < len(view):
+                    ready = wait_ready([(self.fd, select.POLLOUT),
+                                        (self.pipe_abort_write_r, select.POLLIN)],
+                                       timeout.time_left())
+                    if self.pipe_abort_write_r in ready:
+                        os.read(self.pipe_abort_write_r, 1000)
+                        break
+                    if not ready:
+                        raise SerialTimeoutException("Write timeout")
+            return sent
+
+    __all__ += ["PollSerial"]
+else:  # pragma: no cover - Windows: pyserial's own port does not use select()
+    PollSerial = None
+
+
+def serial_for_url(url: str, **kwargs: Any) -> serial.SerialBase:
+    """Open `url` as `serial.serial_for_url` does, with the poll() ports where pyserial's
+    would use select() (`socket://` and device paths)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else None
+    klass = PollSocketSerial if scheme == "socket" else PollSerial if scheme is None else None
+    if klass is None:
+        return serial.serial_for_url(url, **kwargs)
+    port = klass(None, **kwargs)
+    port.port = url
+    port.open()
+    return port
+
+
+def descriptors(url: str) -> int:
+    """How many file descriptors the port of `url` holds open (a device path 5, a URL 1)."""
+    return 1 if "://" in url else DEVICE_FDS
+
+
+def allow_lines(urls: list[str], spare: int = 256) -> bool:
+    """Raise the soft open-files limit (RLIMIT_NOFILE, often 1024) up to the hard one so that
+    the ports of `urls` fit beside `spare` other descriptors; False if the hard one is too low."""
+    if sys.platform == "win32":  # pragma: no cover - no such limit
+        return True
+    import resource
+
+    need = sum(descriptors(url) for url in urls) + spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return True
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return False
+    return target >= need
