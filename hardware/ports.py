@@ -52,6 +52,16 @@ def wait_ready(watch: list[tuple[int, int]], timeout: float | None) -> list[int]
 class PollSocketSerial(protocol_socket.Serial):
     """pyserial's `socket://` port, waiting with poll() instead of select()."""
 
+    def close(self) -> None:
+        """Close the port; the socket too when its shutdown fails (pyserial then leaks it, e.g.
+        after the meter reset the connection)."""
+        sock = self._socket
+        try:
+            super().close()
+        finally:
+            if sock is not None:
+                sock.close()
+
     @property
     def in_waiting(self) -> int:
         """1 if something can be read now (as pyserial's handler), else 0."""
