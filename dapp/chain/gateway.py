@@ -69,6 +69,8 @@ DEFAULT_MAX_BODY = 1024 * 1024  # a contract deployment's raw transaction is ~50
 DEFAULT_MAX_BATCH = 100
 DEFAULT_RATE_LIMIT = 6000
 DEFAULT_RATE_WINDOW = 60.0
+# Clients remembered by the rate limit and its log; past this, the idle ones are forgotten.
+MAX_TRACKED_CLIENTS = 10_000
 
 
 def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -89,7 +91,7 @@ class CallCounter:
         """Count `count` calls for `client`; False (nothing counted) if that exceeds the limit."""
         now = time.monotonic()
         with self._lock:
-            if len(self._hits) > 10_000:  # a flood of addresses: forget the idle ones
+            if len(self._hits) > MAX_TRACKED_CLIENTS:  # a flood of addresses: forget idle ones
                 floor = now - self.window
                 self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > floor}
             hits = self._hits.setdefault(client, deque())
@@ -192,6 +194,9 @@ class Gateway:
         message = (f"too many requests: at most {self.calls.limit} calls per "
                    f"{self.calls.window:g} s from one address")
         now = time.monotonic()
+        if len(self._limit_logged) > MAX_TRACKED_CLIENTS:  # a flood of addresses
+            floor = now - self.calls.window
+            self._limit_logged = {k: t for k, t in self._limit_logged.items() if t > floor}
         if now - self._limit_logged.get(client, -1e9) >= self.calls.window:
             self._limit_logged[client] = now  # one line per client and window, not per request
             return self._refuse(None, LIMIT_EXCEEDED, message, client), 429
@@ -260,8 +265,8 @@ class Gateway:
             """JSON-RPC over HTTP POST."""
             client = request.remote_addr or "unknown"
             if request.method != "POST":
-                return self._reply(_error(None, INVALID_REQUEST,
-                                          "JSON-RPC only: POST a request"), 405)
+                return self._reply(self._refuse(None, INVALID_REQUEST,
+                                                "JSON-RPC only: POST a request", client), 405)
             if request.mimetype != "application/json":
                 log.warning("gateway refused a request from %s: content type %r", client,
                             request.mimetype)

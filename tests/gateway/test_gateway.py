@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -359,3 +360,25 @@ def test_microgrid_node_serves_the_gateway_and_refuses_a_lan_node(tmp_path):
         out, _ = process.communicate(timeout=30)
     assert process.returncode == 0, out
     assert f"gateway for other machines on http://{LAN}:{gateway_port}" in out
+
+
+def test_a_flood_of_addresses_does_not_grow_the_gateways_memory_without_bound(monkeypatch):
+    from dapp.chain import gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "MAX_TRACKED_CLIENTS", 100)
+    clock = [1000.0]
+    monkeypatch.setattr(gateway_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    gate = Gateway("http://127.0.0.1:9", rate_limit=1, rate_window=1.0)
+    for i in range(1000):  # every address over its limit once, each a second apart
+        client = f"10.0.{i // 256}.{i % 256}"
+        assert gate.calls.take(client, 1)
+        assert gate._over_limit(client)[1] == 429  # noqa: SLF001 - the refusal's log memory
+        clock[0] += 1.0
+    assert len(gate.calls._hits) <= 101  # noqa: SLF001
+    assert len(gate._limit_logged) <= 101  # noqa: SLF001
+
+
+def test_a_get_is_refused_and_logged(gateway, caplog):
+    with caplog.at_level(logging.WARNING, logger="dapp.chain.gateway"):
+        assert requests.get(gateway, timeout=10).status_code == 405
+    assert any("POST" in r.getMessage() for r in caplog.records)
