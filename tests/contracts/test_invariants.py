@@ -38,11 +38,17 @@ from hypothesis.stateful import (
 )
 from web3.contract import Contract
 
-from dapp.chain.contracts import decode_revert, load_artifact, revert_data_from_exception
+from dapp.chain.contracts import (
+    decode_revert,
+    error_name,
+    load_artifact,
+    revert_data_from_exception,
+)
 from dapp.chain.deploy import create_address
 from dapp.compiler import CONTRACTS_DIR, compile_sources
 from dapp.errors import ContractReverted
 from tests.contracts.conftest import PARAMS, PRICE, Chain
+from tests.contracts.helpers import packed
 
 LISTED, OPEN, CLOSED, EXPIRED = 1, 2, 3, 4
 SUPPLY, LOAD = 0, 1
@@ -195,12 +201,18 @@ class Exchange:
         """
         if sequence is None:
             sequence = self.call(self.registry.functions.meterOf(meter))[5] + 1
+        return self.registry.functions.report(*self.signed(meter, energy_wh, sequence, key))
+
+    def signed(self, meter: str, energy_wh: int, sequence: int, key: bytes | None = None
+               ) -> tuple[str, int, int, int, bytes]:
+        """A reading signed by `meter` (or `key`) of the latest block: (meter, energy,
+        sequence, block number, signature), as `report` and a `reportBatch` item take it."""
         block = self._run(lambda: self.chain.w3.eth.block_number)
         signature = self._run(
             self.chain.sign_reading, meter, energy_wh, sequence, block, None, None,
             self.registry.address, key,
         )
-        return self.registry.functions.report(meter, energy_wh, sequence, block, signature)
+        return meter, energy_wh, sequence, block, signature
 
     def install(self, operator: str, meter: str, owner: str, kind: int, counter: int) -> None:
         """Offer `meter` to `owner`, who accepts it; its baseline reading is `counter`."""
@@ -420,6 +432,16 @@ class MarketMachine(RuleBasedStateMachine):
     def _reading(self, meter: str, kind: str, percent: int) -> None:
         """Carry a signed reading of `kind` (ok / heartbeat / replay / too much / forged) to the
         chain; predict the registry's verdict, the allowance carried over included."""
+        item, error, accepted = self._signed_reading(meter, kind, percent)
+        self._expect(self.ex.registry.functions.report(*item), self.people[0].sender, error)
+        if error is None:
+            accepted()
+
+    def _signed_reading(self, meter: str, kind: str, percent: int
+                        ) -> tuple[tuple, str | None, Callable[[], None]]:
+        """A signed reading of `kind`, the registry's predicted verdict (an error name or None)
+        and what to remember once it is accepted; what an accepted load reading will take from
+        sellers is entered in the ledger here, from the chain's state before it."""
         counter, read_at, sequence, carry = self.meters[meter]
         now = self.ex.pending_time()
         allowance_ws = RATED_W * (now - read_at) + carry
@@ -434,7 +456,7 @@ class MarketMachine(RuleBasedStateMachine):
             error = "MeterSignatureInvalid"
         elif delta_wh > max_wh:
             error = "MeterReadingImplausible"
-        fn = self.ex.reading(meter, counter + delta_wh, next_sequence, key)
+        item = self.ex.signed(meter, counter + delta_wh, next_sequence, key)
         owner = self.load_owners.get(meter)
         if owner is not None and error is None:
             # What this reading takes from sellers, counted here, independently of the market.
@@ -446,10 +468,12 @@ class MarketMachine(RuleBasedStateMachine):
                 carried = self.ex.call(self.ex.market.functions.carriedOf(owner))
                 self.ex.ledger.taken_wh[owner] += delta_wh
                 self.ex.ledger.unbought_wh[owner] += max(0, delta_wh + carried - open_wh)
-        self._expect(fn, self.people[0].sender, error)
-        if error is None:
+
+        def accepted() -> None:
             carried = min(allowance_ws - delta_wh * 3600, MAX_CARRY_WS)
             self.meters[meter] = (counter + delta_wh, now, next_sequence, carried)
+
+        return item, error, accepted
 
     def _stalls_at(self, lot: Lot) -> int:
         """When the seller may close: the buyer's load meter silent for the stall timeout since
@@ -513,6 +537,29 @@ class MarketMachine(RuleBasedStateMachine):
         useful = [p for p in self.people if p.address in buyers]
         person = self._choose(data, useful, st.sampled_from(self.people))
         self._reading(person.load_meter, kind, percent)
+
+    @rule(data=st.data(), size=st.integers(2, 4))
+    def batch_of_readings(self, data: st.DataObject, size: int) -> None:
+        """The bridge's way: several meters' readings in one `reportBatch`, good and bad mixed.
+        The batch never reverts; each item is recorded or rejected (with the predicted error)
+        on its own, and a refused one moves no token and no Wh."""
+        meters = data.draw(st.lists(st.sampled_from(sorted(self.meters)), min_size=size,
+                                    max_size=size, unique=True), label="meters")
+        prepared = [self._signed_reading(
+            meter, data.draw(READING_KINDS, label="kind"),
+            data.draw(st.integers(1, 100), label="percent")) for meter in meters]
+        fn = self.ex.registry.functions.reportBatch(packed([item for item, _, _ in prepared]))
+        events = self._expect(fn, self.people[0].sender, None)
+        verdicts = {(args["meter"], args["sequence"]): (name, args) for name, args in events
+                    if name in ("ReadingRecorded", "ReadingRejected")}
+        assert len(verdicts) == len(prepared)
+        for (meter, energy_wh, sequence, _, _), error, accepted in prepared:
+            name, args = verdicts[(meter, sequence)]
+            if error is None:
+                assert name == "ReadingRecorded" and args["energyWh"] == energy_wh
+                accepted()
+            else:
+                assert name == "ReadingRejected" and error_name(args["reason"]) == error
 
     @precondition(lambda self: len(self.lots) < MAX_LOTS)
     @rule(
