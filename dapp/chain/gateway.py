@@ -125,7 +125,8 @@ class Gateway:
         self.timeout = timeout
         self._local = threading.local()
         self._upstream_version: str | None = None
-        self._limit_logged: dict[str, float] = {}
+        self._limit_logged: dict[str, float] = {}  # "reason client" -> when last logged
+        self._logged_lock = threading.Lock()
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -193,14 +194,23 @@ class Gateway:
     def _over_limit(self, client: str) -> tuple[Any, int]:
         message = (f"too many requests: at most {self.calls.limit} calls per "
                    f"{self.calls.window:g} s from one address")
-        now = time.monotonic()
-        if len(self._limit_logged) > MAX_TRACKED_CLIENTS:  # a flood of addresses
-            floor = now - self.calls.window
-            self._limit_logged = {k: t for k, t in self._limit_logged.items() if t > floor}
-        if now - self._limit_logged.get(client, -1e9) >= self.calls.window:
-            self._limit_logged[client] = now  # one line per client and window, not per request
+        if self._first_in_window(client, "limit"):
             return self._refuse(None, LIMIT_EXCEEDED, message, client), 429
         return _error(None, LIMIT_EXCEEDED, message), 429
+
+    def _first_in_window(self, client: str, reason: str) -> bool:
+        """Whether this is `client`'s first refusal for `reason` in the rate window: one log
+        line per client, reason and window, not per request."""
+        now = time.monotonic()
+        with self._logged_lock:
+            if len(self._limit_logged) > MAX_TRACKED_CLIENTS:  # a flood of addresses
+                floor = now - self.calls.window
+                self._limit_logged = {k: t for k, t in self._limit_logged.items() if t > floor}
+            key = f"{reason} {client}"
+            if now - self._limit_logged.get(key, -1e9) < self.calls.window:
+                return False
+            self._limit_logged[key] = now
+            return True
 
     def _forward(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send allowed requests to the node as one batch; answers in the same order.
@@ -265,8 +275,12 @@ class Gateway:
             """JSON-RPC over HTTP POST."""
             client = request.remote_addr or "unknown"
             if request.method != "POST":
-                return self._reply(self._refuse(None, INVALID_REQUEST,
-                                                "JSON-RPC only: POST a request", client), 405)
+                if not self.calls.take(client, 1):
+                    return self._reply(*self._over_limit(client))
+                message = "JSON-RPC only: POST a request"
+                if self._first_in_window(client, "method"):
+                    return self._reply(self._refuse(None, INVALID_REQUEST, message, client), 405)
+                return self._reply(_error(None, INVALID_REQUEST, message), 405)
             if request.mimetype != "application/json":
                 log.warning("gateway refused a request from %s: content type %r", client,
                             request.mimetype)

@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import TimeExhausted, TransactionNotFound, Web3Exception
+from web3.exceptions import TransactionNotFound, Web3Exception
 
 from dapp import atomic
 from dapp.chain.contracts import decode_revert, revert_data_from_exception
@@ -59,6 +59,10 @@ class OutboxEntry:
     value: int
     sent_at: float
     concerns: list[str] = field(default_factory=list)
+    # The hash of the chain's genesis block: a node of another chain (a fresh development
+    # chain with the same chain id) is never sent this transaction again. None: written by an
+    # older version, which kept no chain.
+    genesis: str | None = None
 
 
 def _node_failure(exc: Exception, what: str) -> Exception:
@@ -189,6 +193,7 @@ class TxSender:
         self._locks_guard = threading.Lock()
         self._next_nonce: dict[str, int] = {}
         self._chain_id: int | None = None
+        self._genesis: str | None = None
         # For re-pricing (in memory: keys are never written down): hash -> (key, unsigned tx),
         # the block a stuck transaction was first seen underpriced, and replaced -> replacement.
         self._unsigned: dict[str, tuple[LocalAccount, dict[str, Any]]] = {}
@@ -203,6 +208,13 @@ class TxSender:
     def _lock_for(self, address: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(address, threading.Lock())
+
+    def genesis(self) -> str:
+        """The hash of the node's genesis block (cached): which chain the outbox belongs to."""
+        if self._genesis is None:
+            block = self._call(lambda: self.w3.eth.get_block(0))
+            self._genesis = HexBytes(block["hash"]).to_0x_hex()
+        return self._genesis
 
     def chain_id(self) -> int:
         """The node's chain id (cached)."""
@@ -278,6 +290,7 @@ class TxSender:
                     value=int(tx.get("value", 0)),
                     sent_at=self._clock(),
                     concerns=[to_checksum_address(a) for a in (concerns or [])],
+                    genesis=self.genesis(),
                 )
             )
         log.info("sent %s %s from %s (nonce %d)", kind, tx_hash, sender, nonce)
@@ -313,22 +326,37 @@ class TxSender:
         deadline = time.monotonic() + timeout
         asked = HexBytes(tx_hash).to_0x_hex()
         while True:
-            current = self.current_hash(asked)  # a re-priced transaction: its replacement
-            remaining = deadline - time.monotonic()
-            try:
-                receipt = self._call(lambda c=current, r=remaining: (
-                    self.w3.eth.wait_for_transaction_receipt(
-                        c, timeout=max(0.0, min(r, 1.0)), poll_latency=poll)))
+            # The transaction or any replacement re-pricing made of it: whichever is mined.
+            lineage = self._lineage(asked)
+            mined = None
+            for candidate in lineage:
+                try:
+                    found = self._call(
+                        lambda c=candidate: self.w3.eth.get_transaction_receipt(c))
+                except TransactionNotFound:
+                    found = None
+                if found is not None and found.get("blockNumber") is not None:
+                    mined = (candidate, found)
+                    break
+            if mined is not None:
                 break
-            except TimeExhausted as exc:
-                if time.monotonic() >= deadline:
-                    raise ChainError(
-                        f"transaction {tx_hash} not mined within {timeout:g} s") from exc
-        self.outbox.remove(current)
-        self._forget(current)
+            if time.monotonic() >= deadline:
+                raise ChainError(f"transaction {tx_hash} not mined within {timeout:g} s")
+            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+        current, receipt = mined
+        for other in lineage:
+            self.outbox.remove(other)
+            self._forget(other)
         if receipt["status"] != 1:
             raise self._revert_reason(current, receipt)
         return dict(receipt)
+
+    def _lineage(self, tx_hash: str) -> list[str]:
+        """`tx_hash` and the replacements re-pricing made of it, oldest first."""
+        chain = [HexBytes(tx_hash).to_0x_hex()]
+        while chain[-1] in self._replaced_by and len(chain) < 100:
+            chain.append(self._replaced_by[chain[-1]])
+        return chain
 
     def current_hash(self, tx_hash: str) -> str:
         """The hash that now stands for `tx_hash` (its latest replacement, or itself)."""
@@ -341,14 +369,17 @@ class TxSender:
         self._unsigned.pop(tx_hash, None)
         self._underpriced_since.pop(tx_hash, None)
 
-    def forget_mined(self) -> list[OutboxEntry]:
-        """Take the transactions that have a receipt off the outbox; returns them.
+    def forget_mined(self, sender: str | None = None) -> list[OutboxEntry]:
+        """Take the transactions (of `sender`, or all) that have a receipt off the outbox;
+        returns them.
 
         Transactions sent without waiting (a page's bid, the finalizer's) would otherwise stay
         in the outbox until the next start, and their accounts would look busy on every block.
         """
         gone: list[OutboxEntry] = []
         for entry in self.outbox.entries():
+            if sender is not None and entry.sender != sender:
+                continue
             try:
                 receipt = self._call(
                     lambda e=entry: self.w3.eth.get_transaction_receipt(e.hash))
@@ -451,38 +482,61 @@ class TxSender:
     def reconcile(self, sender: str | None = None) -> dict[str, list[str]]:
         """Check the outbox against the node: forget mined transactions, re-send lost ones.
 
-        Lost: the node knows nothing of it (it restarted without its pending pool, or never got
-        it). A transaction whose nonce was used by another transaction is dropped (logged).
-        `sender` limits the check to one account's transactions, lowest nonce first. Called
-        before a send that finds a gap, and now and then by the processes that send (the live
-        hub, the meter bridge). Returns {"mined": [...], "resent": [...], "dropped": [...]}.
+        Lost: the node knows nothing of it (it restarted without its pending pool, or from an
+        older state). Per account, in nonce order from the node's next nonce: a lost
+        transaction at that nonce is sent again (the same signed bytes); one whose nonce the
+        chain has used for another transaction is dropped; one above a nonce nobody holds any
+        more (mined, then undone by an older state) can never be mined and is dropped too; a
+        transaction signed for another chain (another genesis block) is never sent there. Every
+        drop is logged. `sender` limits the check to one account. Called before a send that
+        finds the node behind this process's nonces, and every few blocks by the live hub.
+        Returns {"mined": [...], "resent": [...], "dropped": [...]}.
         """
         result: dict[str, list[str]] = {
-            "mined": [entry.hash for entry in self.forget_mined()], "resent": [], "dropped": []}
-        entries = sorted((e for e in self.outbox.entries()
-                          if sender is None or e.sender == sender),
-                         key=lambda e: (e.sender, e.nonce))
-        for entry in entries:
-            try:
-                known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
-            except TransactionNotFound:
-                known = None
-            if known is not None:
-                continue  # still pending in the node
-            mined_nonce = self._call(lambda e=entry: self.w3.eth.get_transaction_count(e.sender))
-            if mined_nonce > entry.nonce:
-                log.warning("outbox: %s (nonce %d) was replaced; dropping", entry.hash, entry.nonce)
-                self.outbox.remove(entry.hash)
-                self._forget(entry.hash)
-                result["dropped"].append(entry.hash)
-                continue
-            try:
-                self._send_raw(HexBytes(entry.raw))
-            except ChainUnavailable:
-                raise
-            except ChainError as exc:  # e.g. "already known": another thread was quicker
-                log.warning("outbox: could not re-send %s: %s", entry.hash, exc)
-                continue
-            log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
-            result["resent"].append(entry.hash)
+            "mined": [entry.hash for entry in self.forget_mined(sender)], "resent": [],
+            "dropped": []}
+        genesis = self.genesis()
+        accounts: dict[str, list[OutboxEntry]] = {}
+        for entry in self.outbox.entries():
+            if sender is None or entry.sender == sender:
+                accounts.setdefault(entry.sender, []).append(entry)
+        for account, entries in accounts.items():
+            expected = self._call(
+                lambda a=account: self.w3.eth.get_transaction_count(a, "pending"))
+            for entry in sorted(entries, key=lambda e: e.nonce):
+                if entry.genesis is not None and entry.genesis != genesis:
+                    self._drop(entry, "it was signed for another chain", result)
+                    continue
+                try:
+                    known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
+                except TransactionNotFound:
+                    known = None
+                if known is not None:  # pending in the node (mined ones were forgotten)
+                    if entry.nonce == expected:
+                        expected += 1
+                    continue
+                if entry.nonce < expected:
+                    self._drop(entry, "its nonce was used by another transaction", result)
+                    continue
+                if entry.nonce > expected:
+                    self._drop(entry, f"nonce {expected} before it is lost, so it can never "
+                               "be mined", result)
+                    continue
+                try:
+                    self._send_raw(HexBytes(entry.raw))
+                except ChainUnavailable:
+                    raise
+                except ChainError as exc:  # e.g. "already known": another thread was quicker
+                    log.warning("outbox: could not re-send %s: %s", entry.hash, exc)
+                    continue
+                expected += 1
+                log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
+                result["resent"].append(entry.hash)
         return result
+
+    def _drop(self, entry: OutboxEntry, why: str, result: dict[str, list[str]]) -> None:
+        log.warning("outbox: dropping %s %s (nonce %d of %s): %s", entry.kind, entry.hash,
+                    entry.nonce, entry.sender, why)
+        self.outbox.remove(entry.hash)
+        self._forget(entry.hash)
+        result["dropped"].append(entry.hash)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dapp.errors import MicrogridError
+from dapp.settings import flag
 
 if TYPE_CHECKING:
     from dapp.bridge import BridgeMeter
@@ -62,8 +63,6 @@ def option(
     variable = PREFIX + env
     value = os.environ.get(variable) if read_env else None
     if kwargs.get("action") == "store_true" and value is not None:
-        from dapp.web.hosts import flag
-
         value = flag(value)  # "0", "no", "off": False, not a non-empty string
     if value is None or value == "":
         value = str(default) if default is not None and "type" in kwargs else default

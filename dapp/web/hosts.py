@@ -35,6 +35,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dapp.services import messages
 from dapp.services.errors import TooManyAttempts, UserError
+from dapp.settings import flag
 from dapp.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,6 @@ class CreationRefused(UserError):
     """Accounts may not be created or imported from this client."""
 
     status = 403
-
-
-def flag(value: object) -> bool:
-    """A setting's truth: True, 1, "1", "yes", "on", "true" (any case)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "yes", "on", "true")
-    return bool(value)
 
 
 def host_names(value: object) -> list[str]:

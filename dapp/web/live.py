@@ -264,8 +264,9 @@ class LiveHub:
 
     def _reconcile(self, block: int) -> None:
         """Re-send what the node lost of this server's outbox (see TxSender.reconcile)."""
-        if self._reconciled_at is not None and block - self._reconciled_at < RECONCILE_BLOCKS:
-            return
+        since = None if self._reconciled_at is None else block - self._reconciled_at
+        if since is not None and 0 <= since < RECONCILE_BLOCKS:
+            return  # (a head below the last one: the node went back to an older state)
         self._reconciled_at = block
         try:
             result = self.client.sender.reconcile()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 from eth_tester import EthereumTester
+from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import deploy
 from dapp.chain.pending import PendingView, kind_of
-from dapp.chain.tx import Outbox, TxSender
+from dapp.chain.tx import Outbox, OutboxEntry, TxSender
 from dapp.errors import ChainError, ContractReverted
 
 
@@ -165,3 +166,51 @@ def test_a_lost_transaction_whose_nonce_was_used_elsewhere_is_dropped(tmp_path, 
     assert second.reconcile() == {"mined": [], "resent": [], "dropped": [lost]}
     second.wait(second.send(alice, {"to": bob, "value": 7}, "send Ether"))
     assert fresh.eth.get_balance(bob) == 12  # the lost 100 was never paid twice or at all
+
+
+def test_a_node_back_on_an_older_state_drops_what_can_never_be_mined(w3, tester, tmp_path,
+                                                                     alice, bob):
+    sender = TxSender(w3, tmp_path / "outbox.json")
+    before = tester.take_snapshot()
+    for value in (1, 2):  # mined, so they leave the outbox
+        sender.transact(alice, {"to": bob, "value": value}, "send Ether")
+    # Nonce 2, sent to a node that then restarted from a state a few seconds old (anvil's
+    # --state-interval): nonces 0 to 2 are gone from the chain and from its pool.
+    signed = alice.sign_transaction({"to": bob, "value": 4, "gas": 21_000, "nonce": 2,
+                                     "chainId": w3.eth.chain_id, "maxFeePerGas": 10**10,
+                                     "maxPriorityFeePerGas": 10**9})
+    stuck = HexBytes(signed.hash).to_0x_hex()
+    sender.outbox.add(OutboxEntry(hash=stuck, sender=alice.address, nonce=2, kind="send Ether",
+                                  raw=HexBytes(signed.raw_transaction).to_0x_hex(), to=bob,
+                                  value=4, sent_at=0.0, genesis=sender.genesis()))
+    tester.revert_to_snapshot(before)
+    # Nonces 0 and 1 are nowhere any more, so nonce 2 can never be mined: it is dropped, and the
+    # next payment takes nonce 0 instead of waiting behind the gap for ever.
+    paid = sender.transact(alice, {"to": bob, "value": 8}, "send Ether")
+    assert paid["status"] == 1 and w3.eth.get_transaction(paid["transactionHash"])["nonce"] == 0
+    assert w3.eth.get_balance(bob) == 8
+    assert sender.outbox.entries() == []
+
+
+def test_an_outbox_of_another_chain_is_never_sent_to_this_one(w3, tmp_path, alice, bob):
+    lost_chain = EthereumTester()
+    lost_chain.disable_auto_mine_transactions()
+    first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
+    lost = first.send(alice, {"to": bob, "value": 100}, "send Ether")
+    # As if it had been signed on a chain with another genesis block but the same chain id
+    # (a fresh development chain): on this chain, alice's nonce 0 would pay bob again.
+    outbox = Outbox(tmp_path / "outbox.json")
+    (entry,) = outbox.entries()
+    outbox.remove(lost)
+    outbox.add(type(entry)(**{**entry.__dict__, "genesis": "0x" + "ab" * 32}))
+    second = TxSender(w3, tmp_path / "outbox.json")
+    assert second.reconcile() == {"mined": [], "resent": [], "dropped": [lost]}
+    assert w3.eth.get_balance(bob) == 0
+
+
+def test_waiting_for_a_replaced_transaction_finds_whichever_was_mined(w3, tmp_path, alice, bob):
+    sender = TxSender(w3, tmp_path / "outbox.json")
+    original = sender.send(alice, {"to": bob, "value": 5}, "send Ether")
+    # Re-pricing made a replacement, but the original was mined first.
+    sender._replaced_by[original] = "0x" + "77" * 32  # noqa: SLF001 - a replacement never mined
+    assert sender.wait(original, timeout=2)["status"] == 1

@@ -105,6 +105,7 @@ def test_agents_decide_on_the_charge_their_supply_meter_reports(run):
         assert house.decisions > 0
 
 
+@pytest.mark.slow
 def test_agents_never_exceed_their_limits(run):
     sim, report, _ = run
     assert report["run"]["limits"]["violations"] == []
