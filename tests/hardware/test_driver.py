@@ -107,7 +107,7 @@ def test_watchdog_opens_the_relay_when_the_host_goes_silent(serve, connect, tran
     while server.meter.relay_closed and time.monotonic() - silent_since < 3:
         time.sleep(0.01)
     opened_after = time.monotonic() - silent_since
-    assert 0.9 <= opened_after <= 1.5
+    assert 0.9 <= opened_after <= 2.0  # the 1 s watchdog, and slack for a busy machine
     assert meter.read(VECTOR_BLOCK).relay_closed is False
 
 
@@ -120,7 +120,7 @@ def test_a_silent_meter_times_out_within_the_timeout(serve, connect, transport):
     start = time.monotonic()
     with pytest.raises(MeterTimeout) as info:
         meter.read(VECTOR_BLOCK)
-    assert 0.3 <= time.monotonic() - start < 0.3 + 0.25  # the timeout, plus one poll and slack
+    assert 0.3 <= time.monotonic() - start < 0.3 + 0.5  # the timeout, plus one poll and slack
     assert not isinstance(info.value, MeterDisconnected)
 
     patient = connect(server.url, timeout=0.2, retries=2) if transport == "tcp" else meter
@@ -128,7 +128,7 @@ def test_a_silent_meter_times_out_within_the_timeout(serve, connect, transport):
     start = time.monotonic()
     with pytest.raises(MeterTimeout):
         patient.set_relay(False)
-    assert time.monotonic() - start < 3 * patient.timeout + 0.2
+    assert time.monotonic() - start < 3 * patient.timeout + 0.5
     server.fault = Fault.NONE
     assert patient.read(VECTOR_BLOCK).relay_closed is False  # and it answers again
 
