@@ -49,6 +49,35 @@ def wait_ready(watch: list[tuple[int, int]], timeout: float | None) -> list[int]
     return [fd for fd, _ in poller.poll(ms)]
 
 
+def _write_all(send: Any, fd: int, abort_fd: int | None, data: Any,
+               write_timeout: float | None) -> int:
+    """Write `data` with `send` (socket.send or os.write on `fd`), waiting with poll() for room;
+    a byte on `abort_fd` (cancel_write) stops it. SerialTimeoutException when the timeout
+    passes first; the bytes sent."""
+    view = memoryview(to_bytes(data))
+    timeout = Timeout(write_timeout)
+    sent = 0
+    while sent < len(view):
+        try:
+            sent += send(view[sent:])
+        except OSError as exc:
+            if exc.errno not in _RETRY:
+                raise SerialException(f"write failed: {exc}") from exc
+        if timeout.is_non_blocking:
+            return sent
+        if sent < len(view):
+            watch = [(fd, select.POLLOUT)]
+            if abort_fd is not None:
+                watch.append((abort_fd, select.POLLIN))
+            ready = wait_ready(watch, timeout.time_left())
+            if abort_fd is not None and abort_fd in ready:
+                os.read(abort_fd, 1000)
+                break
+            if not ready:
+                raise SerialTimeoutException("Write timeout")
+    return sent
+
+
 class PollSocketSerial(protocol_socket.Serial):
     """pyserial's `socket://` port, waiting with poll() instead of select()."""
 
@@ -95,21 +124,8 @@ class PollSocketSerial(protocol_socket.Serial):
         """Send `data`; SerialTimeoutException if the write timeout passes first."""
         if not self.is_open:
             raise PortNotOpenError()
-        view = memoryview(to_bytes(data))
-        timeout = Timeout(self._write_timeout)
-        sent = 0
-        while sent < len(view):
-            try:
-                sent += self._socket.send(view[sent:])
-            except OSError as exc:
-                if exc.errno not in _RETRY:
-                    raise SerialException(f"write failed: {exc}") from exc
-            if timeout.is_non_blocking:
-                return sent
-            if sent < len(view) and not wait_ready([(self._socket.fileno(), select.POLLOUT)],
-                                                   timeout.time_left()):
-                raise SerialTimeoutException("Write timeout")
-        return sent
+        return _write_all(self._socket.send, self._socket.fileno(), None, data,
+                          self._write_timeout)
 
     def reset_input_buffer(self) -> None:
         """Discard whatever has arrived and not been read."""
@@ -165,27 +181,9 @@ if os.name == "posix":
             """Send `data`; SerialTimeoutException if the write timeout passes first."""
             if not self.is_open:
                 raise PortNotOpenError()
-            view = memoryview(to_bytes(data))
-            timeout = Timeout(self._write_timeout)
-            sent = 0
-            while sent < len(view):
-                try:
-                    sent += os.write(self.fd, view[sent:])
-                except OSError as exc:
-                    if exc.errno not in _RETRY:
-                        raise SerialException(f"write failed: {exc}") from exc
-                if timeout.is_non_blocking:
-                    return sent
-                if sent < len(view):
-                    ready = wait_ready([(self.fd, select.POLLOUT),
-                                        (self.pipe_abort_write_r, select.POLLIN)],
-                                       timeout.time_left())
-                    if self.pipe_abort_write_r in ready:
-                        os.read(self.pipe_abort_write_r, 1000)
-                        break
-                    if not ready:
-                        raise SerialTimeoutException("Write timeout")
-            return sent
+            fd = self.fd
+            return _write_all(lambda chunk: os.write(fd, chunk), fd, self.pipe_abort_write_r,
+                              data, self._write_timeout)
 
     __all__ += ["PollSerial"]
 else:  # pragma: no cover - Windows: pyserial's own port does not use select()
