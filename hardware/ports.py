@@ -49,6 +49,42 @@ def wait_ready(watch: list[tuple[int, int]], timeout: float | None) -> list[int]
     return [fd for fd, _ in poller.poll(ms)]
 
 
+def _wait(fd: int, event: int, abort_fd: int | None, timeout: Timeout) -> str:
+    """Wait for `event` on `fd` within `timeout`: "ready", "timeout", or "cancelled" (a byte
+    on `abort_fd`, pyserial's cancel_read/cancel_write pipe, which is emptied)."""
+    watch = [(fd, event)] + ([(abort_fd, select.POLLIN)] if abort_fd is not None else [])
+    ready = wait_ready(watch, timeout.time_left())
+    if abort_fd is not None and abort_fd in ready:
+        os.read(abort_fd, 1000)
+        return "cancelled"
+    return "ready" if ready else "timeout"
+
+
+def _read_upto(recv: Any, fd: int, abort_fd: int | None, size: int,
+               read_timeout: float | None, gone: str) -> bytes:
+    """Up to `size` bytes from `recv` (socket.recv or os.read on `fd`), waiting with poll() at
+    most `read_timeout`; a byte on `abort_fd` (cancel_read) stops it. Readiness with nothing to
+    read means the other end is gone: SerialException(`gone`)."""
+    read = bytearray()
+    timeout = Timeout(read_timeout)
+    while len(read) < size:
+        got = _wait(fd, select.POLLIN, abort_fd, timeout)
+        if got != "ready":
+            break  # cancelled, or the timeout passed
+        try:
+            buf = recv(size - len(read))
+        except OSError as exc:
+            if exc.errno not in _RETRY:
+                raise SerialException(f"read failed: {exc}") from exc
+        else:
+            if not buf:
+                raise SerialException(gone)
+            read.extend(buf)
+        if timeout.expired():
+            break
+    return bytes(read)
+
+
 def _write_all(send: Any, fd: int, abort_fd: int | None, data: Any,
                write_timeout: float | None) -> int:
     """Write `data` with `send` (socket.send or os.write on `fd`), waiting with poll() for room;
@@ -66,14 +102,10 @@ def _write_all(send: Any, fd: int, abort_fd: int | None, data: Any,
         if timeout.is_non_blocking:
             return sent
         if sent < len(view):
-            watch = [(fd, select.POLLOUT)]
-            if abort_fd is not None:
-                watch.append((abort_fd, select.POLLIN))
-            ready = wait_ready(watch, timeout.time_left())
-            if abort_fd is not None and abort_fd in ready:
-                os.read(abort_fd, 1000)
+            got = _wait(fd, select.POLLOUT, abort_fd, timeout)
+            if got == "cancelled":
                 break
-            if not ready:
+            if got == "timeout":
                 raise SerialTimeoutException("Write timeout")
     return sent
 
@@ -102,23 +134,8 @@ class PollSocketSerial(protocol_socket.Serial):
         """Up to `size` bytes, waiting at most the port's timeout."""
         if not self.is_open:
             raise PortNotOpenError()
-        read = bytearray()
-        timeout = Timeout(self._timeout)
-        while len(read) < size:
-            if not wait_ready([(self._socket.fileno(), select.POLLIN)], timeout.time_left()):
-                break  # timeout
-            try:
-                buf = self._socket.recv(size - len(read))
-            except OSError as exc:
-                if exc.errno not in _RETRY:
-                    raise SerialException(f"read failed: {exc}") from exc
-            else:
-                if not buf:
-                    raise SerialException("socket disconnected")
-                read.extend(buf)
-            if timeout.expired():
-                break
-        return bytes(read)
+        return _read_upto(self._socket.recv, self._socket.fileno(), None, size, self._timeout,
+                          "socket disconnected")
 
     def write(self, data: Any) -> int:
         """Send `data`; SerialTimeoutException if the write timeout passes first."""
@@ -151,31 +168,11 @@ if os.name == "posix":
             """Up to `size` bytes, waiting at most the port's timeout (cancel_read stops it)."""
             if not self.is_open:
                 raise PortNotOpenError()
-            read = bytearray()
-            timeout = Timeout(self._timeout)
-            while len(read) < size:
-                ready = wait_ready([(self.fd, select.POLLIN),
-                                    (self.pipe_abort_read_r, select.POLLIN)], timeout.time_left())
-                if self.pipe_abort_read_r in ready:
-                    os.read(self.pipe_abort_read_r, 1000)
-                    break
-                if not ready:
-                    break  # timeout
-                try:
-                    buf = os.read(self.fd, size - len(read))
-                except OSError as exc:
-                    if exc.errno not in _RETRY:
-                        raise SerialException(f"read failed: {exc}") from exc
-                else:
-                    if not buf:
-                        # A disconnected device is always ready to read and reads nothing.
-                        raise SerialException(
-                            "device reports readiness to read but returned no data "
-                            "(device disconnected or multiple access on port?)")
-                    read.extend(buf)
-                if timeout.expired():
-                    break
-            return bytes(read)
+            fd = self.fd
+            # A disconnected device is always ready to read and reads nothing.
+            return _read_upto(lambda n: os.read(fd, n), fd, self.pipe_abort_read_r, size,
+                              self._timeout, "device reports readiness to read but returned "
+                              "no data (device disconnected or multiple access on port?)")
 
         def write(self, data: Any) -> int:
             """Send `data`; SerialTimeoutException if the write timeout passes first."""

@@ -194,9 +194,13 @@ class Gateway:
     def _over_limit(self, client: str) -> tuple[Any, int]:
         message = (f"too many requests: at most {self.calls.limit} calls per "
                    f"{self.calls.window:g} s from one address")
-        if self._first_in_window(client, "limit"):
-            return self._refuse(None, LIMIT_EXCEEDED, message, client), 429
-        return _error(None, LIMIT_EXCEEDED, message), 429
+        return self._refuse_once(LIMIT_EXCEEDED, message, client, "limit"), 429
+
+    def _refuse_once(self, code: int, message: str, client: str, reason: str) -> dict[str, Any]:
+        """A refusal logged only the first time in the window for this client and reason."""
+        if self._first_in_window(client, reason):
+            return self._refuse(None, code, message, client)
+        return _error(None, code, message)
 
     def _first_in_window(self, client: str, reason: str) -> bool:
         """Whether this is `client`'s first refusal for `reason` in the rate window: one log
@@ -277,10 +281,8 @@ class Gateway:
             if request.method != "POST":
                 if not self.calls.take(client, 1):
                     return self._reply(*self._over_limit(client))
-                message = "JSON-RPC only: POST a request"
-                if self._first_in_window(client, "method"):
-                    return self._reply(self._refuse(None, INVALID_REQUEST, message, client), 405)
-                return self._reply(_error(None, INVALID_REQUEST, message), 405)
+                return self._reply(self._refuse_once(
+                    INVALID_REQUEST, "JSON-RPC only: POST a request", client, "method"), 405)
             if request.mimetype != "application/json":
                 log.warning("gateway refused a request from %s: content type %r", client,
                             request.mimetype)

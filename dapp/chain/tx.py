@@ -265,13 +265,10 @@ class TxSender:
             node_nonce = self._call(lambda: self.w3.eth.get_transaction_count(sender, "pending"))
             if node_nonce < self._next_nonce.get(sender, 0):
                 # The node lacks some of this account's outbox (it restarted, or this process
-                # did): a new nonce past the gap would never be mined. Fill the gap first.
-                self.reconcile(sender)
-                node_nonce = self._call(
-                    lambda: self.w3.eth.get_transaction_count(sender, "pending"))
-                self._next_nonce[sender] = max(
-                    [e.nonce + 1 for e in self.outbox.entries() if e.sender == sender],
-                    default=0)
+                # did): a new nonce past the gap would never be mined. Fill the gap first; what
+                # follows the filled gap is the next nonce.
+                node_nonce = self._reconcile_account(sender, node_nonce, self._empty_result())
+                self._next_nonce[sender] = node_nonce
             nonce = max(node_nonce, self._next_nonce.get(sender, 0))
             tx["nonce"] = nonce
             signed = account.sign_transaction(tx)
@@ -360,10 +357,7 @@ class TxSender:
 
     def current_hash(self, tx_hash: str) -> str:
         """The hash that now stands for `tx_hash` (its latest replacement, or itself)."""
-        seen = HexBytes(tx_hash).to_0x_hex()
-        while seen in self._replaced_by:
-            seen = self._replaced_by[seen]
-        return seen
+        return self._lineage(tx_hash)[-1]
 
     def _forget(self, tx_hash: str) -> None:
         self._unsigned.pop(tx_hash, None)
@@ -492,47 +486,61 @@ class TxSender:
         finds the node behind this process's nonces, and every few blocks by the live hub.
         Returns {"mined": [...], "resent": [...], "dropped": [...]}.
         """
-        result: dict[str, list[str]] = {
-            "mined": [entry.hash for entry in self.forget_mined(sender)], "resent": [],
-            "dropped": []}
-        genesis = self.genesis()
-        accounts: dict[str, list[OutboxEntry]] = {}
-        for entry in self.outbox.entries():
-            if sender is None or entry.sender == sender:
-                accounts.setdefault(entry.sender, []).append(entry)
-        for account, entries in accounts.items():
-            expected = self._call(
+        result = self._empty_result()
+        accounts = {entry.sender for entry in self.outbox.entries()
+                    if sender is None or entry.sender == sender}
+        for account in sorted(accounts):
+            pending = self._call(
                 lambda a=account: self.w3.eth.get_transaction_count(a, "pending"))
-            for entry in sorted(entries, key=lambda e: e.nonce):
-                if entry.genesis is not None and entry.genesis != genesis:
-                    self._drop(entry, "it was signed for another chain", result)
-                    continue
-                try:
-                    known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
-                except TransactionNotFound:
-                    known = None
-                if known is not None:  # pending in the node (mined ones were forgotten)
-                    if entry.nonce == expected:
-                        expected += 1
-                    continue
-                if entry.nonce < expected:
-                    self._drop(entry, "its nonce was used by another transaction", result)
-                    continue
-                if entry.nonce > expected:
-                    self._drop(entry, f"nonce {expected} before it is lost, so it can never "
-                               "be mined", result)
-                    continue
-                try:
-                    self._send_raw(HexBytes(entry.raw))
-                except ChainUnavailable:
-                    raise
-                except ChainError as exc:  # e.g. "already known": another thread was quicker
-                    log.warning("outbox: could not re-send %s: %s", entry.hash, exc)
-                    continue
-                expected += 1
-                log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
-                result["resent"].append(entry.hash)
+            self._reconcile_account(account, pending, result)
         return result
+
+    @staticmethod
+    def _empty_result() -> dict[str, list[str]]:
+        return {"mined": [], "resent": [], "dropped": []}
+
+    def _reconcile_account(self, account: str, pending: int,
+                           result: dict[str, list[str]]) -> int:
+        """Reconcile `account`'s outbox from `pending`, the node's next nonce for it (see
+        `reconcile`); the account's next nonce once the lost ones are sent again."""
+        genesis = self.genesis()
+        expected = pending
+        entries = [e for e in self.outbox.entries() if e.sender == account]
+        for entry in sorted(entries, key=lambda e: e.nonce):
+            if entry.genesis is not None and entry.genesis != genesis:
+                self._drop(entry, "it was signed for another chain", result)
+                continue
+            try:
+                known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
+            except TransactionNotFound:
+                known = None
+            if known is not None and known.get("blockNumber") is not None:
+                self.outbox.remove(entry.hash)  # mined: its nonce is behind `pending`
+                self._forget(entry.hash)
+                result["mined"].append(entry.hash)
+                continue
+            if known is not None:  # pending in the node
+                if entry.nonce == expected:
+                    expected += 1
+                continue
+            if entry.nonce < expected:
+                self._drop(entry, "its nonce was used by another transaction", result)
+                continue
+            if entry.nonce > expected:
+                self._drop(entry, f"nonce {expected} before it is lost, so it can never "
+                           "be mined", result)
+                continue
+            try:
+                self._send_raw(HexBytes(entry.raw))
+            except ChainUnavailable:
+                raise
+            except ChainError as exc:  # e.g. "already known": another thread was quicker
+                log.warning("outbox: could not re-send %s: %s", entry.hash, exc)
+                continue
+            expected += 1
+            log.info("outbox: re-sent %s %s", entry.kind, entry.hash)
+            result["resent"].append(entry.hash)
+        return expected
 
     def _drop(self, entry: OutboxEntry, why: str, result: dict[str, list[str]]) -> None:
         log.warning("outbox: dropping %s %s (nonce %d of %s): %s", entry.kind, entry.hash,

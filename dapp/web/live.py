@@ -265,8 +265,9 @@ class LiveHub:
     def _reconcile(self, block: int) -> None:
         """Re-send what the node lost of this server's outbox (see TxSender.reconcile)."""
         since = None if self._reconciled_at is None else block - self._reconciled_at
+        # A head below the last one (since < 0): the node went back to an older state; check.
         if since is not None and 0 <= since < RECONCILE_BLOCKS:
-            return  # (a head below the last one: the node went back to an older state)
+            return
         self._reconciled_at = block
         try:
             result = self.client.sender.reconcile()

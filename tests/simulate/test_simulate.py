@@ -21,7 +21,7 @@ from dapp.simulate.baseline import surplus_deficit_scenario
 from dapp.simulate.chain_run import DEFAULT_LIMITS, ChainSimulation, SimulationSettings
 from dapp.simulate.meters import CommunityBus
 from hardware.community import Community
-from hardware.models import soc_from_voltage
+from hardware.models import EMPTY_CELL_V, soc_from_voltage
 from hardware.protocol import LOAD, SUPPLY
 from hardware.signing import BlockRef, Domain, recover_signer
 
@@ -96,13 +96,27 @@ def test_energy_and_ether_balances_close_from_chain_state(run):
 
 
 @pytest.mark.slow
-def test_agents_decide_on_the_charge_their_supply_meter_reports(run):
-    sim, _, _ = run
-    for name, house in sim.households.items():
-        battery = sim.community.households[name].battery
-        volts = sim.bridge.meter_state(house.supply_meter).voltage_v
-        assert volts == pytest.approx(battery.voltage(), abs=0.2)  # the last poll's value
-        assert house.decisions > 0
+def test_agents_decide_on_the_charge_their_supply_meter_reports(run, monkeypatch):
+    normal, _, _ = run
+    sunny = normal.households["sunny"].account.address
+    assert any(seller == sunny for seller, _, _ in normal.book.listings)  # 90 % full: it sells
+    # The same morning, but sunny's supply meter reports an empty battery's voltage: its agent
+    # believes the meter, not the model (whose battery stays nearly full), and sells nothing.
+    honest = CommunityBus.battery_volts
+    empty_v = EMPTY_CELL_V * 12  # a 24 V bank of 12 cells
+
+    def reported(bus: CommunityBus, house: str) -> float:
+        return empty_v if house == "sunny" else honest(bus, house)
+
+    monkeypatch.setattr(CommunityBus, "battery_volts", reported)
+    sim = ChainSimulation(SimulationSettings(
+        households=2, days=1 / 24, block_s=120, poll_s=120, interval_s=1200,
+        agent_interval_s=240, auction_s=600, community_factory=morning_scenario))
+    sim.run()
+    assert sim.households["sunny"].decisions > 0
+    assert sim.community.households["sunny"].battery.soc > 0.8
+    misled = sim.households["sunny"].account.address
+    assert not any(seller == misled for seller, _, _ in sim.book.listings)
 
 
 @pytest.mark.slow

@@ -322,7 +322,7 @@ def test_a_transaction_the_node_lost_is_sent_again_by_the_hub(app, world, monkey
     client.sender.outbox.add(OutboxEntry(
         hash=lost, sender=payer.address, nonce=0, kind="send Ether",
         raw=HexBytes(signed.raw_transaction).to_0x_hex(), to=payee, value=4242,
-        sent_at=time.time()))
+        sent_at=time.time(), genesis=client.sender.genesis()))
     for _ in range(20):
         world.mine(world.client.send_ether(world.bank, Account.create().address, 1))
         hub.tick()
