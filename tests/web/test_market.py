@@ -382,10 +382,15 @@ def test_two_servers_finalize_once_and_nobody_sees_an_error(producer, consumer, 
     assert sorted(outcomes) == ["ok", "reverted"]  # exactly one transaction succeeded
 
 
-def test_cleared_prices_feed_the_chart(consumer):
+def test_cleared_prices_feed_the_chart(producer, consumer, world):
+    lot = sell(world, producer, energy="1", price="0.001")  # its own auction: the suite runs
+    bid(world, consumer, lot, "0.004")                      # in workers, in no fixed order
+    world.advance(601)
+    assert consumer.post("/market/finalize", {"lot": str(lot)}).status_code == 303
+    world.mine(pending_tx(consumer))
     snapshot = consumer.client.get("/api/v1/market").get_json()
-    prices = [c["price"] for c in snapshot["cleared"]]
-    assert prices and all(float(p) > 0 for p in prices)
+    prices = {c["id"]: c["price"] for c in snapshot["cleared"]}
+    assert prices[lot] == "0.004" and all(float(p) > 0 for p in prices.values())
     assert 'id="price-chart"' in consumer.text("/market/")
 
 
