@@ -43,6 +43,11 @@ GAS_HEADROOM = 50_000
 # A transaction whose fee cap fell below the base fee for this many blocks is signed again with
 # the same nonce and higher fees (nodes take a replacement that pays at least 10 % more).
 REPRICE_AFTER_BLOCKS = 3
+# How nodes refuse a nonce another sender of the same account took between our nonce read and
+# our send (another process with the key, e.g. a bridge and a server sharing the operator):
+# anvil and geth say "nonce too low", py-evm "invalid transaction nonce".
+NONCE_TAKEN = ("nonce too low", "invalid transaction nonce")
+NONCE_ATTEMPTS = 4
 FEE_BUMP = 1.125
 
 
@@ -63,6 +68,12 @@ class OutboxEntry:
     # chain with the same chain id) is never sent this transaction again. None: written by an
     # older version, which kept no chain.
     genesis: str | None = None
+
+
+def _nonce_taken(exc: BaseException) -> bool:
+    """True when the node refused a transaction because its nonce is already used."""
+    text = str(exc).lower()
+    return any(phrase in text for phrase in NONCE_TAKEN)
 
 
 def _node_failure(exc: Exception, what: str) -> Exception:
@@ -270,10 +281,21 @@ class TxSender:
                 node_nonce = self._reconcile_account(sender, node_nonce, self._empty_result())
                 self._next_nonce[sender] = node_nonce
             nonce = max(node_nonce, self._next_nonce.get(sender, 0))
-            tx["nonce"] = nonce
-            signed = account.sign_transaction(tx)
-            raw = HexBytes(signed.raw_transaction)
-            tx_hash = self._send_raw(raw)
+            for attempt in range(1, NONCE_ATTEMPTS + 1):
+                tx["nonce"] = nonce
+                raw = HexBytes(account.sign_transaction(tx).raw_transaction)
+                try:
+                    tx_hash = self._send_raw(raw)
+                    break
+                except ContractReverted:
+                    raise
+                except ChainError as exc:
+                    if attempt == NONCE_ATTEMPTS or not _nonce_taken(exc):
+                        raise
+                    log.info("nonce %d of %s was taken by another sender; signing again", nonce,
+                             sender)
+                    nonce = max(nonce + 1, self._call(
+                        lambda: self.w3.eth.get_transaction_count(sender, "pending")))
             self._next_nonce[sender] = nonce + 1
             self._unsigned[tx_hash] = (account, dict(tx))
             self.outbox.add(

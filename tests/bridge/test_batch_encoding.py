@@ -149,7 +149,7 @@ def test_a_bridge_sends_what_fits_a_block_and_the_rest_next(world, plant, bridge
 
     monkeypatch.setattr(client, "submit_readings", recording)
     bridges([BridgeMeter(server.url) for server in servers], client)
-    wait_for(lambda: all(world.readings_on_chain(m) >= 2 for m in meters), timeout=30,
+    wait_for(lambda: all(world.readings_on_chain(m) >= 2 for m in meters), timeout=90,
              what="two readings of every meter on chain")
     assert sent and {size for size, _ in sent} == {1}  # one `report` each, at its fixed gas
     assert all(gas is not None and gas <= client.block_gas_limit() for _, gas in sent)

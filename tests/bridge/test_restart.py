@@ -22,7 +22,7 @@ def test_killed_and_restarted_bridge_sets_relays_from_chain_state_not_memory(
     first = bridges(meters, client=world.chain_client(data_dir))
     unsubscribe = listener.subscribe(first.on_event)
     trade = world.trade(seller, buyer, 300)
-    wait_for(lambda: relay(supply) and relay(load), timeout=5, what="relays closed")
+    wait_for(lambda: relay(supply) and relay(load), timeout=15, what="relays closed")
     wait_for(lambda: client.meter(load_key).cumulative_wh > 0, what="load readings")
 
     first.stop(open_relays=False)  # killed: nothing opens the relays on the way out
@@ -44,7 +44,7 @@ def test_killed_and_restarted_bridge_sets_relays_from_chain_state_not_memory(
     delivered = client.meter(load_key).cumulative_wh
 
     third = bridges(meters, client=world.chain_client(data_dir))
-    wait_for(lambda: relay(supply) and relay(load), timeout=5, what="relays closed again")
+    wait_for(lambda: relay(supply) and relay(load), timeout=15, what="relays closed again")
     assert all(s.relay_wanted for s in third.state())
     # Readings go on from the same meters: the trade is paid for the energy now flowing.
     wait_for(lambda: client.lot(trade).delivered_wh > 0, timeout=10, what="delivery settled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
-from eth_tester import EthereumTester
+from eth_tester import EthereumTester, PyEVMBackend
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 
@@ -13,6 +13,16 @@ from dapp.chain.deploy import deploy
 from dapp.chain.pending import PendingView, kind_of
 from dapp.chain.tx import Outbox, OutboxEntry, TxSender
 from dapp.errors import ChainError, ContractReverted
+
+GENESIS_TIME = 1_700_000_000
+
+
+def same_chain() -> EthereumTester:
+    """An in-process chain with the one genesis every call gives: a node that restarted with
+    its chain but without its pending pool (the default genesis takes the clock's second, so
+    two testers made a second apart would be two chains)."""
+    params = PyEVMBackend.generate_genesis_params(overrides={"timestamp": GENESIS_TIME})
+    return EthereumTester(PyEVMBackend(genesis_parameters=params))
 
 
 @pytest.fixture
@@ -112,13 +122,13 @@ def test_wait_times_out_when_nobody_mines(w3, tester, tmp_path, alice, bob):
 
 
 def test_outbox_resends_what_the_node_lost(tmp_path, alice, bob):
-    lost_chain = EthereumTester()
+    lost_chain = same_chain()
     lost_chain.disable_auto_mine_transactions()
     first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
     tx_hash = first.send(alice, {"to": bob, "value": 777}, "send Ether")
 
     # A node that never saw the transaction (as after a crash): same keys, same chain id.
-    fresh = Web3(EthereumTesterProvider(EthereumTester()))
+    fresh = Web3(EthereumTesterProvider(same_chain()))
     second = TxSender(fresh, tmp_path / "outbox.json")
     assert [e.hash for e in second.outbox.entries()] == [tx_hash]
     result = second.reconcile()
@@ -136,7 +146,7 @@ def test_kind_of_names_contract_calls():
 
 
 def test_a_send_after_the_node_lost_earlier_transactions_fills_the_gap_first(tmp_path, alice, bob):
-    lost_chain = EthereumTester()
+    lost_chain = same_chain()
     lost_chain.disable_auto_mine_transactions()
     first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
     lost = [first.send(alice, {"to": bob, "value": 300}, "send Ether")]
@@ -144,7 +154,7 @@ def test_a_send_after_the_node_lost_earlier_transactions_fills_the_gap_first(tmp
     # The node lost it (a restart without its pending pool); this process was restarted too
     # and knows it only from the outbox. Nobody calls reconcile: the next send must not take
     # a nonce past the gap, where it would wait for ever.
-    fresh = Web3(EthereumTesterProvider(EthereumTester()))
+    fresh = Web3(EthereumTesterProvider(same_chain()))
     second = TxSender(fresh, tmp_path / "outbox.json")
     new = second.send(alice, {"to": bob, "value": 3}, "send Ether")
     for tx_hash in (*lost, new):
@@ -155,11 +165,11 @@ def test_a_send_after_the_node_lost_earlier_transactions_fills_the_gap_first(tmp
 
 
 def test_a_lost_transaction_whose_nonce_was_used_elsewhere_is_dropped(tmp_path, alice, bob):
-    lost_chain = EthereumTester()
+    lost_chain = same_chain()
     lost_chain.disable_auto_mine_transactions()
     first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
     lost = first.send(alice, {"to": bob, "value": 100}, "send Ether")
-    fresh = Web3(EthereumTesterProvider(EthereumTester()))
+    fresh = Web3(EthereumTesterProvider(same_chain()))
     elsewhere = TxSender(fresh)  # the same key used by another program: nonce 0 is taken
     elsewhere.wait(elsewhere.send(alice, {"to": bob, "value": 5}, "send Ether"))
     second = TxSender(fresh, tmp_path / "outbox.json")
@@ -193,7 +203,7 @@ def test_a_node_back_on_an_older_state_drops_what_can_never_be_mined(w3, tester,
 
 
 def test_an_outbox_of_another_chain_is_never_sent_to_this_one(w3, tmp_path, alice, bob):
-    lost_chain = EthereumTester()
+    lost_chain = same_chain()
     lost_chain.disable_auto_mine_transactions()
     first = TxSender(Web3(EthereumTesterProvider(lost_chain)), tmp_path / "outbox.json")
     lost = first.send(alice, {"to": bob, "value": 100}, "send Ether")
@@ -214,3 +224,43 @@ def test_waiting_for_a_replaced_transaction_finds_whichever_was_mined(w3, tmp_pa
     # Re-pricing made a replacement, but the original was mined first.
     sender._replaced_by[original] = "0x" + "77" * 32  # noqa: SLF001 - a replacement never mined
     assert sender.wait(original, timeout=2)["status"] == 1
+
+
+def test_a_nonce_another_sender_took_meanwhile_is_signed_again_with_the_next(w3, tmp_path, alice,
+                                                                           bob):
+    """Two programs with one key (a bridge and a server sharing the operator): the other one's
+    transaction reaches the node between this sender's nonce read and its send. The node refuses
+    the taken nonce; the sender signs again with the next one, and both payments arrive."""
+    mine = TxSender(w3, tmp_path / "mine.json")
+    other = TxSender(w3, tmp_path / "other.json")
+    real = mine._send_raw
+    raced: list[str] = []
+
+    def other_first(raw):
+        if not raced:
+            raced.append(other.send(alice, {"to": bob, "value": 5}, "send Ether"))
+        return real(raw)
+
+    mine._send_raw = other_first
+    tx_hash = mine.send(alice, {"to": bob, "value": 7}, "send Ether")
+    assert mine.wait(tx_hash, timeout=5)["status"] == 1 and other.wait(raced[0])["status"] == 1
+    assert [w3.eth.get_transaction(h)["nonce"] for h in (raced[0], tx_hash)] == [0, 1]
+    assert w3.eth.get_balance(bob) == 12
+    assert [e.hash for e in mine.outbox.entries()] == []  # mined: only the sent one was kept
+    assert mine.send(alice, {"to": bob, "value": 1}, "send Ether")  # and the next nonce is 2
+    assert w3.eth.get_transaction_count(alice.address) == 3
+
+
+def test_a_refusal_that_is_not_about_the_nonce_is_not_retried(w3, tmp_path, alice, bob):
+    sender = TxSender(w3, tmp_path / "outbox.json")
+    calls = []
+
+    def refuse(raw):
+        calls.append(raw)
+        raise ChainError("the node refused the transaction: insufficient funds for gas")
+
+    sender._send_raw = refuse
+    with pytest.raises(ChainError, match="insufficient funds"):
+        sender.send(alice, {"to": bob, "value": 7}, "send Ether")
+    assert len(calls) == 1 and sender.outbox.entries() == []
+    assert w3.eth.get_transaction_count(alice.address) == 0
