@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import dapp.web.hosts  # noqa: F401 - defines CreationRefused, a UserError
+from dapp.agents.policy import InvalidLimits
 from dapp.services.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _subclasses(cls: type) -> set[str]:
 
 
 # Errors whose message a person reads (a page, the JSON API's "error").
-USER_ERRORS = _subclasses(UserError) | {"UserError"}
+USER_ERRORS = _subclasses(UserError) | {"UserError", InvalidLimits.__name__}
 
 
 def _imported(tree: ast.AST) -> list[tuple[int, str]]:
@@ -77,9 +78,21 @@ def _raises_a_written_sentence(node: ast.AST) -> bool:
         return False
     call = node.exc
     name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
-    return name in USER_ERRORS and bool(call.args) and (
-        isinstance(call.args[0], ast.JoinedStr)
-        or (isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)))
+    given = [*call.args[:1], *(k.value for k in call.keywords if k.arg == "message")]
+    return name in USER_ERRORS and any(_written(arg) for arg in given)
+
+
+def _written(node: ast.AST) -> bool:
+    """Text made here: a literal, an f-string, `"..." % x`, `"..." + x`, `"...".format(x)`."""
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod | ast.Add):
+        return _written(node.left) or _written(node.right)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr == "format" and _written(node.func.value)
+    return False
 
 
 def _modules() -> list[Path]:
@@ -114,6 +127,14 @@ def test_the_source_tree_keeps_its_layers():
          "writes a sentence outside messages"),
         ("raise errors.ActionRefused(f'No {x}.')\n", "dapp/web/x.py",
          "writes a sentence outside messages"),
+        ("raise InvalidInput('No %s.' % x)\n", "dapp/x.py", "writes a sentence outside messages"),
+        ("raise InvalidInput('No ' + x)\n", "dapp/x.py", "writes a sentence outside messages"),
+        ("raise ChainDown('No {}.'.format(x))\n", "dapp/x.py",
+         "writes a sentence outside messages"),
+        ("raise InvalidInput(message='Enter a number.')\n", "dapp/x.py",
+         "writes a sentence outside messages"),
+        ("raise InvalidLimits(f'The {what} is negative.', name)\n", "dapp/agents/x.py",
+         "writes a sentence outside messages"),
     ],
 )
 def test_each_rule_catches_what_it_forbids(source, path, problem):
@@ -130,6 +151,8 @@ def test_each_rule_catches_what_it_forbids(source, path, problem):
         ("raise InvalidInput(messages.enter(what))\n", "dapp/services/x.py"),
         ("raise InvalidInput('Enter a number.')\n", MESSAGES),
         ("raise ValueError('not a key')\n", "dapp/x.py"),
+        ("raise InvalidInput(messages.enter('the ' + what))\n", "dapp/x.py"),
+        ("raise InvalidLimits(messages.agent_not_whole_wei(what), name)\n", "dapp/agents/x.py"),
     ],
 )
 def test_what_the_layers_allow_passes(source, path):

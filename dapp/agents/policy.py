@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
 
 from dapp.errors import MicrogridError
-from dapp.services.rules import WH_PER_KWH, deposit_wei, min_next_bid, paid_wei
+from dapp.services import messages
+from dapp.services.rules import deposit_wei, min_next_bid, paid_wei
 from dapp.services.units import WEI_PER_ETHER
 
 # Settings beyond these are typos, not choices: 1000 ETH per kWh, a million ETH per day.
@@ -55,12 +55,12 @@ class Limits:
         reserve = self.reserve_percent
         if (isinstance(reserve, bool) or not isinstance(reserve, int | float)
                 or not math.isfinite(reserve)):
-            raise InvalidLimits("The battery reserve must be a number of percent, like 40.",
-                                "reserve_percent")
+            raise InvalidLimits(messages.agent_reserve_not_percent(), "reserve_percent")
         if reserve < 0:
-            raise InvalidLimits("The battery reserve cannot be negative.", "reserve_percent")
+            raise InvalidLimits(messages.agent_amount_negative("battery reserve"),
+                                "reserve_percent")
         if reserve > 100:
-            raise InvalidLimits("The battery reserve can be at most 100 %.", "reserve_percent")
+            raise InvalidLimits(messages.agent_reserve_above_all(), "reserve_percent")
         for name, what, most in (
             ("floor_wei_per_kwh", "floor price", MAX_PRICE_WEI_PER_KWH),
             ("ceiling_wei_per_kwh", "ceiling price", MAX_PRICE_WEI_PER_KWH),
@@ -68,16 +68,14 @@ class Limits:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidLimits(f"The {what} must be a whole number of wei.", name)
+                raise InvalidLimits(messages.agent_not_whole_wei(what), name)
             if value < 0:
-                raise InvalidLimits(f"The {what} cannot be negative.", name)
+                raise InvalidLimits(messages.agent_amount_negative(what), name)
             if value > most:
-                raise InvalidLimits(f"The {what} can be at most {format_eth(most)} ETH.", name)
+                raise InvalidLimits(messages.agent_amount_above(what, most), name)
         if self.floor_wei_per_kwh > self.ceiling_wei_per_kwh:
-            raise InvalidLimits(
-                f"The floor price ({format_eth(self.floor_wei_per_kwh)} ETH/kWh) cannot be above "
-                f"the ceiling price ({format_eth(self.ceiling_wei_per_kwh)} ETH/kWh).",
-                "floor_wei_per_kwh")
+            raise InvalidLimits(messages.agent_floor_above_ceiling(
+                self.floor_wei_per_kwh, self.ceiling_wei_per_kwh), "floor_wei_per_kwh")
 
     @classmethod
     def parse(cls, reserve_percent: object, floor_wei_per_kwh: object,
@@ -244,10 +242,9 @@ def decide(state: HouseholdState, limits: Limits, terms: MarketTerms | None = No
     if state.projected_wh >= reserve_wh:
         for trade in state.trades:
             if trade.buyer == state.account and trade.remaining_wh > 0:
-                actions.append(Close(trade.trade_id, (
-                    f"closed trade {trade.trade_id} after {format_kwh(trade.delivered_wh)} of "
-                    f"{format_kwh(trade.energy_wh)} kWh: {battery} is at or above the "
-                    f"{_pct(limits.reserve_percent)} reserve, so the need is met")))
+                actions.append(Close(trade.trade_id, messages.agent_log_closed(
+                    trade.trade_id, trade.delivered_wh, trade.energy_wh, battery,
+                    limits.reserve_percent)))
         return Decision(tuple(actions), tuple(notes))
 
     bids, bid_notes = _bids(state, limits, terms, reserve_wh, battery)
@@ -265,12 +262,10 @@ def _sell(state: HouseholdState, limits: Limits, terms: MarketTerms, reserve_wh:
         return None
     energy = min(surplus, state.tokens_wh)
     if energy < terms.min_lot_wh:
-        return (f"did not sell: {battery} is above the {_pct(limits.reserve_percent)} reserve "
-                f"but only {format_kwh(state.tokens_wh)} kWh of tokens are left to list")
+        return messages.agent_log_few_tokens(battery, limits.reserve_percent, state.tokens_wh)
     price = max(limits.floor_wei_per_kwh, 1)
-    return Sell(energy, price, terms.auction_s, (
-        f"offered {format_kwh(energy)} kWh: {battery} is above the "
-        f"{_pct(limits.reserve_percent)} reserve; start price {format_eth(price)} ETH/kWh (floor)"))
+    return Sell(energy, price, terms.auction_s, messages.agent_log_offered(
+        energy, battery, limits.reserve_percent, price))
 
 
 def _bids(state: HouseholdState, limits: Limits, terms: MarketTerms, reserve_wh: float,
@@ -292,61 +287,34 @@ def _bids(state: HouseholdState, limits: Limits, terms: MarketTerms, reserve_wh:
                              lot.highest_bidder is not None, terms.min_increment_wei_per_kwh)
         candidates.append((price, lot.energy_wh > need, lot.deadline_s, lot.lot_id, lot))
     if not candidates:
-        return [], [f"wanted {format_kwh(need)} kWh ({battery} is below the "
-                    f"{_pct(limits.reserve_percent)} reserve) but no lot is open"]
+        return [], [messages.agent_log_no_lot(need, battery, limits.reserve_percent)]
     actions: list[Action] = []
     notes: list[str] = []
     for price, _, _, _, lot in sorted(candidates):
         if need <= 0:
             break
         if price > limits.ceiling_wei_per_kwh:
-            notes.append(f"did not bid on lot {lot.lot_id}: its next bid {format_eth(price)} "
-                         f"ETH/kWh is above the {format_eth(limits.ceiling_wei_per_kwh)} ETH/kWh "
-                         f"ceiling")
+            notes.append(messages.agent_log_above_ceiling(lot.lot_id, price,
+                                                          limits.ceiling_wei_per_kwh))
             continue
         deposit = deposit_wei(lot.energy_wh, price)
         if committed + deposit > limits.daily_limit_wei:
-            notes.append(f"did not bid on lot {lot.lot_id}: its deposit {format_eth(deposit)} ETH "
-                         f"would bring today's spending to {format_eth(committed + deposit)} ETH, "
-                         f"above the {format_eth(limits.daily_limit_wei)} ETH daily limit")
+            notes.append(messages.agent_log_over_daily_limit(lot.lot_id, deposit, committed,
+                                                             limits.daily_limit_wei))
             continue
         committed += deposit
-        actions.append(Bid(lot.lot_id, price, deposit, (
-            f"bid {format_eth(price)} ETH/kWh on lot {lot.lot_id} ({format_kwh(lot.energy_wh)} "
-            f"kWh): {battery} is below the {_pct(limits.reserve_percent)} reserve and needs "
-            f"{format_kwh(need)} kWh; deposit {format_eth(deposit)} ETH, "
-            f"{format_eth(limits.daily_limit_wei - committed)} ETH left of today's "
-            f"{format_eth(limits.daily_limit_wei)} ETH limit")))
+        actions.append(Bid(lot.lot_id, price, deposit, messages.agent_log_bid(
+            lot.lot_id, lot.energy_wh, price, battery, limits.reserve_percent, need, deposit,
+            limits.daily_limit_wei - committed, limits.daily_limit_wei)))
         need -= lot.energy_wh
     return actions, notes
 
 
 def _battery_words(state: HouseholdState) -> str:
     """"battery 82 %", plus the projection when the forecast moves it."""
-    now = _pct(100 * state.soc)
-    later = _pct(100 * state.projected_wh / state.capacity_wh)
-    if later == now:
-        return f"battery {now}"
-    hours = state.horizon_s / 3600.0
-    return f"battery {now} ({later} expected in {hours:g} h)"
-
-
-def _pct(percent: float) -> str:
-    return f"{percent:.0f} %"
-
-
-def format_kwh(wh: float) -> str:
-    """Wh as kWh with 3 decimals: 400 -> "0.400"."""
-    return f"{wh / WH_PER_KWH:.3f}"
-
-
-def format_eth(wei: int) -> str:
-    """Wei as ETH with at least 4 decimals (more when needed): 10**15 -> "0.0010"."""
-    value = Decimal(wei) / WEI_PER_ETHER
-    text = f"{value:.4f}"
-    if Decimal(text) != value:
-        text = format(value.normalize(), "f")
-    return text
+    return messages.agent_log_battery(100 * state.soc,
+                                      100 * state.projected_wh / state.capacity_wh,
+                                      state.horizon_s / 3600.0)
 
 
 def _number_text(value: object) -> str | None:
@@ -370,8 +338,7 @@ def _percent(value: object) -> float:
     except ValueError:
         percent = math.nan
     if not math.isfinite(percent):
-        raise InvalidLimits("The battery reserve must be a number of percent, like 40.",
-                            "reserve_percent")
+        raise InvalidLimits(messages.agent_reserve_not_percent(), "reserve_percent")
     return percent
 
 
@@ -379,12 +346,11 @@ def _wei(value: object, what: str, field: str) -> int:
     """A whole number of wei, typed or sent as JSON; InvalidLimits naming `what` otherwise."""
     text = _number_text(value)
     if text and text.startswith("-") and text[1:].strip().replace(".", "", 1).isdigit():
-        raise InvalidLimits(f"The {what} cannot be negative.", field)
+        raise InvalidLimits(messages.agent_amount_negative(what), field)
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
     if not text or not text.isdigit() or not text.isascii():
-        raise InvalidLimits(f"The {what} must be a whole number of wei, like 1000000000000000.",
-                            field)
+        raise InvalidLimits(messages.agent_not_whole_wei(what), field)
     if len(text) > 40:
-        raise InvalidLimits(f"The {what} is far too large.", field)
+        raise InvalidLimits(messages.far_too_large(f"the {what}"), field)
     return int(text)

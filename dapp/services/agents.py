@@ -53,7 +53,6 @@ from dapp.agents.policy import (
     Sell,
     Trade,
     decide,
-    format_eth,
 )
 from dapp.chain.client import ChainClient, Lot, LotStatus
 from dapp.errors import ChainError, ContractReverted
@@ -61,7 +60,7 @@ from dapp.services import messages
 from dapp.services.errors import InvalidInput, UserError
 from dapp.services.market import MarketService
 from dapp.services.meters import LOAD, SUPPLY, MeterBoard, MeterView
-from dapp.services.units import WEI_PER_ETHER, format_time
+from dapp.services.units import WEI_PER_ETHER, format_ether_fixed, format_time
 from hardware.models import soc_from_voltage
 
 log = logging.getLogger(__name__)
@@ -134,9 +133,9 @@ def limits_view(limits: Limits) -> dict[str, str]:
     """The limits as the page shows them (percent, ETH per kWh, ETH)."""
     return {
         "reserve_percent": f"{limits.reserve_percent:g}",
-        "floor_eth_per_kwh": format_eth(limits.floor_wei_per_kwh),
-        "ceiling_eth_per_kwh": format_eth(limits.ceiling_wei_per_kwh),
-        "daily_limit_eth": format_eth(limits.daily_limit_wei),
+        "floor_eth_per_kwh": format_ether_fixed(limits.floor_wei_per_kwh),
+        "ceiling_eth_per_kwh": format_ether_fixed(limits.ceiling_wei_per_kwh),
+        "daily_limit_eth": format_ether_fixed(limits.daily_limit_wei),
     }
 
 
@@ -393,8 +392,8 @@ class AgentService:
                              else "your tokens"),
             "stored_kwh": f"{state.stored_wh / 1000:.3f}",
             "net_load_w": f"{state.net_load_w:.0f}",
-            "spent_today_eth": format_eth(state.committed_wei),
-            "daily_limit_eth": format_eth(agent.limits.daily_limit_wei),
+            "spent_today_eth": format_ether_fixed(state.committed_wei),
+            "daily_limit_eth": format_ether_fixed(agent.limits.daily_limit_wei),
         }
         decision: Decision = decide(state, agent.limits, terms)
         entries: list[tuple[str, str]] = []

@@ -17,7 +17,9 @@ from dapp.services.units import (
     MAX_ENERGY_WH,
     format_duration,
     format_ether,
+    format_ether_fixed,
     format_kwh,
+    format_kwh_fixed,
     format_time,
 )
 from hardware.protocol import SUPPLY
@@ -806,6 +808,98 @@ def agent_amount_negative(what: str) -> str:
 def agent_amount_decimals(what: str) -> str:
     """An agent price or limit finer than a wei."""
     return f"The {what} can have at most 18 decimal places."
+
+
+def agent_reserve_not_percent() -> str:
+    """An agent reserve that is not a number."""
+    return "The battery reserve must be a number of percent, like 40."
+
+
+def agent_reserve_above_all() -> str:
+    """An agent reserve above the whole battery."""
+    return "The battery reserve can be at most 100 %."
+
+
+def agent_not_whole_wei(what: str) -> str:
+    """An agent price or limit, given in wei, that is not a whole number."""
+    return f"The {what} must be a whole number of wei, like 1000000000000000."
+
+
+def agent_amount_above(what: str, most_wei: int) -> str:
+    """An agent price or limit beyond what anyone means (a typo)."""
+    return f"The {what} can be at most {format_ether_fixed(most_wei)} ETH."
+
+
+def agent_floor_above_ceiling(floor_wei: int, ceiling_wei: int) -> str:
+    """An agent whose lowest selling price is above its highest buying price."""
+    return (f"The floor price ({format_ether_fixed(floor_wei)} ETH/kWh) cannot be above the "
+            f"ceiling price ({format_ether_fixed(ceiling_wei)} ETH/kWh).")
+
+
+# The agent's log: one line per decision, in fixed decimals so the lines align.
+def _pct(percent: float) -> str:
+    return f"{percent:.0f} %"
+
+
+def agent_log_battery(now_percent: float, later_percent: float, hours: float) -> str:
+    """"battery 82 %", plus the projection when the forecast moves it."""
+    now, later = _pct(now_percent), _pct(later_percent)
+    if later == now:
+        return f"battery {now}"
+    return f"battery {now} ({later} expected in {hours:g} h)"
+
+
+def agent_log_offered(energy_wh: int, battery: str, reserve_percent: float,
+                      price_wei: int) -> str:
+    """The agent listed its surplus at the floor price."""
+    return (f"offered {format_kwh_fixed(energy_wh)} kWh: {battery} is above the "
+            f"{_pct(reserve_percent)} reserve; start price {format_ether_fixed(price_wei)} "
+            "ETH/kWh (floor)")
+
+
+def agent_log_few_tokens(battery: str, reserve_percent: float, tokens_wh: int) -> str:
+    """The battery has a surplus but too few tokens are left to list it."""
+    return (f"did not sell: {battery} is above the {_pct(reserve_percent)} reserve but only "
+            f"{format_kwh_fixed(tokens_wh)} kWh of tokens are left to list")
+
+
+def agent_log_closed(trade_id: int, delivered_wh: int, energy_wh: int, battery: str,
+                     reserve_percent: float) -> str:
+    """The agent closed a trade it buys through: the need is met."""
+    return (f"closed trade {trade_id} after {format_kwh_fixed(delivered_wh)} of "
+            f"{format_kwh_fixed(energy_wh)} kWh: {battery} is at or above the "
+            f"{_pct(reserve_percent)} reserve, so the need is met")
+
+
+def agent_log_no_lot(need_wh: int, battery: str, reserve_percent: float) -> str:
+    """The agent would buy, but nothing is for sale."""
+    return (f"wanted {format_kwh_fixed(need_wh)} kWh ({battery} is below the "
+            f"{_pct(reserve_percent)} reserve) but no lot is open")
+
+
+def agent_log_above_ceiling(lot_id: int, price_wei: int, ceiling_wei: int) -> str:
+    """A lot whose next bid is above the agent's ceiling."""
+    return (f"did not bid on lot {lot_id}: its next bid {format_ether_fixed(price_wei)} ETH/kWh "
+            f"is above the {format_ether_fixed(ceiling_wei)} ETH/kWh ceiling")
+
+
+def agent_log_over_daily_limit(lot_id: int, deposit_wei: int, committed_wei: int,
+                               daily_limit_wei: int) -> str:
+    """A lot whose deposit would take today's spending past the agent's limit."""
+    return (f"did not bid on lot {lot_id}: its deposit {format_ether_fixed(deposit_wei)} ETH "
+            f"would bring today's spending to {format_ether_fixed(committed_wei + deposit_wei)} "
+            f"ETH, above the {format_ether_fixed(daily_limit_wei)} ETH daily limit")
+
+
+def agent_log_bid(lot_id: int, energy_wh: int, price_wei: int, battery: str,
+                  reserve_percent: float, need_wh: int, deposit_wei: int, left_wei: int,
+                  daily_limit_wei: int) -> str:
+    """The agent bid on a lot to cover its need."""
+    return (f"bid {format_ether_fixed(price_wei)} ETH/kWh on lot {lot_id} "
+            f"({format_kwh_fixed(energy_wh)} kWh): {battery} is below the "
+            f"{_pct(reserve_percent)} reserve and needs {format_kwh_fixed(need_wh)} kWh; deposit "
+            f"{format_ether_fixed(deposit_wei)} ETH, {format_ether_fixed(left_wei)} ETH left of "
+            f"today's {format_ether_fixed(daily_limit_wei)} ETH limit")
 
 
 def agent_turned_on(reserve: str, floor: str, ceiling: str, daily: str) -> str:

@@ -32,6 +32,20 @@ def format_ether(wei: int) -> str:
     return _trim(Decimal(int(wei)).scaleb(-18))
 
 
+def format_kwh_fixed(wh: float) -> str:
+    """Wh as kWh with exactly 3 decimals, for lines that align (the agent's log): 400 → "0.400"."""
+    return f"{wh / 1000:.3f}"
+
+
+def format_ether_fixed(wei: int) -> str:
+    """Wei as ether with at least 4 decimals (more when needed), for the agent: 1e15 → "0.0010"."""
+    value = Decimal(int(wei)).scaleb(-18)
+    text = f"{value:.4f}"
+    if Decimal(text) != value:
+        text = format(value.normalize(), "f")
+    return text
+
+
 def _trim(value: Decimal) -> str:
     """Plain decimal text without exponent or trailing zeros."""
     text = f"{value:f}"

@@ -17,9 +17,9 @@ from dapp.agents.policy import (
     Sell,
     Trade,
     decide,
-    format_eth,
 )
 from dapp.services.rules import deposit_wei, paid_wei
+from dapp.services.units import format_ether_fixed
 
 MILLI = 10**15  # 0.001 ETH
 ME = "0xme"
@@ -225,8 +225,8 @@ def test_limits_built_directly_are_checked_too():
         Limits(40, 1.5, 4, 0)
 
 
-def test_format_eth_keeps_small_amounts_exact():
-    assert (format_eth(MILLI), format_eth(0), format_eth(15)) == (
+def test_the_agents_ether_keeps_small_amounts_exact():
+    assert (format_ether_fixed(MILLI), format_ether_fixed(0), format_ether_fixed(15)) == (
         "0.0010", "0.0000", "0.000000000000000015")
 
 
