@@ -9,6 +9,12 @@ lock. The provider also answers `txpool_content`/`txpool_status` from eth-tester
 list, and counts pending transactions in `eth_getTransactionCount(addr, "pending")` (eth-tester
 itself ignores them there), so the app can treat this chain like anvil or geth.
 
+Its clock runs like anvil's: a block is stamped with the wall clock plus the largest lead the
+chain ever took on it (blocks mined in a burst, or a test's time travel), and at least one second
+after its parent. eth-tester alone stamps each block one second after its parent once the chain
+is ahead of the wall clock, so on a slow machine the chain's time would run slower than the
+meters' and honest readings would look like more power than their rating.
+
 ``connect("inprocess://")`` returns the process-wide chain from `shared_chain()`; tests usually
 create their own `InProcessChain` and close it.
 """
@@ -154,6 +160,7 @@ class InProcessChain:
         self._mining = mining
         self._generation = 0  # bumped by start_mining so the timer restarts its countdown
         self._closed = False
+        self._lead = 0.0  # seconds the chain's clock is ahead of the wall clock (never less)
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inprocess-miner", daemon=True)
         self._thread.start()
@@ -188,7 +195,20 @@ class InProcessChain:
     def mine(self, blocks: int = 1) -> list[str]:
         """Mine `blocks` blocks now (with whatever is pending); return their hashes."""
         with self.lock:
-            return list(self.tester.mine_blocks(blocks))
+            self._keep_time()  # the burst's later blocks follow one second apart
+            hashes = list(self.tester.mine_blocks(blocks))
+            head = self.tester.get_block_by_number("latest")["timestamp"]
+            self._lead = max(self._lead, head - time.time())
+            return hashes
+
+    def _keep_time(self) -> None:
+        """Stamp the block about to be mined with the wall clock plus the chain's lead."""
+        chain = self.tester.backend.chain
+        head = self.tester.get_block_by_number("latest")["timestamp"]
+        self._lead = max(self._lead, head - time.time())
+        target = int(time.time() + self._lead)
+        if chain.header.timestamp < target:
+            chain.header = chain.header.copy(timestamp=target)
 
     def pending_count(self) -> int:
         """How many sent transactions wait for a block."""

@@ -127,6 +127,26 @@ def test_in_process_timer_can_skip_empty_blocks():
         assert chain.w3.eth.block_number == 1
 
 
+def test_in_process_clock_keeps_the_wall_clocks_pace_once_ahead_of_it():
+    """After a burst of blocks (the chain is ahead of the wall clock), blocks slower than a
+    second apart still move the chain's time as far as the wall clock moved, never only one
+    second a block: meters' counters and the registry's rating check share one time."""
+    from dapp.chain.inprocess import InProcessChain
+
+    with InProcessChain(block_time=2.5) as chain:
+        chain.mine(30)  # thirty seconds ahead
+        first = chain.w3.eth.get_block("latest")
+        wall = time.time()
+        wait_for(lambda: chain.w3.eth.block_number >= first["number"] + 2, timeout=10)
+        second = chain.w3.eth.get_block("latest")
+        elapsed_wall = time.time() - wall
+        assert second["number"] - first["number"] <= 3
+        assert elapsed_wall >= 4  # two blocks 2.5 s apart: one second a block would say 2
+        assert second["timestamp"] - first["timestamp"] >= int(elapsed_wall) - 1
+        assert second["timestamp"] - first["timestamp"] <= elapsed_wall + 1
+        assert first["timestamp"] >= time.time() + 20  # and it stayed ahead by its lead
+
+
 def test_a_node_without_mining_control_says_so_and_refuses():
     control = MiningControl(Web3(EthereumTesterProvider()))
     status = control.mining_status()
