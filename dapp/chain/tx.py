@@ -48,6 +48,16 @@ REPRICE_AFTER_BLOCKS = 3
 # anvil and geth say "nonce too low", py-evm "invalid transaction nonce".
 NONCE_TAKEN = ("nonce too low", "invalid transaction nonce")
 NONCE_ATTEMPTS = 4
+# Why the outbox gave a transaction up (see TxSender.reconcile): it can never be mined.
+DROPPED_OTHER_CHAIN = "other chain"  # signed for a chain with another genesis block
+DROPPED_NONCE_USED = "nonce used"  # another transaction of the account took its nonce
+DROPPED_BEHIND_GAP = "behind a gap"  # an earlier nonce is lost, so it can never be mined
+_DROP_LOG = {
+    DROPPED_OTHER_CHAIN: "it was signed for another chain",
+    DROPPED_NONCE_USED: "its nonce was used by another transaction",
+    DROPPED_BEHIND_GAP: "an earlier nonce is lost, so it can never be mined",
+}
+REMEMBER_DROPPED = 1000  # dropped hashes kept for `dropped()`, newest
 FEE_BUMP = 1.125
 
 
@@ -210,6 +220,7 @@ class TxSender:
         self._unsigned: dict[str, tuple[LocalAccount, dict[str, Any]]] = {}
         self._underpriced_since: dict[str, int] = {}
         self._replaced_by: dict[str, str] = {}
+        self._dropped: dict[str, str] = {}  # hash -> DROPPED_* (insertion order: oldest first)
         self._reprice_lock = threading.Lock()
         for entry in self.outbox.entries():
             self._next_nonce[entry.sender] = max(
@@ -530,7 +541,7 @@ class TxSender:
         entries = [e for e in self.outbox.entries() if e.sender == account]
         for entry in sorted(entries, key=lambda e: e.nonce):
             if entry.genesis is not None and entry.genesis != genesis:
-                self._drop(entry, "it was signed for another chain", result)
+                self._drop(entry, DROPPED_OTHER_CHAIN, result)
                 continue
             try:
                 known = self._call(lambda e=entry: self.w3.eth.get_transaction(e.hash))
@@ -546,11 +557,10 @@ class TxSender:
                     expected += 1
                 continue
             if entry.nonce < expected:
-                self._drop(entry, "its nonce was used by another transaction", result)
+                self._drop(entry, DROPPED_NONCE_USED, result)
                 continue
             if entry.nonce > expected:
-                self._drop(entry, f"nonce {expected} before it is lost, so it can never "
-                           "be mined", result)
+                self._drop(entry, DROPPED_BEHIND_GAP, result)
                 continue
             try:
                 self._send_raw(HexBytes(entry.raw))
@@ -566,7 +576,18 @@ class TxSender:
 
     def _drop(self, entry: OutboxEntry, why: str, result: dict[str, list[str]]) -> None:
         log.warning("outbox: dropping %s %s (nonce %d of %s): %s", entry.kind, entry.hash,
-                    entry.nonce, entry.sender, why)
+                    entry.nonce, entry.sender, _DROP_LOG[why])
         self.outbox.remove(entry.hash)
         self._forget(entry.hash)
+        self._dropped[entry.hash] = why
+        while len(self._dropped) > REMEMBER_DROPPED:
+            del self._dropped[next(iter(self._dropped))]
         result["dropped"].append(entry.hash)
+
+    def dropped(self, tx_hash: str) -> str | None:
+        """Why the outbox gave up `tx_hash` (or the replacement standing for it), a DROPPED_*
+        value; None if it did not (as far as this process remembers)."""
+        for candidate in self._lineage(tx_hash):
+            if candidate in self._dropped:
+                return self._dropped[candidate]
+        return None

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
+from dapp.chain.tx import DROPPED_BEHIND_GAP, DROPPED_NONCE_USED, DROPPED_OTHER_CHAIN
 from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput, UserError
 from dapp.services.units import (
@@ -423,6 +424,24 @@ def withdrawn_notice(amount_wei: int) -> str:
 def transaction_failed_notice(kind: str, reason: str) -> str:
     """To the sender: a transaction sent from the pages failed when mined."""
     return f"Your {kind} failed: {reason}"
+
+
+_DROPPED = {
+    DROPPED_NONCE_USED: "another transaction of your account (sent from another program with "
+                        "the same key) took its place, so it was never carried out. Nothing "
+                        "was paid or changed by it.",
+    DROPPED_BEHIND_GAP: "the node lost an earlier transaction of your account, so this one "
+                        "could never be carried out. Nothing was paid or changed by it; "
+                        "please send it again.",
+    DROPPED_OTHER_CHAIN: "it was signed for another chain (the node was reset), so it was "
+                         "never sent to this one. Nothing was paid or changed by it.",
+}
+
+
+def transaction_dropped(why: str) -> str:
+    """Why a transaction that left the pending list was never mined (a DROPPED_* code)."""
+    return _DROPPED.get(why, "the node gave it up, so it was never carried out. Nothing was "
+                             "paid or changed by it; please send it again.")
 
 
 # -- meters offered to their owners (consent) --------------------------------------------------

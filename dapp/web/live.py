@@ -354,7 +354,12 @@ class LiveHub:
                 self.notify(address, messages.transaction_failed_notice(
                     kind, messages.revert_sentence(exc)), "error", tx_hash)
             except ChainError:
-                pass  # not mined yet (or the node is away): look again next block
+                why = self.client.sender.dropped(tx_hash)
+                if why is not None:  # it left the pending list, but it was never mined
+                    done = True
+                    self.notify(address, messages.transaction_failed_notice(
+                        kind, messages.transaction_dropped(why)), "error", tx_hash)
+                # else not mined yet (or the node is away): look again next block
             if done:
                 with self._lock:
                     self._watched.pop(tx_hash, None)

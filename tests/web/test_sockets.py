@@ -14,9 +14,11 @@ import pytest
 from eth_account import Account
 from flask import Flask
 from flask_socketio import SocketIOTestClient
+from hexbytes import HexBytes
 
 from dapp.chain.client import LotStatus
 from dapp.chain.listener import ChainEvent
+from dapp.chain.tx import TxSender
 from tests.web.conftest import PASSPHRASE, Browser, World, free_port, wait_for
 
 
@@ -217,6 +219,43 @@ def test_a_transaction_that_fails_after_sending_is_reported(live, world):
     assert notice["text"].startswith("Your bid failed: ")
     assert notice["text"].endswith(".") and "0x" not in notice["text"]
     assert world.client.lot(lot).buyer == world.address["rival"]
+
+
+def test_a_transaction_the_node_lost_and_another_replaced_is_reported_not_mined(live, world):
+    """The node loses a payment from its pool (a restart), and another program with the same
+    key sends at that nonce first. The payment left the pending list without being mined: the
+    sender is told it failed and that nothing was paid, rather than seeing "was mined"."""
+    consumer = logged_in(live, world, "consumer")
+    events = connect(live, consumer)
+    events.wait("wallet")
+    stranger = Account.create().address
+    world.chain.stop_mining()
+    try:
+        sent = consumer.api("POST", "/api/v1/wallet/send", {"to": stranger, "amount": "0.5"})
+        assert sent.status_code == 202, sent.get_json()
+        lost = sent.get_json()["tx_hash"]
+        with world.chain.lock:  # the node restarts without its pending pool
+            pool = world.chain.tester._pending_transactions
+            pool[:] = [tx for tx in pool if HexBytes(tx["hash"]).to_0x_hex() != lost]
+        other = TxSender(world.chain.w3)  # another wallet program with the consumer's key
+        elsewhere = other.send(world.keystore.unlock(world.address["consumer"], PASSPHRASE),
+                               {"to": world.address["producer"], "value": 1}, "send Ether")
+    finally:
+        world.chain.start_mining(0.1)
+    other.wait(elsewhere)
+
+    def reported() -> Any:  # blocks go on (this chain mines only when something is pending)
+        world.chain.mine(1)
+        time.sleep(0.1)
+        return next((n for n in events.named("notice") if n.get("tx_hash") == lost), None)
+
+    notice = wait_for(reported, timeout=30, what="the lost payment reported")
+    assert notice["level"] == "error"
+    assert notice["text"].startswith("Your Ether transfer failed: another transaction of your")
+    assert "Nothing was paid" in notice["text"] and "0x" not in notice["text"]
+    assert world.client.ether_balance(stranger) == 0  # and indeed nothing was paid
+    ext = live.extensions["microgrid"]
+    assert lost not in [e.hash for e in ext.client.sender.outbox.entries()]
 
 
 def test_mining_changes_are_pushed_to_everyone(live, world):
