@@ -11,7 +11,7 @@ from web3 import EthereumTesterProvider, Web3
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import deploy
 from dapp.chain.pending import PendingView, kind_of
-from dapp.chain.tx import Outbox, OutboxEntry, TxSender
+from dapp.chain.tx import DROPPED_NONCE_USED, DROPPED_OTHER_CHAIN, Outbox, OutboxEntry, TxSender
 from dapp.errors import ChainError, ContractReverted
 
 GENESIS_TIME = 1_700_000_000
@@ -174,6 +174,7 @@ def test_a_lost_transaction_whose_nonce_was_used_elsewhere_is_dropped(tmp_path, 
     elsewhere.wait(elsewhere.send(alice, {"to": bob, "value": 5}, "send Ether"))
     second = TxSender(fresh, tmp_path / "outbox.json")
     assert second.reconcile() == {"mined": [], "resent": [], "dropped": [lost]}
+    assert second.dropped(lost) == DROPPED_NONCE_USED  # what the pages tell its sender
     second.wait(second.send(alice, {"to": bob, "value": 7}, "send Ether"))
     assert fresh.eth.get_balance(bob) == 12  # the lost 100 was never paid twice or at all
 
@@ -215,6 +216,7 @@ def test_an_outbox_of_another_chain_is_never_sent_to_this_one(w3, tmp_path, alic
     outbox.add(type(entry)(**{**entry.__dict__, "genesis": "0x" + "ab" * 32}))
     second = TxSender(w3, tmp_path / "outbox.json")
     assert second.reconcile() == {"mined": [], "resent": [], "dropped": [lost]}
+    assert second.dropped(lost) == DROPPED_OTHER_CHAIN
     assert w3.eth.get_balance(bob) == 0
 
 
