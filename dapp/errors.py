@@ -35,6 +35,13 @@ class ContractReverted(ChainError):
         super().__init__(message or f"{name}({', '.join(map(str, self.args_))})")
 
 
+# Why the outbox gave a transaction up (TxSender.reconcile): it can never be mined. Here, not in
+# dapp.chain.tx, so that the sentences for them (services/messages.py) need no web3.
+DROPPED_OTHER_CHAIN = "other chain"  # signed for a chain with another genesis block
+DROPPED_NONCE_USED = "nonce used"  # another transaction of the account took its nonce
+DROPPED_BEHIND_GAP = "behind a gap"  # an earlier nonce is lost, so it can never be mined
+
+
 class WalletError(MicrogridError):
     """A keystore or key operation failed (wrong passphrase, bad file, locked account)."""
 

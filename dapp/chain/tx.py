@@ -28,7 +28,14 @@ from web3.exceptions import TransactionNotFound, Web3Exception
 from dapp import atomic
 from dapp.chain.contracts import decode_revert, revert_data_from_exception
 from dapp.chain.failures import is_connection_error, translated, unavailable
-from dapp.errors import ChainError, ChainUnavailable, ContractReverted
+from dapp.errors import (
+    DROPPED_BEHIND_GAP,
+    DROPPED_NONCE_USED,
+    DROPPED_OTHER_CHAIN,
+    ChainError,
+    ChainUnavailable,
+    ContractReverted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +54,7 @@ REPRICE_AFTER_BLOCKS = 3
 # our send (another process with the key, e.g. a bridge and a server sharing the operator):
 # anvil and geth say "nonce too low", py-evm "invalid transaction nonce".
 NONCE_TAKEN = ("nonce too low", "invalid transaction nonce")
-NONCE_ATTEMPTS = 4
-# Why the outbox gave a transaction up (see TxSender.reconcile): it can never be mined.
-DROPPED_OTHER_CHAIN = "other chain"  # signed for a chain with another genesis block
-DROPPED_NONCE_USED = "nonce used"  # another transaction of the account took its nonce
-DROPPED_BEHIND_GAP = "behind a gap"  # an earlier nonce is lost, so it can never be mined
+NONCE_ATTEMPTS = 2  # each attempt is a signed transaction: a lying node gets at most two
 _DROP_LOG = {
     DROPPED_OTHER_CHAIN: "it was signed for another chain",
     DROPPED_NONCE_USED: "its nonce was used by another transaction",
@@ -221,6 +224,7 @@ class TxSender:
         self._underpriced_since: dict[str, int] = {}
         self._replaced_by: dict[str, str] = {}
         self._dropped: dict[str, str] = {}  # hash -> DROPPED_* (insertion order: oldest first)
+        self._dropped_lock = threading.Lock()
         self._reprice_lock = threading.Lock()
         for entry in self.outbox.entries():
             self._next_nonce[entry.sender] = max(
@@ -294,19 +298,26 @@ class TxSender:
             nonce = max(node_nonce, self._next_nonce.get(sender, 0))
             for attempt in range(1, NONCE_ATTEMPTS + 1):
                 tx["nonce"] = nonce
-                raw = HexBytes(account.sign_transaction(tx).raw_transaction)
+                signed = account.sign_transaction(tx)
+                raw = HexBytes(signed.raw_transaction)
                 try:
                     tx_hash = self._send_raw(raw)
                     break
-                except ContractReverted:
+                except (ContractReverted, ChainUnavailable):
                     raise
                 except ChainError as exc:
+                    tx_hash = HexBytes(signed.hash).to_0x_hex()
+                    if self._node_has(tx_hash):  # these very bytes arrived (a repeated request,
+                        break                    # "already known"): sent, never signed again
                     if attempt == NONCE_ATTEMPTS or not _nonce_taken(exc):
                         raise
-                    log.info("nonce %d of %s was taken by another sender; signing again", nonce,
-                             sender)
-                    nonce = max(nonce + 1, self._call(
-                        lambda: self.w3.eth.get_transaction_count(sender, "pending")))
+                    taken = nonce
+                    nonce = self._call(
+                        lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+                    if nonce <= taken:  # the node calls the nonce taken and free at once
+                        raise
+                    log.warning("nonce %d of %s was taken by another sender; signing again "
+                                "with %d", taken, sender, nonce)
             self._next_nonce[sender] = nonce + 1
             self._unsigned[tx_hash] = (account, dict(tx))
             self.outbox.add(
@@ -325,6 +336,15 @@ class TxSender:
             )
         log.info("sent %s %s from %s (nonce %d)", kind, tx_hash, sender, nonce)
         return tx_hash
+
+    def _node_has(self, tx_hash: str) -> bool:
+        """True if the node knows the transaction (pending or mined)."""
+        try:
+            return self._call(lambda: self.w3.eth.get_transaction(tx_hash)) is not None
+        except ChainUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - not found, however the node words it
+            return False
 
     def _send_raw(self, raw: HexBytes) -> str:
         """Send signed bytes; a revert reported at submission becomes ContractReverted."""
@@ -579,15 +599,15 @@ class TxSender:
                     entry.nonce, entry.sender, _DROP_LOG[why])
         self.outbox.remove(entry.hash)
         self._forget(entry.hash)
-        self._dropped[entry.hash] = why
-        while len(self._dropped) > REMEMBER_DROPPED:
-            del self._dropped[next(iter(self._dropped))]
+        with self._dropped_lock:
+            self._dropped[entry.hash] = why
+            while len(self._dropped) > REMEMBER_DROPPED:
+                del self._dropped[next(iter(self._dropped))]
         result["dropped"].append(entry.hash)
 
     def dropped(self, tx_hash: str) -> str | None:
         """Why the outbox gave up `tx_hash` (or the replacement standing for it), a DROPPED_*
         value; None if it did not (as far as this process remembers)."""
-        for candidate in self._lineage(tx_hash):
-            if candidate in self._dropped:
-                return self._dropped[candidate]
-        return None
+        with self._dropped_lock:
+            return next((self._dropped[c] for c in self._lineage(tx_hash) if c in self._dropped),
+                        None)

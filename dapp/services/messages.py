@@ -11,8 +11,15 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from dapp.chain.tx import DROPPED_BEHIND_GAP, DROPPED_NONCE_USED, DROPPED_OTHER_CHAIN
-from dapp.errors import ChainError, ChainUnavailable, ContractReverted, WalletError
+from dapp.errors import (
+    DROPPED_BEHIND_GAP,
+    DROPPED_NONCE_USED,
+    DROPPED_OTHER_CHAIN,
+    ChainError,
+    ChainUnavailable,
+    ContractReverted,
+    WalletError,
+)
 from dapp.services.errors import ActionRefused, ChainDown, InvalidInput, UserError
 from dapp.services.units import (
     MAX_ENERGY_WH,
@@ -427,9 +434,9 @@ def transaction_failed_notice(kind: str, reason: str) -> str:
 
 
 _DROPPED = {
-    DROPPED_NONCE_USED: "another transaction of your account (sent from another program with "
-                        "the same key) took its place, so it was never carried out. Nothing "
-                        "was paid or changed by it.",
+    DROPPED_NONCE_USED: "another transaction of your account took its place, so it was never "
+                        "carried out. Nothing was paid or changed by it; please send it again "
+                        "if you still want it.",
     DROPPED_BEHIND_GAP: "the node lost an earlier transaction of your account, so this one "
                         "could never be carried out. Nothing was paid or changed by it; "
                         "please send it again.",

@@ -33,7 +33,7 @@ from flask_socketio import SocketIO
 from dapp.chain.client import ChainClient
 from dapp.chain.listener import ChainEvent
 from dapp.chain.tx import OutboxEntry
-from dapp.errors import ChainError, ContractReverted
+from dapp.errors import ChainError, ChainUnavailable, ContractReverted
 from dapp.services import messages
 from dapp.services.market import MarketService
 from dapp.services.wallet import WalletService
@@ -250,9 +250,9 @@ class LiveHub:
             self.on_block()  # the finalizer: its transaction should make the next block
         self.flush()
         if new_block:
-            self._check_watched()
             self._reprice()
             self._reconcile(status["block"])
+            self._check_watched()  # after reconcile: a dropped one is told before the next push
         self._expire_sessions()
 
     def _reprice(self) -> None:
@@ -353,6 +353,8 @@ class LiveHub:
                 done = True
                 self.notify(address, messages.transaction_failed_notice(
                     kind, messages.revert_sentence(exc)), "error", tx_hash)
+            except ChainUnavailable:
+                pass  # the node is away: look again next block
             except ChainError:
                 why = self.client.sender.dropped(tx_hash)
                 if why is not None:  # it left the pending list, but it was never mined

@@ -11,8 +11,8 @@ from web3 import EthereumTesterProvider, Web3
 from dapp.chain.contracts import load_artifact
 from dapp.chain.deploy import deploy
 from dapp.chain.pending import PendingView, kind_of
-from dapp.chain.tx import DROPPED_NONCE_USED, DROPPED_OTHER_CHAIN, Outbox, OutboxEntry, TxSender
-from dapp.errors import ChainError, ContractReverted
+from dapp.chain.tx import Outbox, OutboxEntry, TxSender
+from dapp.errors import DROPPED_NONCE_USED, DROPPED_OTHER_CHAIN, ChainError, ContractReverted
 
 GENESIS_TIME = 1_700_000_000
 
@@ -266,3 +266,36 @@ def test_a_refusal_that_is_not_about_the_nonce_is_not_retried(w3, tmp_path, alic
         sender.send(alice, {"to": bob, "value": 7}, "send Ether")
     assert len(calls) == 1 and sender.outbox.entries() == []
     assert w3.eth.get_transaction_count(alice.address) == 0
+
+
+def test_a_send_whose_reply_was_lost_is_not_signed_again(w3, tmp_path, alice, bob):
+    """The node took the payment, but the reply was lost and the request was repeated (the
+    stream transports repeat a request on a fresh connection): the repeat says "nonce too low".
+    Those very bytes are known to the node, so the payment counts as sent, once."""
+    sender = TxSender(w3, tmp_path / "outbox.json")
+    real = sender._send_raw
+
+    def delivered_then_refused(raw):
+        real(raw)
+        raise ChainError("the node refused the transaction: nonce too low")
+
+    sender._send_raw = delivered_then_refused
+    tx_hash = sender.send(alice, {"to": bob, "value": 7}, "send Ether")
+    assert sender.wait(tx_hash, timeout=5)["status"] == 1
+    assert w3.eth.get_balance(bob) == 7 and w3.eth.get_transaction_count(alice.address) == 1
+
+
+def test_a_node_that_calls_a_free_nonce_taken_gets_no_second_signature(w3, tmp_path, alice,
+                                                                        bob):
+    sender = TxSender(w3, tmp_path / "outbox.json")
+    signed: list[bytes] = []
+
+    def lying(raw):
+        signed.append(raw)
+        raise ChainError("the node refused the transaction: nonce too low")
+
+    sender._send_raw = lying
+    with pytest.raises(ChainError, match="nonce too low"):
+        sender.send(alice, {"to": bob, "value": 7}, "send Ether")
+    assert len(signed) == 1 and sender.outbox.entries() == []  # its pending count says 0 is free
+    assert w3.eth.get_balance(bob) == 0
