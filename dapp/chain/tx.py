@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
@@ -213,8 +213,6 @@ class TxSender:
         self.outbox = Outbox(outbox_path)
         self._gas_margin = gas_margin
         self._clock = clock
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
         self._next_nonce: dict[str, int] = {}
         self._chain_id: int | None = None
         self._genesis: str | None = None
@@ -231,9 +229,15 @@ class TxSender:
                 self._next_nonce.get(entry.sender, 0), entry.nonce + 1
             )
 
+    # One nonce lock per account for the whole process, shared by every TxSender: two clients
+    # of one process sending from one account (a bridge and the server, or tests) then never
+    # race for a nonce. Across processes the node's refusal and the retry in `send` remain.
+    _locks: ClassVar[dict[str, threading.Lock]] = {}
+    _locks_guard: ClassVar[threading.Lock] = threading.Lock()
+
     def _lock_for(self, address: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(address, threading.Lock())
+        with TxSender._locks_guard:
+            return TxSender._locks.setdefault(address, threading.Lock())
 
     def genesis(self) -> str:
         """The hash of the node's genesis block (cached): which chain the outbox belongs to."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from eth_account import Account
 from eth_tester import EthereumTester, PyEVMBackend
@@ -235,6 +237,8 @@ def test_a_nonce_another_sender_took_meanwhile_is_signed_again_with_the_next(w3,
     the taken nonce; the sender signs again with the next one, and both payments arrive."""
     mine = TxSender(w3, tmp_path / "mine.json")
     other = TxSender(w3, tmp_path / "other.json")
+    own_lock = threading.Lock()
+    other._lock_for = lambda address: own_lock  # another process: not this process's nonce lock
     real = mine._send_raw
     raced: list[str] = []
 
@@ -251,6 +255,26 @@ def test_a_nonce_another_sender_took_meanwhile_is_signed_again_with_the_next(w3,
     assert [e.hash for e in mine.outbox.entries()] == []  # mined: only the sent one was kept
     assert mine.send(alice, {"to": bob, "value": 1}, "send Ether")  # and the next nonce is 2
     assert w3.eth.get_transaction_count(alice.address) == 3
+
+
+def test_two_senders_of_one_process_share_the_accounts_nonce_lock(w3, tmp_path, alice, bob):
+    """A bridge and the server in one process, each with its own client: their sends from one
+    account are serialized, so neither reads a nonce the other is about to use."""
+    first, second = TxSender(w3, tmp_path / "a.json"), TxSender(w3, tmp_path / "b.json")
+    assert first._lock_for(alice.address) is second._lock_for(alice.address)
+    hashes: list[str] = []
+
+    def pay(sender: TxSender) -> None:
+        for _ in range(10):
+            hashes.append(sender.send(alice, {"to": bob, "value": 1}, "send Ether"))
+
+    threads = [threading.Thread(target=pay, args=(s,)) for s in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(w3.eth.get_transaction(h)["nonce"] for h in hashes) == list(range(20))
+    assert w3.eth.get_balance(bob) == 20
 
 
 def test_a_refusal_that_is_not_about_the_nonce_is_not_retried(w3, tmp_path, alice, bob):
